@@ -1,0 +1,152 @@
+"""Snapshots of the classification state as plain numpy: what the engine hands to ``monitoring``.
+
+The engine turns its tensors into these types; ``monitoring.snapshots`` writes them as RELION
+Class2D output, a cryoSPARC ``.cs`` and a PNG gallery. Conventions: classes are 0-based here
+(writers add 1 where a format is 1-based); angles in degrees; shifts in Å, following RELION's
+``rlnOriginXAngst``/``rlnOriginYAngst`` (the shift that centres the particle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import InputError
+from core.particles import CtfParams
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class OpticsGroup:
+    """One row of RELION's ``data_optics``."""
+
+    number: int  #: 1-based ``rlnOpticsGroup``
+    name: str
+    voltage_kv: float
+    spherical_aberration_mm: float
+    amplitude_contrast: float
+    image_pixel_size_angstrom: float
+    image_size: int
+
+
+@dataclass(frozen=True)
+class ParticleAssignments:
+    """Every particle with its latest class and alignment (arrays of shape ``(n,)``).
+
+    ``class_index`` is 0-based. ``psi_degrees`` is RELION's ``rlnAnglePsi``; ``origin_x_angstrom`` /
+    ``origin_y_angstrom`` are ``rlnOriginXAngst`` / ``rlnOriginYAngst``. ``pmax`` is the posterior of
+    the chosen (class, pose), ``class_posterior`` that of the chosen class, ``class_ess`` the
+    effective number of classes ``1 / Σ p_k²``.
+    """
+
+    stack_paths: np.ndarray
+    indices: IntArray
+    optics_groups: IntArray
+    ctf: CtfParams
+    class_index: IntArray
+    psi_degrees: FloatArray
+    origin_x_angstrom: FloatArray
+    origin_y_angstrom: FloatArray
+    pmax: FloatArray
+    class_posterior: FloatArray
+    class_ess: FloatArray
+    n_significant: IntArray
+    log_likelihood: FloatArray
+    micrograph_names: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.indices)
+        for name in (
+            "stack_paths",
+            "optics_groups",
+            "class_index",
+            "psi_degrees",
+            "origin_x_angstrom",
+            "origin_y_angstrom",
+            "pmax",
+            "class_posterior",
+            "class_ess",
+            "n_significant",
+            "log_likelihood",
+        ):
+            if len(getattr(self, name)) != n:
+                raise InputError(None, f"assignments: {name} has {len(getattr(self, name))} entries, not {n}")
+        if len(self.ctf) != n:
+            raise InputError(None, f"assignments: ctf has {len(self.ctf)} entries, not {n}")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image_names(self) -> list[str]:
+        """RELION ``rlnImageName`` of every particle."""
+        return [f"{int(i):06d}@{p}" for p, i in zip(self.stack_paths, self.indices, strict=True)]
+
+
+@dataclass(frozen=True)
+class ClassSnapshot:
+    """The classes and every particle's assignment at one moment.
+
+    Attributes
+    ----------
+    averages
+        ``(K, h, w)`` float32 class averages, real space, at ``pixel_size_angstrom``.
+    particle_counts
+        ``(K,)`` particles currently assigned to each class (hard assignment).
+    resolution_angstrom
+        ``(K,)`` estimated resolution of each class (``inf`` when unknown).
+    accuracy_rotations_degrees, accuracy_translations_angstrom
+        ``(K,)`` RELION's ``rlnAccuracyRotations`` / ``rlnAccuracyTranslationsAngst``.
+    iteration
+        Snapshot counter, written as ``run_itNNN``.
+    parameters
+        The classification parameters (recorded for reproducibility).
+    """
+
+    averages: np.ndarray
+    pixel_size_angstrom: float
+    particle_counts: IntArray
+    resolution_angstrom: FloatArray
+    accuracy_rotations_degrees: FloatArray
+    accuracy_translations_angstrom: FloatArray
+    iteration: int
+    optics: list[OpticsGroup]
+    particles: ParticleAssignments
+    original_image_size: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+    junk_score: FloatArray | None = None  #: ``(K,)`` in [0, 1], when class quality has been scored
+
+    def __post_init__(self) -> None:
+        if self.averages.ndim != 3:
+            raise InputError(None, f"class averages must be (K, h, w), got {self.averages.shape}")
+        k = self.averages.shape[0]
+        for name in (
+            "particle_counts",
+            "resolution_angstrom",
+            "accuracy_rotations_degrees",
+            "accuracy_translations_angstrom",
+        ):
+            if len(getattr(self, name)) != k:
+                raise InputError(None, f"snapshot: {name} has {len(getattr(self, name))} entries, not {k}")
+        if len(self.particles) and (
+            self.particles.class_index.min() < 0 or self.particles.class_index.max() >= k
+        ):
+            raise InputError(None, f"snapshot: a particle's class is outside 0..{k - 1}")
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.averages.shape[0])
+
+    @property
+    def class_distribution(self) -> FloatArray:
+        """Fraction of particles in each class (RELION's ``rlnClassDistribution``)."""
+        counts = np.asarray(self.particle_counts, dtype=np.float64)
+        total = counts.sum()
+        return counts / total if total > 0 else np.zeros_like(counts)
+
+
+__all__ = ["ClassSnapshot", "OpticsGroup", "ParticleAssignments"]

@@ -1,0 +1,1 @@
+"""The persistent engine: sessions, journal, online-EM classification (torch)."""

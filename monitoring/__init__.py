@@ -1,0 +1,1 @@
+"""Snapshots, metrics, class quality and status pages (no torch: consumes numpy snapshots)."""

@@ -1,0 +1,1 @@
+"""Writers of RELION Class2D output, cryoSPARC .cs and PNG galleries."""

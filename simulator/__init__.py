@@ -1,0 +1,1 @@
+"""The virtual microscope: realistic sessions with ground truth."""

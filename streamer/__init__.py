@@ -1,0 +1,1 @@
+"""The microscope-side daemon: watch, gate, ledger, send (no torch)."""
