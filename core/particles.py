@@ -95,7 +95,7 @@ class ParticleKey(NamedTuple):
 
     session: str
     stack_path: str  #: relative to the project directory, as written in ``rlnImageName``
-    index: int  #: 1-based, as in RELION
+    image_index: int  #: 1-based, as in RELION (``index`` would shadow ``tuple.index``)
 
 
 @dataclass(frozen=True)

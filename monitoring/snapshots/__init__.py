@@ -1,1 +1,164 @@
-"""Writers of RELION Class2D output, cryoSPARC .cs and PNG galleries."""
+"""Writers of RELION Class2D output, cryoSPARC .cs and PNG galleries.
+
+:func:`write_snapshot` writes everything for one iteration into a job directory, each file
+atomically, then moves the ``latest.json`` pointer to it — last, so a reader that follows the
+pointer always finds a complete snapshot::
+
+    <out_dir>/run_it007_classes.mrcs        RELION classes stack
+    <out_dir>/run_it007_model.star          RELION model
+    <out_dir>/run_it007_data.star           RELION particles with their classes
+    <out_dir>/run_it007_otf2d.json          provenance (version, parameters, particle digest)
+    <out_dir>/run_it007_particles.cs        cryoSPARC-style particles
+    <out_dir>/run_it007_class_averages.cs   cryoSPARC-style class averages (→ the .mrcs)
+    <out_dir>/run_it007_gallery.png         gallery, largest class first
+    <out_dir>/latest.json                   {"iteration": 7, "files": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from core.errors import InputError
+from core.snapshot import ClassSnapshot
+from monitoring.snapshots.atomic import write_json_atomic
+from monitoring.snapshots.cryosparc import write_class_averages_cs, write_cryosparc_cs
+from monitoring.snapshots.gallery import render_class_png, render_gallery, write_gallery_png
+from monitoring.snapshots.relion import iteration_root, star_path, write_relion_class2d
+
+#: Name of the pointer file naming the newest complete snapshot in a job directory.
+LATEST_POINTER = "latest.json"
+
+
+@dataclass(frozen=True)
+class SnapshotPaths:
+    """Where one snapshot's files are (all in the same directory)."""
+
+    iteration: int
+    classes_mrcs: Path
+    model_star: Path
+    data_star: Path
+    provenance_json: Path
+    particles_cs: Path
+    class_averages_cs: Path
+    gallery_png: Path
+
+    def files(self) -> dict[str, Path]:
+        """Every file of the snapshot by role."""
+        return {
+            "classes_mrcs": self.classes_mrcs,
+            "model_star": self.model_star,
+            "data_star": self.data_star,
+            "provenance_json": self.provenance_json,
+            "particles_cs": self.particles_cs,
+            "class_averages_cs": self.class_averages_cs,
+            "gallery_png": self.gallery_png,
+        }
+
+
+def write_snapshot(
+    snapshot: ClassSnapshot,
+    out_dir: str | os.PathLike[str],
+    *,
+    project_dir: str | os.PathLike[str] | None = None,
+    root: str = "run",
+    session: str = "",
+) -> SnapshotPaths:
+    """Write every output of one snapshot, then point ``latest.json`` at it.
+
+    Parameters
+    ----------
+    snapshot
+        The classes and every particle's assignment.
+    out_dir
+        Job directory (created if missing).
+    project_dir
+        RELION/cryoSPARC project directory; paths to the classes stack are stored relative to it.
+    root
+        File root (RELION's ``--o`` basename).
+    session
+        Session name, part of each particle's cryoSPARC ``uid``.
+
+    Returns
+    -------
+    SnapshotPaths
+        The files written.
+
+    Raises
+    ------
+    InputError
+        Invalid snapshot content (checked before anything is written).
+    """
+    out = Path(out_dir)
+    relion = write_relion_class2d(snapshot, out, root=root, project_dir=project_dir)
+    base = iteration_root(root, snapshot.iteration)
+    paths = SnapshotPaths(
+        iteration=int(snapshot.iteration),
+        classes_mrcs=relion["classes"],
+        model_star=relion["model"],
+        data_star=relion["data"],
+        provenance_json=relion["provenance"],
+        particles_cs=out / f"{base}_particles.cs",
+        class_averages_cs=out / f"{base}_class_averages.cs",
+        gallery_png=out / f"{base}_gallery.png",
+    )
+    write_cryosparc_cs(snapshot, paths.particles_cs, session=session)
+    write_class_averages_cs(
+        snapshot, paths.class_averages_cs, classes_stack=star_path(paths.classes_mrcs, project_dir)
+    )
+    write_gallery_png(snapshot, paths.gallery_png)
+    pointer = {
+        "iteration": paths.iteration,
+        "root": base,
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n_particles": len(snapshot.particles),
+        "n_classes": snapshot.n_classes,
+        "files": {role: p.name for role, p in paths.files().items()},
+    }
+    write_json_atomic(out / LATEST_POINTER, pointer)
+    return paths
+
+
+def read_latest(out_dir: str | os.PathLike[str]) -> SnapshotPaths | None:
+    """The snapshot ``latest.json`` in ``out_dir`` points at, or ``None`` if there is none yet.
+
+    Raises
+    ------
+    InputError
+        If the pointer exists but is not a valid pointer file.
+    """
+    out = Path(out_dir)
+    pointer = out / LATEST_POINTER
+    try:
+        record = json.loads(pointer.read_text(encoding="utf-8"))
+        files = record["files"]
+        return SnapshotPaths(
+            iteration=int(record["iteration"]), **{role: out / files[role] for role in _ROLES}
+        )
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(pointer, f"not a valid snapshot pointer ({exc})") from exc
+
+
+_ROLES = (
+    "classes_mrcs",
+    "model_star",
+    "data_star",
+    "provenance_json",
+    "particles_cs",
+    "class_averages_cs",
+    "gallery_png",
+)
+
+__all__ = [
+    "LATEST_POINTER",
+    "SnapshotPaths",
+    "read_latest",
+    "render_class_png",
+    "render_gallery",
+    "write_snapshot",
+]

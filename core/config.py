@@ -1,0 +1,175 @@
+"""Configuration models, loaded from TOML (``tomllib``), one section per component.
+
+Every model is a frozen dataclass with documented defaults. Loading validates types and names:
+an unknown key or a wrong type raises ``ConfigError`` naming the file, the section and the key,
+so a typo in a config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Class2DParams:
+    """The parameters of cryoSPARC's "2D Classification" job, with its defaults.
+
+    ``None`` means "derived": the docstring of each field says from what.
+    """
+
+    n_classes: int = 50
+    #: ICUF: posterior temperature at the start, annealed to 1 (see engine.em.schedule).
+    initial_uncertainty_factor: float = 2.0
+    #: Highest resolution used internally; sets the Fourier-cropped box.
+    max_resolution_angstrom: float = 6.0
+    #: Highest resolution used in alignment; ``None`` = ``max_resolution_angstrom``.
+    max_alignment_resolution_angstrom: float | None = None
+    #: Lowest resolution used in alignment (high-pass against micelles); ``None`` = off.
+    min_alignment_resolution_angstrom: float | None = None
+    #: Circular mask (inner) diameter; ``None`` = 85% of the box.
+    mask_diameter_angstrom: float | None = None
+    #: Outer diameter of the soft mask edge; ``None`` = 20% larger than the inner diameter (capped at the box).
+    mask_outer_diameter_angstrom: float | None = None
+    #: Maximise over poses and shifts (True) or marginalise (False); ``None`` = on unless n_classes <= 20.
+    force_max_over_poses: bool | None = None
+    online_em_iterations: int = 20
+    batch_size_per_class: int = 100
+    final_full_iterations: int = 1
+    zero_pad_factor: int = 2
+    per_particle_scale: bool = False
+    clamp_solvent: bool = False
+    non_negativity: bool = False
+    recenter: bool = True
+    recenter_threshold: float = 0.2
+    align_filaments_vertically: bool = False
+    sort_by_size: bool = True
+    #: In-plane angular step; ``None`` = RELION's rule 360/ceil(π·diameter/resolution).
+    in_plane_step_degrees: float | None = None
+    #: Largest shift searched, in Å; ``None`` = 10% of the mask diameter.
+    max_shift_angstrom: float | None = None
+    #: Iteration where noise annealing starts and how many iterations it takes (cryoSPARC: 2 and 15).
+    noise_anneal_start_iteration: int = 2
+    noise_anneal_iterations: int = 15
+    seed: int = 0
+    #: "fp32" or a reduced precision for the E-step GEMMs ("bf16"); see the classify benchmark.
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        positive = {
+            "n_classes": self.n_classes,
+            "initial_uncertainty_factor": self.initial_uncertainty_factor,
+            "max_resolution_angstrom": self.max_resolution_angstrom,
+            "batch_size_per_class": self.batch_size_per_class,
+            "zero_pad_factor": self.zero_pad_factor,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(None, f"{name} must be > 0, got {value}")
+        if self.initial_uncertainty_factor < 1:
+            raise ConfigError(None, "initial_uncertainty_factor must be >= 1 (1 = no extra uncertainty)")
+        if self.online_em_iterations < 0 or self.final_full_iterations < 0:
+            raise ConfigError(None, "iteration counts must be >= 0")
+        if not 0 < self.recenter_threshold < 1:
+            raise ConfigError(None, f"recenter_threshold must be in (0, 1), got {self.recenter_threshold}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(None, f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        lo, hi = self.min_alignment_resolution_angstrom, self.alignment_resolution_angstrom
+        if lo is not None and lo <= hi:
+            raise ConfigError(
+                None, f"min_alignment_resolution_angstrom ({lo}) must be coarser (larger) than the max ({hi})"
+            )
+
+    @property
+    def alignment_resolution_angstrom(self) -> float:
+        """The maximum alignment resolution in effect."""
+        if self.max_alignment_resolution_angstrom is None:
+            return self.max_resolution_angstrom
+        return self.max_alignment_resolution_angstrom
+
+    @property
+    def force_max(self) -> bool:
+        """Whether poses and shifts are maximised over (cryoSPARC: off for 20 classes or fewer)."""
+        if self.force_max_over_poses is None:
+            return self.n_classes > 20
+        return self.force_max_over_poses
+
+
+@dataclass(frozen=True)
+class Otf2dConfig:
+    """A whole configuration file: one section per component (more sections come with them)."""
+
+    classification: Class2DParams = field(default_factory=Class2DParams)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise ``ConfigError``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(None, f"{where}: {value!r} is not one of {options}")
+    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, bool, str) and type(value) is annotation:
+        return value
+    raise ConfigError(None, f"{where}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from a TOML table, validating names and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(None, f"{where}: expected a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(None, f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_mapping(hint, value, f"{where}.{name}")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _check_type(value, hint, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> Otf2dConfig:
+    """Read a TOML configuration file.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or parsed, or holds an unknown key or a wrong type;
+        the message names the file and the key.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from exc
+    try:
+        return from_mapping(Otf2dConfig, data, "config")
+    except ConfigError as exc:
+        raise ConfigError(path, exc.what) from exc
+
+
+__all__ = ["Class2DParams", "Otf2dConfig", "from_mapping", "load_config"]

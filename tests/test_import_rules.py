@@ -1,0 +1,94 @@
+"""The import direction of DESIGN.md, checked on the source and at run time.
+
+streamer and engine never import each other; core, streamer, monitoring and simulator never import
+torch; core is a leaf (imports no other otf2d package).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("core", "streamer", "engine", "monitoring", "simulator")
+TORCH = ("torch", "torch_ctf", "torch_fourier_filter", "torch_grid_utils")
+
+#: package -> top-level modules it must never import (at any depth, even inside functions)
+FORBIDDEN = {
+    "core": {"streamer", "engine", "monitoring", "simulator", "zmq", *TORCH},
+    "streamer": {"engine", "monitoring", "simulator", *TORCH},
+    "engine": {"streamer"},
+    "monitoring": {"streamer", "engine", "simulator", *TORCH},
+    "simulator": {"streamer", "engine", *TORCH},
+}
+
+
+def imported_top_levels(path: Path) -> set[str]:
+    """Top-level module names imported anywhere in ``path`` (absolute imports only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def source_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_forbidden_imports_in_source(package: str) -> None:
+    files = source_files(package)
+    assert files, f"package {package} has no modules"
+    offences = [
+        f"{path.relative_to(ROOT)} imports {sorted(imported_top_levels(path) & FORBIDDEN[package])}"
+        for path in files
+        if imported_top_levels(path) & FORBIDDEN[package]
+    ]
+    assert not offences, "\n".join(offences)
+
+
+def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    import torch.nn\n    from engine.em import x\n")
+    assert {"torch", "engine"} <= imported_top_levels(bad)
+
+
+def test_torch_free_packages_import_without_torch() -> None:
+    """Importing every module of the torch-free packages leaves torch out of sys.modules."""
+    modules = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for package in ("core", "streamer", "monitoring", "simulator")
+        for path in source_files(package)
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}:\n"
+        "    importlib.import_module(m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{TORCH!r})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"torch was imported: {out.stdout.strip()}"
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from core.cli import main\n"
+        "try:\n"
+        "    main(['simulate', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

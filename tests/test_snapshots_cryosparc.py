@@ -1,0 +1,185 @@
+"""cryoSPARC .cs writer: dtype of the real J2 file, plain-NumPy loading, pyem's conventions."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import starfile
+from snapshot_factory import COUNTS, IMAGE_PIXEL_SIZE, IMAGE_SIZE, PIXEL_SIZE, make_snapshot
+
+from monitoring.snapshots.cryosparc import (
+    particle_uids,
+    particles_cs_array,
+    write_class_averages_cs,
+    write_cryosparc_cs,
+)
+from monitoring.snapshots.relion import write_relion_class2d
+
+J2 = "cryodrgn/cryosparc_J2_particles_exported.cs"
+
+
+def _close_f4(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to float32 rounding."""
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+def _load(path: Path) -> np.ndarray:
+    assert path.read_bytes()[:6] == b"\x93NUMPY"
+    arr = np.load(path, allow_pickle=False)
+    assert arr.dtype.names is not None
+    return arr
+
+
+def test_alignments2d_fields_match_the_real_cryosparc_file(shared_data: Path, tmp_path: Path) -> None:
+    real = np.load(shared_data / J2, allow_pickle=False)
+    ours = _load(write_cryosparc_cs(make_snapshot(), tmp_path / "p.cs"))
+    assert real.dtype.names is not None and ours.dtype.names is not None
+    real_align = [n for n in real.dtype.names if n.startswith("alignments2D/")]
+    ours_align = [n for n in ours.dtype.names if n.startswith("alignments2D/")]
+    assert ours_align == real_align  # same fields, same order
+    for name in real.dtype.names:
+        if name in ("blob/path", "blob/import_sig"):
+            continue  # path width depends on the paths; import_sig is cryoSPARC's import signature
+        assert name in ours.dtype.names, name
+        assert ours.dtype[name] == real.dtype[name], (name, ours.dtype[name], real.dtype[name])
+    assert ours.dtype["blob/path"].kind == "S"
+
+
+def test_values(tmp_path: Path) -> None:
+    snapshot = make_snapshot()
+    cs = _load(write_cryosparc_cs(snapshot, tmp_path / "p.cs"))
+    parts = snapshot.particles
+    n = len(parts)
+    assert cs.shape == (n,)
+    assert [p.decode() for p in cs["blob/path"]] == list(parts.stack_paths)
+    np.testing.assert_array_equal(cs["blob/idx"], parts.indices - 1)
+    np.testing.assert_array_equal(cs["blob/shape"], np.full((n, 2), IMAGE_SIZE))
+    np.testing.assert_array_equal(cs["blob/psize_A"], np.float32(IMAGE_PIXEL_SIZE))
+    np.testing.assert_array_equal(cs["blob/sign"], -1.0)
+    np.testing.assert_array_equal(cs["ctf/exp_group_id"], parts.optics_groups - 1)
+    np.testing.assert_array_equal(cs["ctf/type"], b"imported")
+    ctf = parts.ctf
+    _close_f4(cs["ctf/accel_kv"], ctf.voltage_kv)
+    _close_f4(cs["ctf/cs_mm"], ctf.spherical_aberration_mm)
+    _close_f4(cs["ctf/amp_contrast"], ctf.amplitude_contrast)
+    _close_f4(cs["ctf/df1_A"], ctf.defocus_u_angstrom)
+    _close_f4(cs["ctf/df2_A"], ctf.defocus_v_angstrom)
+    _close_f4(cs["ctf/df_angle_rad"], ctf.defocus_angle_degrees * np.pi / 180)
+    _close_f4(cs["ctf/phase_shift_rad"], ctf.phase_shift_degrees * np.pi / 180)
+    _close_f4(cs["ctf/scale"], ctf.scale)
+    _close_f4(cs["ctf/bfactor"], ctf.bfactor_angstrom2)
+    np.testing.assert_array_equal(cs["alignments2D/class"], parts.class_index)
+    np.testing.assert_array_equal(np.bincount(cs["alignments2D/class"], minlength=len(COUNTS)), COUNTS)
+    _close_f4(cs["alignments2D/class_posterior"], parts.class_posterior)
+    _close_f4(cs["alignments2D/class_ess"], parts.class_ess)
+    np.testing.assert_array_equal(cs["alignments2D/psize_A"], np.float32(IMAGE_PIXEL_SIZE))
+    assert np.all((cs["alignments2D/pose"] >= 0) & (cs["alignments2D/pose"] <= np.float32(2 * np.pi)))
+    # neutral values for what otf2d does not compute
+    np.testing.assert_array_equal(cs["alignments2D/alpha"], 1.0)
+    np.testing.assert_array_equal(cs["alignments2D/split"], 0)
+    np.testing.assert_array_equal(cs["alignments2D/error"], 0.0)
+
+
+def test_pose_and_shift_conventions_on_a_known_particle(tmp_path: Path) -> None:
+    snapshot = make_snapshot()
+    parts = snapshot.particles
+    psi = parts.psi_degrees.copy()
+    ox, oy = parts.origin_x_angstrom.copy(), parts.origin_y_angstrom.copy()
+    psi[:4] = [90.0, -90.0, 180.0, -1e-13]
+    ox[:3] = [3.0, -1.5, 0.0]
+    oy[:3] = [-4.5, 0.0, 0.75]
+    parts = dataclasses.replace(parts, psi_degrees=psi, origin_x_angstrom=ox, origin_y_angstrom=oy)
+    cs = particles_cs_array(dataclasses.replace(snapshot, particles=parts))
+    np.testing.assert_allclose(cs["alignments2D/pose"][:3], [np.pi / 2, 3 * np.pi / 2, np.pi], rtol=1e-7)
+    assert 0.0 <= cs["alignments2D/pose"][3] < 2 * np.pi  # a hair below 0° stays in [0, 2π) in float32
+    # shifts in pixels of the particle images (1.5 Å/px), same sign and axis order as rlnOriginX/YAngst
+    np.testing.assert_allclose(
+        cs["alignments2D/shift"][:3], [[2.0, -3.0], [-1.0, 0.0], [0.0, 0.5]], rtol=1e-7
+    )
+
+
+def test_round_trip_against_the_relion_writer(tmp_path: Path) -> None:
+    """Apply pyem's csparc2star mapping to our .cs and compare with our _data.star."""
+    snapshot = make_snapshot()
+    project = tmp_path / "project"
+    data_star = write_relion_class2d(snapshot, project / "Class2D" / "job001", project_dir=project)["data"]
+    cs = _load(write_cryosparc_cs(snapshot, project / "Class2D" / "job001" / "run_it001_particles.cs"))
+    star = starfile.read(data_star, always_dict=True, parse_as_string=["rlnImageName"])["particles"]
+    assert isinstance(star, pd.DataFrame)
+    star = star.set_index("rlnImageName")
+    # pyem: rlnImageName = "%.6d" % (idx + 1) + "@" + path
+    names = ["%.6d@%s" % (i + 1, p.decode()) for i, p in zip(cs["blob/idx"], cs["blob/path"], strict=True)]  # noqa: UP031
+    row = star.loc[names]
+    psi_from_cs = np.rad2deg(cs["alignments2D/pose"].astype(np.float64))
+    dpsi = (psi_from_cs - row["rlnAnglePsi"].to_numpy() + 180.0) % 360.0 - 180.0
+    assert np.abs(dpsi).max() < 1e-4
+    origins = cs["alignments2D/shift"].astype(np.float64) * cs["blob/psize_A"][:, None].astype(np.float64)
+    np.testing.assert_allclose(origins[:, 0], row["rlnOriginXAngst"], atol=1e-5)
+    np.testing.assert_allclose(origins[:, 1], row["rlnOriginYAngst"], atol=1e-5)
+    np.testing.assert_array_equal(cs["alignments2D/class"] + 1, row["rlnClassNumber"])
+    np.testing.assert_array_equal(cs["ctf/exp_group_id"] + 1, row["rlnOpticsGroup"])
+    np.testing.assert_allclose(np.rad2deg(cs["ctf/df_angle_rad"]), row["rlnDefocusAngle"], atol=1e-4)
+    np.testing.assert_allclose(np.rad2deg(cs["ctf/phase_shift_rad"]), row["rlnPhaseShift"], atol=1e-4)
+    np.testing.assert_allclose(cs["ctf/df1_A"], row["rlnDefocusU"], rtol=1e-7)
+
+
+def test_real_j2_poses_use_the_same_range_as_ours(shared_data: Path) -> None:
+    real = np.load(shared_data / J2, allow_pickle=False)
+    pose = real["alignments2D/pose"]
+    assert pose.min() >= 0.0 and pose.max() < 2 * np.pi  # cryoSPARC stores in-plane angles in [0, 2π)
+    assert np.all(np.abs(real["alignments2D/shift"]) < real["blob/shape"][:, :1] / 2)  # pixels, not Å
+
+
+def test_uids_are_stable_unique_and_keyed_on_the_particle(tmp_path: Path) -> None:
+    snapshot = make_snapshot()
+    a = _load(write_cryosparc_cs(snapshot, tmp_path / "a.cs"))
+    b = _load(write_cryosparc_cs(make_snapshot(seed=5), tmp_path / "b.cs"))  # other values, same keys
+    assert a["uid"].dtype == np.dtype("<u8")
+    assert len(set(a["uid"].tolist())) == len(a)
+    by_key = dict(zip(zip(b["blob/path"], b["blob/idx"], strict=True), b["uid"], strict=True))
+    for path, idx, uid in zip(a["blob/path"], a["blob/idx"], a["uid"], strict=True):
+        assert by_key[(path, idx)] == uid
+    other_session = particle_uids(snapshot.particles.stack_paths, snapshot.particles.indices, "session-2")
+    assert not np.any(other_session == a["uid"])
+    assert particle_uids(["x.mrcs"], [1])[0] != particle_uids(["x.mrcs"], [2])[0]
+
+
+def test_class_averages_companion_points_at_the_classes_stack(tmp_path: Path) -> None:
+    snapshot = make_snapshot()
+    project = tmp_path / "project"
+    classes = write_relion_class2d(snapshot, project / "Class2D" / "job001", project_dir=project)["classes"]
+    cs = _load(
+        write_class_averages_cs(
+            snapshot, tmp_path / "c.cs", classes_stack="Class2D/job001/run_it001_classes.mrcs"
+        )
+    )
+    assert len(cs) == len(COUNTS)
+    stack = mrcfile.read(project / cs["blob/path"][0].decode())
+    assert (project / cs["blob/path"][0].decode()) == classes
+    for row in cs:
+        np.testing.assert_array_equal(stack[row["blob/idx"]], snapshot.averages[row["alignments2D/class"]])
+    np.testing.assert_array_equal(cs["blob/shape"], np.full((len(COUNTS), 2), 32))
+    np.testing.assert_array_equal(cs["blob/psize_A"], np.float32(PIXEL_SIZE))
+    np.testing.assert_array_equal(
+        cs["blob/res_A"], np.array([12.5, 15.25, 999.0, 9.75, 30.0, 18.0], dtype=np.float32)
+    )
+
+
+def test_no_particles_yet(tmp_path: Path) -> None:
+    cs = _load(write_cryosparc_cs(make_snapshot((0, 0)), tmp_path / "empty.cs"))
+    assert cs.shape == (0,)
+    assert "alignments2D/class" in cs.dtype.names  # type: ignore[operator]
+
+
+def test_utf8_paths_are_kept(tmp_path: Path) -> None:
+    snapshot = make_snapshot()
+    paths = snapshot.particles.stack_paths.astype(object)
+    paths[0] = "Extract/jöb007/Movies/mïc.mrcs"
+    parts = dataclasses.replace(snapshot.particles, stack_paths=paths.astype(str))
+    cs = _load(write_cryosparc_cs(dataclasses.replace(snapshot, particles=parts), tmp_path / "u.cs"))
+    assert cs["blob/path"][0].decode("utf-8") == "Extract/jöb007/Movies/mïc.mrcs"
+    assert cs["blob/path"][1].decode("utf-8") == snapshot.particles.stack_paths[1]
