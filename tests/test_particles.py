@@ -71,7 +71,7 @@ def test_bad_pixel_size_and_shapes() -> None:
 def test_non_finite_pixels_name_the_particle() -> None:
     b = make_batch()
     b.images[2, 1, 1] = np.nan
-    with pytest.raises(NonFiniteError, match="image 1 of Extract/job005/Movies/mic_00001.mrcs"):
+    with pytest.raises(NonFiniteError, match=r"image 1 of Extract/job005/Movies/mic_00001\.mrcs"):
         b.check_finite()
 
 

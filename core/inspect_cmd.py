@@ -1,0 +1,203 @@
+"""Describe a particle file: count, box, pixel size, optics groups, CTF ranges and whether its stacks exist.
+
+Reads RELION particle STAR files (3.0 to 5, and per-micrograph _extract.star), cryoSPARC .cs files and
+bare .mrcs/.mrc stacks. No images are read: stacks are checked through their headers.
+
+Exit status: 0 when every stack is present and usable, 1 when some are missing or unusable,
+2 when the file itself cannot be read.
+
+Example usage:
+  otf2d inspect Extract/job007/particles.star
+  otf2d inspect J24/J24_001_particles.cs --json
+  otf2d inspect Extract/job007/Movies/mic_0001_extract.star --optics-from Extract/job007/particles.star
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from core.readers import (
+    StackCheck,
+    StackHeader,
+    check_stacks,
+    read_particle_table,
+    read_stack_header,
+    sniff_format,
+)
+from core.readers.stacks import SUPPORTED_MODES
+from core.readers.table import ParticleTable
+
+#: How many missing or broken stacks to name.
+SHOW_STACKS = 5
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``otf2d inspect``."""
+    parser.add_argument("file", help="particles.star, _extract.star, .cs, or a bare .mrcs/.mrc stack")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--project-dir", help="directory stack paths are relative to (default: found)")
+    parser.add_argument("--optics-from", help="particles.star whose data_optics applies (for _extract.star)")
+    parser.add_argument("--pixel-size", type=float, help="pixel size in Å, when the file has none")
+    parser.add_argument("--voltage", type=float, help="voltage in kV, overriding the file")
+    parser.add_argument("--cs", type=float, help="spherical aberration in mm, overriding the file")
+    parser.add_argument("--amplitude-contrast", type=float, help="amplitude contrast, overriding the file")
+
+
+def _range(values: np.ndarray) -> dict[str, float]:
+    return {"min": float(values.min()), "median": float(np.median(values)), "max": float(values.max())}
+
+
+def summarize_table(table: ParticleTable, check: StackCheck) -> dict[str, Any]:
+    """The facts ``otf2d inspect`` reports about a particle table, as JSON-ready values."""
+    groups, counts = np.unique(table.optics_groups, return_counts=True)
+    count_of = dict(zip(groups.tolist(), counts.tolist(), strict=True))
+    ctf = table.ctf
+    distinct = {
+        name: sorted({round(float(v), 6) for v in getattr(ctf, name)})
+        for name in ("voltage_kv", "spherical_aberration_mm", "amplitude_contrast")
+    }
+    return {
+        "file": str(table.source),
+        "format": table.format,
+        "particles": len(table),
+        "box_size": table.box_size,
+        "pixel_size_angstrom": table.pixel_size_angstrom,
+        "session": table.session,
+        "project_dir": str(table.project_dir),
+        "optics_groups": [
+            {**{f.name: getattr(g, f.name) for f in fields(g)}, "particles": count_of.get(g.number, 0)}
+            for g in table.optics
+        ],
+        "ctf": {
+            "present": table.has_ctf,
+            "defocus_u_angstrom": _range(ctf.defocus_u_angstrom),
+            "defocus_v_angstrom": _range(ctf.defocus_v_angstrom),
+            "defocus_angle_degrees": _range(ctf.defocus_angle_degrees),
+            "phase_shift_degrees": _range(ctf.phase_shift_degrees),
+            "bfactor_angstrom2": _range(ctf.bfactor_angstrom2),
+            **distinct,
+        },
+        "stacks": {
+            "referenced": check.n_stacks,
+            "found": len(check.found),
+            "missing": len(check.missing),
+            "unusable": len(check.problems),
+            "first_missing": check.missing[:SHOW_STACKS],
+            "first_unusable": dict(list(check.problems.items())[:SHOW_STACKS]),
+        },
+        "micrographs": None if table.micrograph_names is None else len(np.unique(table.micrograph_names)),
+        "alignments_2d": table.alignments is not None,
+        "classes_2d": table.alignments is not None and table.alignments.class_index is not None,
+    }
+
+
+def summarize_stack(header: StackHeader) -> dict[str, Any]:
+    """The facts ``otf2d inspect`` reports about a bare stack."""
+    return {
+        "file": str(header.path),
+        "format": "mrc",
+        "images": header.n_images,
+        "box_size": [header.width, header.height],
+        "mode": header.mode,
+        "dtype": SUPPORTED_MODES[header.mode],
+        "pixel_size_angstrom_in_header": header.voxel_size_angstrom,
+        "file_size_bytes": header.file_size,
+        "expected_size_bytes": header.expected_size,
+    }
+
+
+def _fmt_range(r: dict[str, float], digits: int = 1) -> str:
+    return f"{r['min']:.{digits}f} / {r['median']:.{digits}f} / {r['max']:.{digits}f}"
+
+
+def format_table_summary(s: dict[str, Any]) -> str:
+    """Human-readable text of :func:`summarize_table`'s result."""
+    lines = [
+        f"file:          {s['file']}",
+        f"format:        {s['format']}",
+        f"particles:     {s['particles']}",
+        f"box:           {s['box_size'] or 'unknown'} px",
+        f"pixel size:    {s['pixel_size_angstrom']:.4f} Å",
+        f"session:       {s['session']}",
+        f"project dir:   {s['project_dir']}",
+        f"optics groups: {len(s['optics_groups'])}",
+        f"  {'group':>5}  {'name':<20} {'kV':>7} {'Cs mm':>6} {'Q0':>6} {'Å/px':>8} {'box':>5} "
+        f"{'particles':>9}",
+    ]
+    for g in s["optics_groups"]:
+        lines.append(
+            f"  {g['number']:>5}  {g['name'][:20]:<20} {g['voltage_kv']:>7.1f} "
+            f"{g['spherical_aberration_mm']:>6.2f} "
+            f"{g['amplitude_contrast']:>6.3f} {g['image_pixel_size_angstrom']:>8.4f} {g['image_size']:>5} "
+            f"{g['particles']:>9}"
+        )
+    c = s["ctf"]
+    lines.append("CTF (min / median / max):" if c["present"] else "CTF: none in the file (defocus 0)")
+    if c["present"]:
+        lines += [
+            f"  defocus U:   {_fmt_range(c['defocus_u_angstrom'])} Å",
+            f"  defocus V:   {_fmt_range(c['defocus_v_angstrom'])} Å",
+            f"  angle:       {_fmt_range(c['defocus_angle_degrees'], 2)} °",
+            f"  phase shift: {_fmt_range(c['phase_shift_degrees'], 2)} °",
+            f"  B-factor:    {_fmt_range(c['bfactor_angstrom2'], 2)} Å²",
+        ]
+    lines += [
+        f"  kV: {c['voltage_kv']}   Cs: {c['spherical_aberration_mm']} mm   Q0: {c['amplitude_contrast']}",
+    ]
+    st = s["stacks"]
+    lines.append(
+        f"stacks:        {st['referenced']} referenced, {st['found']} found, {st['missing']} missing, "
+        f"{st['unusable']} unusable"
+    )
+    lines += [f"  missing:  {m}" for m in st["first_missing"]]
+    lines += [f"  unusable: {k}: {v}" for k, v in st["first_unusable"].items()]
+    shown = len(st["first_missing"]) + len(st["first_unusable"])
+    if st["missing"] + st["unusable"] > shown:
+        lines.append(f"  ... and {st['missing'] + st['unusable'] - shown} more")
+    mics = s["micrographs"]
+    lines.append(f"micrographs:   {mics if mics is not None else 'not recorded'}")
+    align = "present" + (" (with classes)" if s["classes_2d"] else "") if s["alignments_2d"] else "absent"
+    lines.append(f"2D alignments: {align}")
+    return "\n".join(lines)
+
+
+def format_stack_summary(s: dict[str, Any]) -> str:
+    """Human-readable text of :func:`summarize_stack`'s result."""
+    px = s["pixel_size_angstrom_in_header"]
+    return "\n".join(
+        [
+            f"file:          {s['file']}",
+            "format:        MRC image stack (no particle metadata)",
+            f"images:        {s['images']}",
+            f"box:           {s['box_size'][0]} x {s['box_size'][1]} px",
+            f"dtype:         {s['dtype']} (mode {s['mode']})",
+            f"pixel size:    {f'{px:.4f} Å (header)' if px > 0 else '0 in the header (not set)'}",
+            f"size:          {s['file_size_bytes']} bytes (header promises {s['expected_size_bytes']})",
+        ]
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``otf2d inspect``; returns 0 (all stacks usable), 1 (some missing/unusable)."""
+    if sniff_format(args.file) == "mrc":
+        summary = summarize_stack(read_stack_header(args.file))
+        print(json.dumps(summary, indent=2) if args.json else format_stack_summary(summary))
+        return 0
+    table = read_particle_table(
+        args.file,
+        project_dir=args.project_dir,
+        optics_from=args.optics_from,
+        pixel_size_angstrom=args.pixel_size,
+        voltage_kv=args.voltage,
+        spherical_aberration_mm=args.cs,
+        amplitude_contrast=args.amplitude_contrast,
+    )
+    check = check_stacks(table)
+    summary = summarize_table(table, check)
+    print(json.dumps(summary, indent=2) if args.json else format_table_summary(summary))
+    return 0 if check.ok else 1
