@@ -126,8 +126,7 @@ def format_table_summary(s: dict[str, Any]) -> str:
         f"session:       {s['session']}",
         f"project dir:   {s['project_dir']}",
         f"optics groups: {len(s['optics_groups'])}",
-        f"  {'group':>5}  {'name':<20} {'kV':>7} {'Cs mm':>6} {'Q0':>6} {'Å/px':>8} {'box':>5} "
-        f"{'particles':>9}",
+        f"  {'group':>5}  {'name':<20} {'kV':>7} {'Cs mm':>6} {'Q0':>6} {'Å/px':>8} {'box':>5} {'particles':>9}",
     ]
     for g in s["optics_groups"]:
         lines.append(

@@ -162,10 +162,7 @@ class ParticleBatch:
 
     def keys(self) -> list[ParticleKey]:
         """The stable key of every particle, in order."""
-        return [
-            ParticleKey(self.session, str(p), int(i))
-            for p, i in zip(self.stack_paths, self.indices, strict=True)
-        ]
+        return [ParticleKey(self.session, str(p), int(i)) for p, i in zip(self.stack_paths, self.indices, strict=True)]
 
     def image_names(self) -> list[str]:
         """RELION ``rlnImageName`` of every particle: ``NNNNNN@stack``."""

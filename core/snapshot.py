@@ -132,9 +132,7 @@ class ClassSnapshot:
         ):
             if len(getattr(self, name)) != k:
                 raise InputError(None, f"snapshot: {name} has {len(getattr(self, name))} entries, not {k}")
-        if len(self.particles) and (
-            self.particles.class_index.min() < 0 or self.particles.class_index.max() >= k
-        ):
+        if len(self.particles) and (self.particles.class_index.min() < 0 or self.particles.class_index.max() >= k):
             raise InputError(None, f"snapshot: a particle's class is outside 0..{k - 1}")
 
     @property

@@ -65,9 +65,7 @@ def make_snapshot(
         [f"Extract/job007/Movies/FoilHole_{1000 + i // 7}_Data-4.5e3_x.mrcs" for i in range(n)], dtype=str
     )
     indices = np.array([i % 7 + 1 for i in range(n)], dtype=np.int64)
-    mics = np.array(
-        [s.replace("Extract/job007", "MotionCorr/job002").replace(".mrcs", ".mrc") for s in stacks]
-    )
+    mics = np.array([s.replace("Extract/job007", "MotionCorr/job002").replace(".mrcs", ".mrc") for s in stacks])
     pmax = rng.uniform(0.0, 1.0, n)
     pmax[:1] = 1.234567890123e-12
     parts = ParticleAssignments(

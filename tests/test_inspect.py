@@ -71,9 +71,7 @@ def test_some_missing_some_broken(tmp_path: Path, capsys: pytest.CaptureFixture[
     write_stack(tmp_path / "ok.mrcs", random_images(2, 16))
     write_stack(tmp_path / "short.mrcs", random_images(2, 16))
     names = ["1@ok.mrcs", "2@ok.mrcs", "1@gone.mrcs", "3@short.mrcs"]
-    star = write_star(
-        tmp_path / "p.star", star_loop("", {"rlnImageName": names, "rlnImagePixelSize": [1.0] * 4})
-    )
+    star = write_star(tmp_path / "p.star", star_loop("", {"rlnImageName": names, "rlnImagePixelSize": [1.0] * 4}))
     code, out, _ = _run(capsys, str(star))
     assert code == 1
     assert "3 referenced, 1 found, 1 missing, 1 unusable" in out
@@ -91,9 +89,7 @@ def test_bare_stack(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_float16_bare_stack_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stack = write_stack(tmp_path / "h.mrcs", random_images(3, 8).astype(np.float16), voxel_size=2.5)
     code, out, _ = _run(capsys, str(stack))
-    assert (
-        code == 0 and "float16 (mode 12)" in out and "2.5000 Å (header)" in out and "images:        3" in out
-    )
+    assert code == 0 and "float16 (mode 12)" in out and "2.5000 Å (header)" in out and "images:        3" in out
 
 
 def test_bad_files_exit_2(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

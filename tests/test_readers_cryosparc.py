@@ -42,9 +42,7 @@ def test_empiar_cs_field_conversions(shared_data: Path) -> None:
     np.testing.assert_array_equal(table.indices, rec["blob/idx"].astype(np.int64) + 1)
     np.testing.assert_array_equal(table.optics_groups, rec["ctf/exp_group_id"].astype(np.int64) + 1)
     assert [g.number for g in table.optics] == [24]
-    np.testing.assert_allclose(
-        table.ctf.defocus_angle_degrees, np.degrees(rec["ctf/df_angle_rad"].astype(np.float64))
-    )
+    np.testing.assert_allclose(table.ctf.defocus_angle_degrees, np.degrees(rec["ctf/df_angle_rad"].astype(np.float64)))
     assert table.box_size == int(rec["blob/shape"][0][0]) == 320
     assert table.micrograph_names is None and table.alignments is None
 

@@ -37,9 +37,7 @@ def _raises(cls: type[Exception], names_file: Path, fn, *args, **kwargs) -> str:
 
 
 def test_missing_column_lists_what_exists(tmp_path: Path) -> None:
-    star = write_star(
-        tmp_path / "p.star", star_loop("particles", {"rlnDefocusU": [1.0], "rlnVoltage": [300]})
-    )
+    star = write_star(tmp_path / "p.star", star_loop("particles", {"rlnDefocusU": [1.0], "rlnVoltage": [300]}))
     message = _raises(MissingColumnError, star, read_particle_table, star)
     assert "rlnImageName" in message and "rlnDefocusU" in message and "rlnVoltage" in message
 
@@ -132,9 +130,7 @@ def test_pixel_size_zero_everywhere(tmp_path: Path) -> None:
 
 
 def test_pixel_size_missing_in_relion30(tmp_path: Path) -> None:
-    star = write_star(
-        tmp_path / "p.star", star_loop("", {"rlnImageName": ["1@gone.mrcs"], "rlnVoltage": [300]})
-    )
+    star = write_star(tmp_path / "p.star", star_loop("", {"rlnImageName": ["1@gone.mrcs"], "rlnVoltage": [300]}))
     assert "no stack header" in _raises(PixelSizeError, star, read_particle_table, star)
 
 

@@ -112,9 +112,7 @@ def test_six_optics_groups_metadata_only(shared_data: Path) -> None:
     np.testing.assert_array_equal(table.optics_groups, groups)
     for label, field in [("rlnSphericalAberration", "spherical_aberration_mm"), ("rlnVoltage", "voltage_kv")]:
         np.testing.assert_array_equal(getattr(table.ctf, field), optics.loc[groups, label].to_numpy())
-    np.testing.assert_array_equal(
-        table.pixel_sizes_angstrom, optics.loc[groups, "rlnImagePixelSize"].to_numpy()
-    )
+    np.testing.assert_array_equal(table.pixel_sizes_angstrom, optics.loc[groups, "rlnImagePixelSize"].to_numpy())
     names = {g.number: g.name for g in table.optics}
     assert names == optics["rlnOpticsGroupName"].to_dict()
     stack0, _, index0 = particles["rlnImageName"].iloc[0].partition("@")
@@ -200,9 +198,7 @@ def test_lookup_rule_particle_then_optics_then_default(tmp_path: Path) -> None:
 def test_lookup_rule_defaults_when_nowhere(tmp_path: Path) -> None:
     write_stack(tmp_path / "s.mrcs", random_images(2, 16))
     optics = star_loop("optics", {"rlnOpticsGroup": [1], "rlnImagePixelSize": [2.0]})
-    particles = star_loop(
-        "particles", {"rlnImageName": ["1@s.mrcs", "2@s.mrcs"], "rlnDefocusU": [9000.0, 9500.0]}
-    )
+    particles = star_loop("particles", {"rlnImageName": ["1@s.mrcs", "2@s.mrcs"], "rlnDefocusU": [9000.0, 9500.0]})
     table = read_particle_table(write_star(tmp_path / "p.star", optics, particles))
     assert (table.ctf.voltage_kv == 200.0).all() and (table.ctf.spherical_aberration_mm == 0.0).all()
     assert (table.ctf.amplitude_contrast == 0.0).all() and (table.optics_groups == 1).all()
@@ -257,9 +253,7 @@ def test_extract_star_needs_optics(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="optics_from") as info:
         read_particle_table(extract)
     assert str(extract) in str(info.value)
-    table = read_particle_table(
-        extract, voltage_kv=300.0, spherical_aberration_mm=2.7, amplitude_contrast=0.1
-    )
+    table = read_particle_table(extract, voltage_kv=300.0, spherical_aberration_mm=2.7, amplitude_contrast=0.1)
     assert table.pixel_size_angstrom == 1.5  # from the stack header, which RELION's Extract fills
     np.testing.assert_array_equal(table.ctf.amplitude_contrast, 0.1)
 
@@ -343,9 +337,7 @@ def test_float16_and_float32_stacks_in_one_batch(tmp_path: Path) -> None:
     write_stack(tmp_path / "h.mrcs", half)
     write_stack(tmp_path / "f.mrcs", full)
     names = ["1@h.mrcs", "1@f.mrcs", "2@h.mrcs"]
-    star = write_star(
-        tmp_path / "p.star", star_loop("", {"rlnImageName": names, "rlnImagePixelSize": [1.0] * 3})
-    )
+    star = write_star(tmp_path / "p.star", star_loop("", {"rlnImageName": names, "rlnImagePixelSize": [1.0] * 3}))
     table = read_particle_table(star)
     batch = load_batch(table, slice(None))
     assert batch.images.dtype == np.float32
@@ -356,9 +348,7 @@ def test_float16_and_float32_stacks_in_one_batch(tmp_path: Path) -> None:
 @pytest.mark.relion
 @pytest.mark.skipif(shutil.which("relion_convert_star") is None, reason="relion_convert_star not installed")
 @pytest.mark.parametrize("name", ["aspire/sample_particles_relion30.star", "cryodrgn/empiar_10076_7.star"])
-def test_relion30_reading_matches_relions_own_conversion(
-    shared_data: Path, tmp_path: Path, name: str
-) -> None:
+def test_relion30_reading_matches_relions_own_conversion(shared_data: Path, tmp_path: Path, name: str) -> None:
     source = shared_data / name
     converted = tmp_path / "converted.star"
     subprocess.run(

@@ -31,9 +31,7 @@ def test_writes_everything_and_points_latest_at_it(tmp_path: Path) -> None:
         "run_it007_class_averages.cs",
         "run_it007_gallery.png",
     }
-    assert sorted(p.name for p in job.iterdir()) == sorted(
-        [LATEST_POINTER, *(p.name for p in files.values())]
-    )
+    assert sorted(p.name for p in job.iterdir()) == sorted([LATEST_POINTER, *(p.name for p in files.values())])
     assert mrcfile.read(paths.classes_mrcs).shape == (len(COUNTS), 32, 32)
     assert len(starfile.read(paths.data_star, always_dict=True)["particles"]) == sum(COUNTS)
     assert len(np.load(paths.particles_cs, allow_pickle=False)) == sum(COUNTS)

@@ -75,9 +75,7 @@ def test_failure_in_replace_keeps_previous_file_and_removes_temp(
     assert _listing(tmp_path) == ["model.star"]
 
 
-def test_numpy_writer_failing_midway_leaves_previous_cs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_numpy_writer_failing_midway_leaves_previous_cs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "particles.cs"
     before = np.arange(5, dtype="<u8")
     write_npy_atomic(target, before)
@@ -94,9 +92,7 @@ def test_numpy_writer_failing_midway_leaves_previous_cs(
     assert _listing(tmp_path) == ["particles.cs"]
 
 
-def test_mrc_writer_failing_midway_leaves_previous_stack(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_mrc_writer_failing_midway_leaves_previous_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "run_it001_classes.mrcs"
     before = np.ones((2, 8, 8), dtype=np.float32)
     write_mrc_atomic(target, before, voxel_size_angstrom=2.0)
@@ -154,9 +150,7 @@ def test_json_refuses_nan_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_star_text_has_a_version_line_before_every_block() -> None:
-    text = star_text(
-        {"general": {"rlnPixelSize": 1.5}, "particles": pd.DataFrame({"rlnClassNumber": [1, 2]})}
-    )
+    text = star_text({"general": {"rlnPixelSize": 1.5}, "particles": pd.DataFrame({"rlnClassNumber": [1, 2]})})
     lines = text.splitlines()
     data_lines = [i for i, line in enumerate(lines) if line.startswith("data_")]
     assert [lines[i] for i in data_lines] == ["data_general", "data_particles"]
@@ -167,13 +161,8 @@ def test_star_text_has_a_version_line_before_every_block() -> None:
 
 def test_star_round_trips_float64_exactly_and_keeps_strings(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    values = np.concatenate(
-        [rng.normal(scale=1e4, size=20), [1.234567890123e-12, -0.0, 1e300, 123456789.125]]
-    )
-    names = [
-        f"{i + 1:06d}@Extract/job007/Movies/mic 0001.mrcs" if i == 0 else f"{i + 1:06d}@x.mrcs"
-        for i in range(24)
-    ]
+    values = np.concatenate([rng.normal(scale=1e4, size=20), [1.234567890123e-12, -0.0, 1e300, 123456789.125]])
+    names = [f"{i + 1:06d}@Extract/job007/Movies/mic 0001.mrcs" if i == 0 else f"{i + 1:06d}@x.mrcs" for i in range(24)]
     mics = ["0001", "1e5", "007.mrc", *[f"m{i}" for i in range(21)]]
     df = pd.DataFrame(
         {

@@ -97,9 +97,7 @@ def test_pose_and_shift_conventions_on_a_known_particle(tmp_path: Path) -> None:
     np.testing.assert_allclose(cs["alignments2D/pose"][:3], [np.pi / 2, 3 * np.pi / 2, np.pi], rtol=1e-7)
     assert 0.0 <= cs["alignments2D/pose"][3] < 2 * np.pi  # a hair below 0° stays in [0, 2π) in float32
     # shifts in pixels of the particle images (1.5 Å/px), same sign and axis order as rlnOriginX/YAngst
-    np.testing.assert_allclose(
-        cs["alignments2D/shift"][:3], [[2.0, -3.0], [-1.0, 0.0], [0.0, 0.5]], rtol=1e-7
-    )
+    np.testing.assert_allclose(cs["alignments2D/shift"][:3], [[2.0, -3.0], [-1.0, 0.0], [0.0, 0.5]], rtol=1e-7)
 
 
 def test_round_trip_against_the_relion_writer(tmp_path: Path) -> None:
@@ -153,9 +151,7 @@ def test_class_averages_companion_points_at_the_classes_stack(tmp_path: Path) ->
     project = tmp_path / "project"
     classes = write_relion_class2d(snapshot, project / "Class2D" / "job001", project_dir=project)["classes"]
     cs = _load(
-        write_class_averages_cs(
-            snapshot, tmp_path / "c.cs", classes_stack="Class2D/job001/run_it001_classes.mrcs"
-        )
+        write_class_averages_cs(snapshot, tmp_path / "c.cs", classes_stack="Class2D/job001/run_it001_classes.mrcs")
     )
     assert len(cs) == len(COUNTS)
     stack = mrcfile.read(project / cs["blob/path"][0].decode())
@@ -164,9 +160,7 @@ def test_class_averages_companion_points_at_the_classes_stack(tmp_path: Path) ->
         np.testing.assert_array_equal(stack[row["blob/idx"]], snapshot.averages[row["alignments2D/class"]])
     np.testing.assert_array_equal(cs["blob/shape"], np.full((len(COUNTS), 2), 32))
     np.testing.assert_array_equal(cs["blob/psize_A"], np.float32(PIXEL_SIZE))
-    np.testing.assert_array_equal(
-        cs["blob/res_A"], np.array([12.5, 15.25, 999.0, 9.75, 30.0, 18.0], dtype=np.float32)
-    )
+    np.testing.assert_array_equal(cs["blob/res_A"], np.array([12.5, 15.25, 999.0, 9.75, 30.0, 18.0], dtype=np.float32))
 
 
 def test_no_particles_yet(tmp_path: Path) -> None:

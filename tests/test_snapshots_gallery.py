@@ -129,9 +129,7 @@ def test_junk_classes_get_a_red_border() -> None:
         red = (edge[:, 0] > 180) & (edge[:, 1] < 90) & (edge[:, 2] < 90)
         assert red.all() == (junk[cls] > 0.5), (position, cls)
     # an explicit junk_score overrides the snapshot's
-    clean = np.asarray(
-        render_gallery(snapshot, tile_px=96, columns=3, junk_score=np.zeros(6)), dtype=np.int64
-    )
+    clean = np.asarray(render_gallery(snapshot, tile_px=96, columns=3, junk_score=np.zeros(6)), dtype=np.int64)
     x0, y0, x1, _ = layout.tile_box(SIZE_ORDER.index(1))
     assert not ((clean[y0, x0 + 10 : x1 - 10, 0] > 180) & (clean[y0, x0 + 10 : x1 - 10, 1] < 90)).all()
     with pytest.raises(InputError, match="junk_score"):

@@ -98,9 +98,7 @@ def test_model_star(written: tuple[ClassSnapshot, dict[str, Path], Path]) -> Non
     np.testing.assert_array_equal(res, [12.5, 15.25, UNKNOWN_RESOLUTION_ANGSTROM, 9.75, 30.0, 18.0])
     np.testing.assert_array_equal(classes["rlnOverallFourierCompleteness"], [1, 1, 0, 1, 1, 1])
     np.testing.assert_array_equal(classes["rlnAccuracyRotations"], snapshot.accuracy_rotations_degrees)
-    np.testing.assert_array_equal(
-        classes["rlnAccuracyTranslationsAngst"], snapshot.accuracy_translations_angstrom
-    )
+    np.testing.assert_array_equal(classes["rlnAccuracyTranslationsAngst"], snapshot.accuracy_translations_angstrom)
     np.testing.assert_array_equal(classes["rlnClassPriorOffsetX"], 0.0)
     np.testing.assert_array_equal(classes["rlnClassPriorOffsetY"], 0.0)
 
@@ -135,9 +133,7 @@ def test_data_star(written: tuple[ClassSnapshot, dict[str, Path], Path]) -> None
         assert particles[label].dtype.kind == "i", label
     np.testing.assert_array_equal(particles["rlnClassNumber"], parts.class_index + 1)
     assert sorted(set(particles["rlnClassNumber"])) == [1, 2, 4, 5, 6]  # class 3 is empty
-    np.testing.assert_array_equal(
-        np.bincount(particles["rlnClassNumber"], minlength=len(COUNTS) + 1)[1:], COUNTS
-    )
+    np.testing.assert_array_equal(np.bincount(particles["rlnClassNumber"], minlength=len(COUNTS) + 1)[1:], COUNTS)
     np.testing.assert_array_equal(particles["rlnOpticsGroup"], parts.optics_groups)
     exact = {
         "rlnAnglePsi": parts.psi_degrees,
@@ -175,9 +171,7 @@ def test_provenance(written: tuple[ClassSnapshot, dict[str, Path], Path]) -> Non
         "%06d@%s" % (i, p)  # noqa: UP031
         for p, i in zip(snapshot.particles.stack_paths, snapshot.particles.indices, strict=True)
     )
-    assert (
-        record["particle_set_sha256"] == hashlib.sha256("".join(n + "\n" for n in names).encode()).hexdigest()
-    )
+    assert record["particle_set_sha256"] == hashlib.sha256("".join(n + "\n" for n in names).encode()).hexdigest()
 
 
 def test_parameters_with_numpy_and_non_finite_values_are_recorded(tmp_path: Path) -> None:
@@ -214,9 +208,7 @@ def test_per_particle_voltage_is_written_when_it_differs_from_its_optics_group(t
     ctf = snapshot.particles.ctf
     voltage = ctf.voltage_kv.copy()
     voltage[4] = 120.0
-    parts = dataclasses.replace(
-        snapshot.particles, ctf=CtfParams(**{**dataclasses.asdict(ctf), "voltage_kv": voltage})
-    )
+    parts = dataclasses.replace(snapshot.particles, ctf=CtfParams(**{**dataclasses.asdict(ctf), "voltage_kv": voltage}))
     paths = write_relion_class2d(dataclasses.replace(snapshot, particles=parts), tmp_path)
     particles = _read(paths["data"])["particles"]
     assert isinstance(particles, pd.DataFrame)

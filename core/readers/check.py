@@ -65,13 +65,9 @@ def check_stacks(table: ParticleTable) -> StackCheck:
             result.problems[stack] = exc.what
             continue
         if max_index[k] > header.n_images:
-            result.problems[stack] = (
-                f"index {max_index[k]} is past the end: the stack holds {header.n_images}"
-            )
+            result.problems[stack] = f"index {max_index[k]} is past the end: the stack holds {header.n_images}"
         elif table.box_size and (header.height, header.width) != (table.box_size, table.box_size):
-            result.problems[stack] = (
-                f"images are {header.width}x{header.height}, metadata says box {table.box_size}"
-            )
+            result.problems[stack] = f"images are {header.width}x{header.height}, metadata says box {table.box_size}"
         else:
             result.found.append(stack)
     return result

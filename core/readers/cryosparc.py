@@ -137,15 +137,11 @@ def read_cryosparc_table(
     for number in np.unique(groups):
         first = int(np.flatnonzero(groups == number)[0])
         header = None
-        if "blob/shape" not in fields or (
-            overrides.pixel_size_angstrom is None and not pixel_meta[first] > 0
-        ):
+        if "blob/shape" not in fields or (overrides.pixel_size_angstrom is None and not pixel_meta[first] > 0):
             rel = str(stacks[first])
             header = first_header([pdir / rel, *(d / Path(rel).name for d in search)], path)
         meta = float(pixel_meta[first]) if np.isfinite(pixel_meta[first]) else None
-        px = resolve_pixel_size(
-            path, meta, overrides.pixel_size_angstrom, header, what=f"exposure group {number - 1}"
-        )
+        px = resolve_pixel_size(path, meta, overrides.pixel_size_angstrom, header, what=f"exposure group {number - 1}")
         if "blob/shape" in fields:
             box = int(records["blob/shape"][first][-1])
         else:
@@ -195,9 +191,7 @@ def _column(path: Path, records: np.ndarray, name: str) -> FloatArray:
     if values.ndim != 1:
         raise InputError(path, f"field {name} has shape {values.shape[1:]} per row; expected a scalar")
     if not np.all(np.isfinite(values)):
-        raise InputError(
-            path, f"field {name} holds NaN or Inf (first at row {int(np.argmin(np.isfinite(values)))})"
-        )
+        raise InputError(path, f"field {name} holds NaN or Inf (first at row {int(np.argmin(np.isfinite(values)))})")
     return values
 
 
@@ -229,11 +223,7 @@ def _alignments(path: Path, records: np.ndarray, pixel_size: float) -> Alignment
         ox, oy = shift[:, 0] * px, shift[:, 1] * px
     else:
         ox, oy = np.zeros(n), np.zeros(n)
-    classes = (
-        _column(path, records, "alignments2D/class").astype(np.int64)
-        if "alignments2D/class" in fields
-        else None
-    )
+    classes = _column(path, records, "alignments2D/class").astype(np.int64) if "alignments2D/class" in fields else None
     return Alignments2D(
         psi_degrees=np.rad2deg(_column(path, records, "alignments2D/pose")),
         origin_x_angstrom=ox,

@@ -126,9 +126,7 @@ def load_batch(
                 f"{table.box_size} (its rlnImageSize / blob/shape, else its first stack's header)",
             )
     all_half = all(h.mode == 12 for h in headers.values())
-    images = np.empty(
-        (len(rows), reference.height, reference.width), dtype=np.float16 if all_half else np.float32
-    )
+    images = np.empty((len(rows), reference.height, reference.width), dtype=np.float16 if all_half else np.float32)
     grouped = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(stacks)))
     start = 0
@@ -151,9 +149,7 @@ def load_batch(
     return batch
 
 
-def iter_batches(
-    table: ParticleTable, batch_size: int, *, check_finite: bool = True
-) -> Iterator[ParticleBatch]:
+def iter_batches(table: ParticleTable, batch_size: int, *, check_finite: bool = True) -> Iterator[ParticleBatch]:
     """The whole table, in file order, as batches of at most ``batch_size`` particles.
 
     A batch never spans two pixel sizes: where consecutive particles' optics groups differ in pixel

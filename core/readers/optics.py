@@ -47,9 +47,7 @@ class OpticsOverrides:
             raise PixelSizeError(None, f"pixel_size_angstrom must be > 0, got {px}")
         for name, value in self.ctf_values().items():
             if not np.isfinite(value) or (name == "voltage_kv" and value <= 0):
-                raise InputError(
-                    None, f"{name} must be a finite number{' > 0' * (name == 'voltage_kv')}, got {value}"
-                )
+                raise InputError(None, f"{name} must be a finite number{' > 0' * (name == 'voltage_kv')}, got {value}")
 
     def ctf_values(self) -> dict[str, float]:
         """The CTF fields that are set."""
@@ -101,28 +99,18 @@ def resolve_pixel_size(
     PixelSizeError
         When none of them gives a value > 0; the message says where it looked.
     """
-    meta = (
-        from_metadata
-        if from_metadata is not None and np.isfinite(from_metadata) and from_metadata > 0
-        else None
-    )
+    meta = from_metadata if from_metadata is not None and np.isfinite(from_metadata) and from_metadata > 0 else None
     if override is not None:
         if meta is not None and not np.isclose(meta, override, rtol=1e-3):
-            log.warning(
-                "%s: pixel size %g Å given explicitly overrides the file's %g Å", source, override, meta
-            )
+            log.warning("%s: pixel size %g Å given explicitly overrides the file's %g Å", source, override, meta)
         return float(override)
     if meta is not None:
         return float(meta)
     if header is not None and header.voxel_size_angstrom > 0:
-        log.info(
-            "%s: pixel size %g Å taken from the header of %s", source, header.voxel_size_angstrom, header.path
-        )
+        log.info("%s: pixel size %g Å taken from the header of %s", source, header.voxel_size_angstrom, header.path)
         return header.voxel_size_angstrom
     header_note = (
-        f"the header of {header.path} has voxel size 0"
-        if header is not None
-        else "no stack header could be read"
+        f"the header of {header.path} has voxel size 0" if header is not None else "no stack header could be read"
     )
     raise PixelSizeError(
         source,

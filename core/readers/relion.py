@@ -110,14 +110,10 @@ def read_relion_table(
             candidates = [pdir / s for s in dict.fromkeys(stacks[members[:64]].tolist())]
             header = first_header(candidates, path)
         meta = _group_pixel_size(path, int(number), pixel_meta[members])
-        px = resolve_pixel_size(
-            path, meta, overrides.pixel_size_angstrom, header, what=f"optics group {number}"
-        )
+        px = resolve_pixel_size(path, meta, overrides.pixel_size_angstrom, header, what=f"optics group {number}")
         pixel_size[members] = px
         image_size = _group_image_size(optics, first, header)
-        name = (
-            str(optics.names[optics.row_of_particle[first]]) if optics is not None else f"opticsGroup{number}"
-        )
+        name = str(optics.names[optics.row_of_particle[first]]) if optics is not None else f"opticsGroup{number}"
         group_list.append(
             OpticsGroup(
                 number=int(number),
@@ -159,15 +155,11 @@ def _particle_block(path: Path, blocks: dict[str, Any]) -> tuple[str, Any]:
         if name != "optics" and "rlnImageName" in block.columns:
             return name, block
     found = {f"data_{name}": list(map(str, block.columns)) for name, block in blocks.items()}
-    raise MissingColumnError(
-        path, f"no particle block: no loop has rlnImageName (loops found: {found or 'none'})"
-    )
+    raise MissingColumnError(path, f"no particle block: no loop has rlnImageName (loops found: {found or 'none'})")
 
 
 def _check_extract_optics(path: Path, found_in: dict[str, str], overrides: OpticsOverrides) -> None:
-    missing = [
-        name for name in OPTICS_FIELDS if found_in[name] == "default" and getattr(overrides, name) is None
-    ]
+    missing = [name for name in OPTICS_FIELDS if found_in[name] == "default" and getattr(overrides, name) is None]
     if missing:
         raise InputError(
             path,
@@ -183,9 +175,7 @@ def _group_pixel_size(path: Path, number: int, values: np.ndarray) -> float | No
     if len(known) == 0:
         return None
     if len(known) < len(values) or not np.allclose(known, known[0], rtol=1e-4):
-        raise PixelSizeError(
-            path, f"pixel size differs within optics group {number}: {np.unique(known).tolist()} Å"
-        )
+        raise PixelSizeError(path, f"pixel size differs within optics group {number}: {np.unique(known).tolist()} Å")
     return float(known[0])
 
 

@@ -105,16 +105,12 @@ def match_optics(path: Path, particles: Any, source: Path, optics: Any) -> Optic
     row_by_number = {int(g): i for i, g in enumerate(numbers)}
     unknown = sorted(set(np.unique(groups).tolist()) - set(row_by_number))
     if unknown:
-        raise InputError(
-            path, f"particles refer to optics group(s) {unknown} absent from data_optics of {source}"
-        )
+        raise InputError(path, f"particles refer to optics group(s) {unknown} absent from data_optics of {source}")
     rows = np.array([row_by_number[int(g)] for g in groups], dtype=np.int64)
     return OpticsRows(source=source, table=optics, numbers=numbers, names=names, row_of_particle=rows)
 
 
-def lookup_ctf(
-    path: Path, particles: Any, optics: OpticsRows | None
-) -> tuple[dict[str, FloatArray], dict[str, str]]:
+def lookup_ctf(path: Path, particles: Any, optics: OpticsRows | None) -> tuple[dict[str, FloatArray], dict[str, str]]:
     """Per-particle CTF values by RELION's rule: particle row, optics row, default.
 
     Returns
@@ -168,9 +164,7 @@ def pixel_size_columns(path: Path, particles: Any, optics: OpticsRows | None) ->
     return result
 
 
-def derive_groups(
-    path: Path, particles: Any, values: dict[str, FloatArray], pixel_size: FloatArray
-) -> IntArray:
+def derive_groups(path: Path, particles: Any, values: dict[str, FloatArray], pixel_size: FloatArray) -> IntArray:
     """Optics groups of a file without an optics table (RELION 3.0 or ``_extract.star``).
 
     ``rlnOpticsGroup`` when present; else one group per distinct (kV, Cs, Q0, pixel size), numbered

@@ -39,9 +39,7 @@ def check_text_file(path: Path) -> None:
     if b"\x00" in head:
         raise InputError(path, "binary data, not a STAR file")
     if b"\r\n" in head:
-        raise InputError(
-            path, "CR+LF (Windows) line endings: RELION rejects them; convert with `dos2unix` first"
-        )
+        raise InputError(path, "CR+LF (Windows) line endings: RELION rejects them; convert with `dos2unix` first")
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -90,9 +88,7 @@ def float_column(path: Path, table: Any, label: str) -> npt.NDArray[np.float64]:
         raise InputError(path, f"column {label} holds values that are not numbers") from None
     bad = ~np.isfinite(values)
     if bad.any():
-        raise InputError(
-            path, f"column {label} holds NaN/Inf or empty values (first at row {int(np.argmax(bad)) + 1})"
-        )
+        raise InputError(path, f"column {label} holds NaN/Inf or empty values (first at row {int(np.argmax(bad)) + 1})")
     return values
 
 
@@ -130,9 +126,7 @@ def _partition_at(names: npt.NDArray[np.str_]) -> tuple[np.ndarray, np.ndarray, 
     return parts[:, 0], parts[:, 1], parts[:, 2]
 
 
-def split_image_names(
-    path: Path, names: npt.NDArray[np.str_]
-) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.int64]]:
+def split_image_names(path: Path, names: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.int64]]:
     """Split ``rlnImageName`` values ``NNNNNN@stack`` into stack paths and 1-based indices.
 
     A name without ``@`` is a single image: index 1.

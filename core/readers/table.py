@@ -166,10 +166,7 @@ class ParticleTable:
 
     def keys(self) -> list[ParticleKey]:
         """The stable key ``(session, stack path, 1-based index)`` of every particle."""
-        return [
-            ParticleKey(self.session, str(p), int(i))
-            for p, i in zip(self.stack_paths, self.indices, strict=True)
-        ]
+        return [ParticleKey(self.session, str(p), int(i)) for p, i in zip(self.stack_paths, self.indices, strict=True)]
 
     def image_names(self) -> list[str]:
         """RELION ``rlnImageName`` of every particle: ``NNNNNN@stack``."""

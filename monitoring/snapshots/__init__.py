@@ -106,9 +106,7 @@ def write_snapshot(
         gallery_png=out / f"{base}_gallery.png",
     )
     write_cryosparc_cs(snapshot, paths.particles_cs, session=session)
-    write_class_averages_cs(
-        snapshot, paths.class_averages_cs, classes_stack=star_path(paths.classes_mrcs, project_dir)
-    )
+    write_class_averages_cs(snapshot, paths.class_averages_cs, classes_stack=star_path(paths.classes_mrcs, project_dir))
     write_gallery_png(snapshot, paths.gallery_png)
     pointer = {
         "iteration": paths.iteration,
@@ -135,9 +133,7 @@ def read_latest(out_dir: str | os.PathLike[str]) -> SnapshotPaths | None:
     try:
         record = json.loads(pointer.read_text(encoding="utf-8"))
         files = record["files"]
-        return SnapshotPaths(
-            iteration=int(record["iteration"]), **{role: out / files[role] for role in _ROLES}
-        )
+        return SnapshotPaths(iteration=int(record["iteration"]), **{role: out / files[role] for role in _ROLES})
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:

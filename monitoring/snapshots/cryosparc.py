@@ -99,9 +99,7 @@ _CTF_FIELDS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
 )
 
 
-def particle_uids(
-    stack_paths: Sequence[str] | np.ndarray, indices: npt.ArrayLike, session: str = ""
-) -> UIntArray:
+def particle_uids(stack_paths: Sequence[str] | np.ndarray, indices: npt.ArrayLike, session: str = "") -> UIntArray:
     """Stable 64-bit uid of each particle: BLAKE2b-64 of ``session NUL stack_path NUL index``.
 
     The same particle key always gives the same uid, across snapshots, runs and machines.
@@ -277,9 +275,7 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
     return cs
 
 
-def write_class_averages_cs(
-    snapshot: ClassSnapshot, path: str | os.PathLike[str], *, classes_stack: str
-) -> Path:
+def write_class_averages_cs(snapshot: ClassSnapshot, path: str | os.PathLike[str], *, classes_stack: str) -> Path:
     """Write :func:`class_averages_cs_array` to ``path`` atomically and return ``path``."""
     return write_npy_atomic(path, class_averages_cs_array(snapshot, classes_stack))
 

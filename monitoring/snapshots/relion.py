@@ -175,15 +175,9 @@ def data_star_blocks(snapshot: ClassSnapshot) -> dict[str, pd.DataFrame]:
             "rlnOpticsGroup": np.array([g.number for g in snapshot.optics], dtype=np.int64),
             "rlnOpticsGroupName": pd.array([g.name for g in snapshot.optics], dtype=object),
             "rlnVoltage": np.array([g.voltage_kv for g in snapshot.optics], dtype=np.float64),
-            "rlnSphericalAberration": np.array(
-                [g.spherical_aberration_mm for g in snapshot.optics], dtype=np.float64
-            ),
-            "rlnAmplitudeContrast": np.array(
-                [g.amplitude_contrast for g in snapshot.optics], dtype=np.float64
-            ),
-            "rlnImagePixelSize": np.array(
-                [g.image_pixel_size_angstrom for g in snapshot.optics], dtype=np.float64
-            ),
+            "rlnSphericalAberration": np.array([g.spherical_aberration_mm for g in snapshot.optics], dtype=np.float64),
+            "rlnAmplitudeContrast": np.array([g.amplitude_contrast for g in snapshot.optics], dtype=np.float64),
+            "rlnImagePixelSize": np.array([g.image_pixel_size_angstrom for g in snapshot.optics], dtype=np.float64),
             "rlnImageSize": np.array([g.image_size for g in snapshot.optics], dtype=np.int64),
             "rlnImageDimensionality": np.full(len(snapshot.optics), 2, dtype=np.int64),
         }

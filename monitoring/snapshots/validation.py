@@ -34,9 +34,7 @@ def optics_lookup(snapshot: ClassSnapshot) -> dict[int, int]:
     used = {int(g) for g in np.unique(np.asarray(snapshot.particles.optics_groups))}
     missing = sorted(used - set(lookup))
     if missing:
-        raise InputError(
-            None, f"snapshot: particles refer to optics group(s) {missing} not in snapshot.optics"
-        )
+        raise InputError(None, f"snapshot: particles refer to optics group(s) {missing} not in snapshot.optics")
     return lookup
 
 

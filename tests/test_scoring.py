@@ -1,0 +1,115 @@
+"""The ground-truth scorer separates a perfect classification from a random one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator.config import SimulationConfig
+from simulator.particles import prepare_simulation, simulate_particles
+from simulator.projection import project, viewing_direction
+from simulator.scoring import (
+    align_to_reference,
+    circular_std_degrees,
+    fourier_ring_correlation,
+    frc_resolution_angstrom,
+    score_classification,
+)
+
+
+@pytest.fixture(scope="module")
+def session() -> tuple[pd.DataFrame, object]:
+    config = SimulationConfig(n_particles=300, n_micrographs=1, box=48, pixel_size_angstrom=5.0, seed=3)
+    setup = prepare_simulation(config)
+    sim = simulate_particles(setup, 300, np.random.default_rng(0))
+    truth = pd.DataFrame(
+        {
+            "rlnImageName": [f"{i + 1:06d}@stack.mrcs" for i in range(len(sim))],
+            "is_junk": sim.is_junk,
+            "rlnAngleRot": sim.rot,
+            "rlnAngleTilt": sim.tilt,
+            "rlnAnglePsi": sim.psi,
+        }
+    )
+    return truth, setup
+
+
+def oracle_classes(truth: pd.DataFrame, n_view_classes: int) -> np.ndarray:
+    """Junk in class 0; particles binned by their true viewing direction (k-means-like on the sphere)."""
+    junk = truth["is_junk"].to_numpy()
+    d = viewing_direction(truth["rlnAngleRot"].fillna(0), truth["rlnAngleTilt"].fillna(0))
+    rng = np.random.default_rng(0)
+    centres = d[~junk][rng.choice(int((~junk).sum()), n_view_classes, replace=False)]
+    for _ in range(10):
+        labels = np.argmax(d @ centres.T, axis=1)
+        centres = np.stack(
+            [
+                d[(labels == k) & ~junk].mean(0) if np.any((labels == k) & ~junk) else centres[k]
+                for k in range(n_view_classes)
+            ]
+        )
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return np.where(junk, 0, labels + 1)
+
+
+def test_circular_std_and_frc_basics() -> None:
+    assert circular_std_degrees([10, 10, 10]) < 1e-3
+    assert circular_std_degrees([350, 10]) == pytest.approx(10.0, rel=0.02)
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((32, 32))
+    assert np.allclose(fourier_ring_correlation(a, a)[1:], 1.0)
+    frc = fourier_ring_correlation(a, rng.standard_normal((32, 32)))
+    assert np.abs(frc[2:]).mean() < 0.3
+    assert frc_resolution_angstrom(np.ones(16), 32, 2.0) == pytest.approx(4.0)
+
+
+def test_alignment_finds_rotated_shifted_copy(session: tuple[pd.DataFrame, object]) -> None:
+    _, setup = session
+    ref = project(setup.spectrum, 30.0, 60.0, 0.0, 48, 5.0)[0]
+    moved = project(setup.spectrum, 30.0, 60.0, 42.0, 48, 5.0, origin_x_angstrom=10.0)[0]
+    corr, _ = align_to_reference(moved, ref)
+    other = project(setup.spectrum, 120.0, 150.0, 0.0, 48, 5.0)[0]
+    corr_other, _ = align_to_reference(moved, other)
+    assert corr > 0.95
+    assert corr_other < corr
+
+
+def test_perfect_classification_scores_well_and_random_scores_badly(session: tuple[pd.DataFrame, object]) -> None:
+    truth, setup = session
+    labels = oracle_classes(truth, 12)
+    psi_est = (truth["rlnAnglePsi"].fillna(0).to_numpy() + 17.0 * labels) % 360
+    # Class averages: clean projections at each class's mean view.
+    averages = np.zeros((13, 48, 48))
+    for k in range(1, 13):
+        members = truth[labels == k]
+        averages[k] = project(
+            setup.spectrum, members["rlnAngleRot"].iloc[0], members["rlnAngleTilt"].iloc[0], 0.0, 48, 5.0
+        )[0]
+    good = score_classification(truth, truth["rlnImageName"], labels, psi_est, averages, 5.0, setup.spectrum)
+    rng = np.random.default_rng(5)
+    random_labels = rng.integers(0, 13, len(truth))
+    bad = score_classification(
+        truth,
+        truth["rlnImageName"],
+        random_labels,
+        rng.uniform(0, 360, len(truth)),
+        rng.standard_normal((13, 48, 48)),
+        5.0,
+        setup.spectrum,
+    )
+    assert good.n_particles == bad.n_particles == len(truth)
+    assert good.junk_isolation == 1.0 and good.good_kept == 1.0
+    assert bad.junk_isolation < 0.5 or bad.good_kept < 0.5
+    assert good.view_purity_degrees < 30 < bad.view_purity_degrees
+    assert good.in_plane_spread_degrees < 1.0
+    assert bad.in_plane_spread_degrees > 60
+    assert good.fidelity_correlation > 0.6 > bad.fidelity_correlation
+    assert good.fidelity_resolution_angstrom < bad.fidelity_resolution_angstrom
+    assert good.populated_classes == 13
+
+
+def test_unknown_particles_are_an_error(session: tuple[pd.DataFrame, object]) -> None:
+    truth, _ = session
+    with pytest.raises(ValueError, match="not in the truth table"):
+        score_classification(truth, ["000999@elsewhere.mrcs"], [1], [0.0])
