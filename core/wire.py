@@ -1,0 +1,604 @@
+"""The wire protocol between the streamer (ZeroMQ DEALER) and the engine (ZeroMQ ROUTER), version 1.
+
+Pure encode/decode: NumPy and JSON only, no sockets, never pickle. Every message is a list of
+ZeroMQ frames (a multipart message). The first frame is always a UTF-8 JSON object (the
+*header*) with at least ``schema_version`` (int, ``1``) and ``kind`` (str). Unknown header keys
+are ignored by the decoders (forward-compatible additions within a version); a change that old
+decoders could misread bumps ``schema_version``, and a decoder rejects any version it does not know.
+
+Transport
+=========
+- The streamer's DEALER sets ``IDENTITY`` to the session / microscope name (``--identity``,
+  default the session name) and connects to the engine's ROUTER. A DEALER sends its frames with
+  **no empty delimiter frame**: on the ROUTER, ``recv_multipart()`` returns
+  ``[identity, *frames]``; strip the identity and pass ``frames`` to :func:`decode_batch` /
+  :func:`decode_control`. The engine replies with ``send_multipart([identity, *encode_control(...)])``.
+- The engine should set ``ROUTER_MANDATORY=1`` and ``ROUTER_HANDOVER=1``: a streamer killed
+  with SIGKILL and restarted reconnects with the same identity while the engine may still hold
+  the dead connection; without handover the new connection is refused.
+- Use :func:`message_kind` to route an incoming message (``"batch"`` → :func:`decode_batch`,
+  anything else → :func:`decode_control`).
+
+Data message (streamer → engine): kind ``"batch"``, exactly 3 frames
+=====================================================================
+``[header_json, images, ctf]``
+
+``images``
+    The particle images, C order, **little-endian**, ``dtype`` ``"float32"`` or ``"float16"``,
+    shape ``(n, h, w)``; ``n ≥ 1``, ``h, w ≥ 1``; every value finite. Real space, stack contrast.
+``ctf``
+    ``(n, 9)`` little-endian float64, C order, one row per particle, columns in the order of
+    :data:`CTF_FIELDS` (the fields of :class:`core.particles.CtfParams`, RELION units)::
+
+        0 defocus_u_angstrom   1 defocus_v_angstrom      2 defocus_angle_degrees
+        3 voltage_kv           4 spherical_aberration_mm 5 amplitude_contrast
+        6 phase_shift_degrees  7 bfactor_angstrom2       8 scale
+
+Header fields (all required unless marked optional):
+
+=======================  =======================================================================
+``schema_version``       ``1``
+``kind``                 ``"batch"``
+``session``              non-empty str (≤ 256 chars): the collection session
+``msg_id``               ``"<scope>:<seq>"``: ``scope`` non-empty, ``seq`` a decimal integer ≥ 0;
+                         unique per session and **stable across re-sends and streamer restarts**
+                         (the streamer derives it from its ledger: ``<ledger id>:<batch number>``)
+``source``               str: the particle file the batch was read from, relative to the watched
+                         directory (provenance; not part of the particle identity)
+``file_ready_time``      float, unix seconds (≥ 0): when the source file became ready (its mtime
+                         after the atomic rename). The engine measures file → classified latency
+                         against it; clocks of the two hosts must be synchronised (NTP).
+``sent_time``            optional float, unix seconds: when this attempt was sent
+``attempt``              optional int ≥ 1: 1 for the first send, +1 for each re-send
+``n_particles``          int ≥ 1, equal to ``images.shape[0]``
+``pixel_size_angstrom``  float > 0, finite: Å per pixel of ``images``
+``images``               object ``{"dtype": "float32"|"float16", "shape": [n, h, w], "crc32": int}``
+``ctf``                  object ``{"dtype": "float64", "shape": [n, 9], "fields": CTF_FIELDS,
+                         "crc32": int}``
+``stack_paths``          list of n non-empty str: each particle's stack, relative to the project
+``indices``              list of n int ≥ 1: each particle's 1-based index in its stack
+``optics_groups``        list of n int ≥ 1: each particle's 1-based optics group
+=======================  =======================================================================
+
+``crc32`` is ``zlib.crc32`` of the frame's bytes (unsigned, 0 … 2³²−1). Within one message the
+particle keys ``(stack_path, index)`` are distinct. A particle's identity is
+``core.particles.ParticleKey(session, stack_path, index)``.
+
+Replies (engine → streamer) and control messages: exactly 1 frame
+==================================================================
+One JSON object: ``{"schema_version": 1, "kind": <kind>, ...fields}``. Built with
+:func:`encode_control`, read with :func:`decode_control`, which checks the required fields and
+the types of every documented field. Fields marked ``?`` are optional.
+
+Delivery replies, to a ``batch``:
+
+``ack``     ``msg_id: str``, ``n_accepted?: int ≥ 0`` (new particles journaled),
+            ``n_duplicates?: int ≥ 0`` (particles already known, dropped).
+            Sent only after the batch is durably appended to the session journal. A re-sent
+            ``msg_id`` that is already journaled must be ACKed again (the first ACK may have
+            been lost); a new ``msg_id`` whose particles are all known is ACKed with
+            ``n_accepted = 0``. The streamer marks the batch acknowledged and never sends it again.
+``nack``    ``msg_id: str``, ``reason?: str``, ``retry_after_s?: float ≥ 0``.
+            "Not now" (overload, session paused, journal busy): the NACK/RETRY of the design.
+            Nothing was stored; the streamer re-sends the same ``msg_id`` after
+            ``retry_after_s`` (or its own back-off).
+``reject``  ``msg_id: str``, ``reason: str``. Poison: the message can never be accepted
+            (failed :func:`decode_batch`, inconsistent with the session, ...). The streamer
+            records the batch as a dead letter with the reason and never re-sends it. A message
+            whose header cannot even be parsed has no trustworthy ``msg_id``: reject it with
+            ``msg_id = ""`` (the streamer then only logs it).
+
+Liveness (either direction; any incoming frame also counts as liveness):
+
+``ping``    ``seq?: int``, ``time?: float`` (sender's unix seconds). Answer with ``pong``.
+``pong``    ``seq?: int``, ``time?: float``: echo the ``ping``'s values.
+
+Control requests (any client → engine ROUTER, from a DEALER; ``otf2d status`` etc.). Every
+request carries ``request_id: str`` (chosen by the client) and is answered by one ``reply``:
+
+``status``         ``session?: str`` (absent: every session)
+``snapshot``       ``session: str``: write a snapshot now
+``pause``          ``session?: str`` (absent: every session): stop folding batches in (still
+                   journal and ACK, or NACK: engine's choice, documented there)
+``resume``         ``session?: str``
+``start_session``  ``session: str``, ``params: object`` (classification parameters, e.g.
+                   ``{"n_classes": 50, ...}``; validated by the engine)
+``reply``          ``request_id: str``, ``ok: bool``, ``result?: object``, ``error?: str``
+                   (required when ``ok`` is false)
+
+Example::
+
+    frames = encode_batch(batch, msg_id="3f9c2a1b:17", source="Extract/job007/Movies/m_extract.star",
+                          file_ready_time=1760000000.5)
+    dealer.send_multipart(frames, copy=False)
+    ...
+    identity, *frames = router.recv_multipart(copy=False)
+    if message_kind(frames) == KIND_BATCH:
+        header, batch = decode_batch(frames)          # raises DecodeError (a ValueError)
+        router.send_multipart([identity, *encode_control(KIND_ACK, msg_id=header["msg_id"])])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from core.errors import DecodeError, InputError
+from core.particles import CtfParams, ParticleBatch
+
+SCHEMA_VERSION = 1
+
+KIND_BATCH = "batch"
+KIND_ACK = "ack"
+KIND_NACK = "nack"
+KIND_REJECT = "reject"
+KIND_PING = "ping"
+KIND_PONG = "pong"
+KIND_STATUS = "status"
+KIND_SNAPSHOT = "snapshot"
+KIND_PAUSE = "pause"
+KIND_RESUME = "resume"
+KIND_START_SESSION = "start_session"
+KIND_REPLY = "reply"
+
+#: Column order of the ``(n, 9)`` float64 CTF frame: the fields of :class:`CtfParams`.
+CTF_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CtfParams))
+
+#: Image dtypes on the wire (always little-endian).
+IMAGE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+
+#: Largest header accepted, bytes (a batch of 10k particles with long paths stays well below).
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+#: Longest session name accepted.
+MAX_SESSION_CHARS = 256
+
+_CTF_DTYPE = np.dtype("<f8")
+_MSG_ID = re.compile(r"^(?P<scope>.+):(?P<seq>[0-9]+)$", re.DOTALL)
+
+# Control kinds: field -> (accepted types, required). bool is excluded from int/float checks below.
+_FieldSpec = dict[str, tuple[tuple[type, ...], bool]]
+_CONTROL_SPECS: dict[str, _FieldSpec] = {
+    KIND_ACK: {"msg_id": ((str,), True), "n_accepted": ((int,), False), "n_duplicates": ((int,), False)},
+    KIND_NACK: {"msg_id": ((str,), True), "reason": ((str,), False), "retry_after_s": ((int, float), False)},
+    KIND_REJECT: {"msg_id": ((str,), True), "reason": ((str,), True)},
+    KIND_PING: {"seq": ((int,), False), "time": ((int, float), False)},
+    KIND_PONG: {"seq": ((int,), False), "time": ((int, float), False)},
+    KIND_STATUS: {"request_id": ((str,), True), "session": ((str,), False)},
+    KIND_SNAPSHOT: {"request_id": ((str,), True), "session": ((str,), True)},
+    KIND_PAUSE: {"request_id": ((str,), True), "session": ((str,), False)},
+    KIND_RESUME: {"request_id": ((str,), True), "session": ((str,), False)},
+    KIND_START_SESSION: {"request_id": ((str,), True), "session": ((str,), True), "params": ((dict,), True)},
+    KIND_REPLY: {
+        "request_id": ((str,), True),
+        "ok": ((bool,), True),
+        "result": ((dict,), False),
+        "error": ((str,), False),
+    },
+}
+_NON_NEGATIVE = {"n_accepted", "n_duplicates", "retry_after_s"}
+
+#: Every kind :func:`decode_control` accepts.
+CONTROL_KINDS: frozenset[str] = frozenset(_CONTROL_SPECS)
+#: Replies to a ``batch`` (they carry its ``msg_id``).
+DELIVERY_KINDS: frozenset[str] = frozenset({KIND_ACK, KIND_NACK, KIND_REJECT})
+
+
+def make_msg_id(scope: str, seq: int) -> str:
+    """The message id ``"<scope>:<seq>"``.
+
+    Parameters
+    ----------
+    scope
+        Non-empty name of the sender's numbering (e.g. the streamer ledger's id).
+    seq
+        Non-negative sequence number within ``scope``.
+    """
+    if not scope or int(seq) < 0:
+        raise InputError(None, f"msg_id needs a non-empty scope and a seq >= 0, got {scope!r}, {seq!r}")
+    return f"{scope}:{int(seq)}"
+
+
+def parse_msg_id(msg_id: str) -> tuple[str, int]:
+    """Split ``"<scope>:<seq>"`` into ``(scope, seq)``; raise :class:`DecodeError` if malformed."""
+    match = _MSG_ID.match(msg_id) if isinstance(msg_id, str) else None
+    if match is None:
+        raise DecodeError(None, f"msg_id must look like '<scope>:<seq>', got {msg_id!r}")
+    return match.group("scope"), int(match.group("seq"))
+
+
+def _crc32(buffer: Any) -> int:
+    return zlib.crc32(buffer) & 0xFFFFFFFF
+
+
+def _json_frame(obj: Mapping[str, Any]) -> bytes:
+    try:
+        return json.dumps(obj, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise InputError(None, f"cannot encode message as JSON: {exc}") from exc
+
+
+def encode_batch(
+    batch: ParticleBatch,
+    *,
+    msg_id: str,
+    source: str,
+    file_ready_time: float,
+    sent_time: float | None = None,
+    attempt: int | None = None,
+) -> list[bytes | memoryview]:
+    """Frames ``[header_json, images, ctf]`` of a data message (see the module docstring).
+
+    Parameters
+    ----------
+    batch
+        The particles; ``images`` float32 or float16 of shape ``(n, h, w)``, ``n ≥ 1``.
+    msg_id
+        ``"<scope>:<seq>"``, stable across re-sends (:func:`make_msg_id`).
+    source
+        The file the batch came from, relative to the watched directory.
+    file_ready_time
+        Unix seconds when the source file became ready.
+    sent_time, attempt
+        Optional: unix seconds of this send, and 1-based attempt number.
+
+    Returns
+    -------
+    list of bytes or memoryview
+        Pass to ``socket.send_multipart(frames, copy=False)``. The images frame is a view of a
+        little-endian C-contiguous copy (or of ``batch.images`` itself when already so).
+
+    Raises
+    ------
+    InputError
+        An empty batch, a malformed ``msg_id``, or a value that would fail :func:`decode_batch`.
+    """
+    n = len(batch)
+    if n == 0:
+        raise InputError(None, "cannot encode an empty batch")
+    try:
+        parse_msg_id(msg_id)
+    except DecodeError as exc:
+        raise InputError(None, exc.what) from exc
+    dtype_name = "float16" if batch.images.dtype == np.float16 else "float32"
+    images = np.ascontiguousarray(batch.images, dtype=IMAGE_DTYPES[dtype_name])
+    ctf = np.ascontiguousarray(np.stack([getattr(batch.ctf, name) for name in CTF_FIELDS], axis=1), dtype=_CTF_DTYPE)
+    image_bytes = images.reshape(-1).view(np.uint8).data
+    ctf_bytes = ctf.tobytes()
+    header: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND_BATCH,
+        "session": batch.session,
+        "msg_id": msg_id,
+        "source": str(source),
+        "file_ready_time": float(file_ready_time),
+        "n_particles": n,
+        "pixel_size_angstrom": float(batch.pixel_size_angstrom),
+        "images": {"dtype": dtype_name, "shape": list(images.shape), "crc32": _crc32(image_bytes)},
+        "ctf": {
+            "dtype": "float64",
+            "shape": [n, len(CTF_FIELDS)],
+            "fields": list(CTF_FIELDS),
+            "crc32": _crc32(ctf_bytes),
+        },
+        "stack_paths": [str(p) for p in batch.stack_paths],
+        "indices": [int(i) for i in batch.indices],
+        "optics_groups": [int(g) for g in batch.optics_groups],
+    }
+    if sent_time is not None:
+        header["sent_time"] = float(sent_time)
+    if attempt is not None:
+        header["attempt"] = int(attempt)
+    return [_json_frame(header), image_bytes, ctf_bytes]
+
+
+def _as_buffer(frame: Any, what: str) -> memoryview:
+    """A byte view of a frame: bytes, bytearray, memoryview, numpy array or ``zmq.Frame``."""
+    try:
+        view = memoryview(frame)
+    except TypeError:
+        try:
+            view = memoryview(frame.buffer)
+        except (AttributeError, TypeError) as exc:
+            raise DecodeError(None, f"{what} frame is not a byte buffer ({type(frame).__name__})") from exc
+    if not view.contiguous:
+        raise DecodeError(None, f"{what} frame is not a contiguous buffer")
+    return view.cast("B") if view.ndim != 1 or view.format != "B" else view
+
+
+def _reject_constant(token: str) -> float:
+    raise ValueError(f"non-finite number {token} in JSON")
+
+
+def _parse_header(frame: Any) -> dict[str, Any]:
+    buf = _as_buffer(frame, "header")
+    if buf.nbytes > MAX_HEADER_BYTES:
+        raise DecodeError(None, f"header frame is {buf.nbytes} bytes, more than the limit {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(bytes(buf).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(None, f"header frame is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise DecodeError(None, f"header must be a JSON object, got {type(header).__name__}")
+    version = header.get("schema_version")
+    if type(version) is not int:
+        raise DecodeError(None, f"header lacks an integer schema_version (got {version!r})")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(None, f"unsupported schema_version {version}; this decoder speaks {SCHEMA_VERSION}")
+    kind = header.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise DecodeError(None, f"header lacks a string 'kind' (got {kind!r})")
+    return header
+
+
+def message_kind(frames: Sequence[Any]) -> str:
+    """The ``kind`` of a message, after checking its first frame is a version-1 JSON header.
+
+    Raises
+    ------
+    DecodeError
+        No frames, or a first frame that is not a valid header.
+    """
+    if len(frames) == 0:
+        raise DecodeError(None, "empty message (no frames)")
+    return str(_parse_header(frames[0])["kind"])
+
+
+def _require(header: Mapping[str, Any], key: str, types: tuple[type, ...], what: str = "header") -> Any:
+    if key not in header:
+        raise DecodeError(None, f"{what} lacks the field {key!r}")
+    value = header[key]
+    if not _type_ok(value, types):
+        names = "/".join(t.__name__ for t in types)
+        raise DecodeError(None, f"{what} field {key!r} must be {names}, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _finite_number(
+    header: Mapping[str, Any], key: str, *, positive: bool = False, minimum: float | None = None
+) -> float:
+    value = float(_require(header, key, (int, float)))
+    if not math.isfinite(value):
+        raise DecodeError(None, f"header field {key!r} is not finite ({value})")
+    if positive and value <= 0:
+        raise DecodeError(None, f"header field {key!r} must be > 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise DecodeError(None, f"header field {key!r} must be >= {minimum}, got {value}")
+    return value
+
+
+def _shape(spec: Mapping[str, Any], what: str, ndim: int) -> tuple[int, ...]:
+    shape = _require(spec, "shape", (list,), what)
+    if len(shape) != ndim or not all(type(s) is int for s in shape):
+        raise DecodeError(None, f"{what} shape must be {ndim} integers, got {shape!r:.80}")
+    if any(s < 1 for s in shape):
+        raise DecodeError(None, f"{what} shape must be positive, got {shape}")
+    return tuple(shape)
+
+
+def _checked_array(frame: Any, spec: Any, what: str, dtype: np.dtype, ndim: int) -> np.ndarray:
+    if not isinstance(spec, dict):
+        raise DecodeError(None, f"header field {what!r} must be an object")
+    shape = _shape(spec, what, ndim)
+    buf = _as_buffer(frame, what)
+    expected = math.prod(shape) * dtype.itemsize
+    if buf.nbytes != expected:
+        raise DecodeError(
+            None, f"{what} frame holds {buf.nbytes} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
+        )
+    crc = _require(spec, "crc32", (int,), what)
+    actual = _crc32(buf)
+    if crc != actual:
+        raise DecodeError(None, f"{what} frame checksum mismatch: header says crc32 {crc}, data gives {actual}")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _int_list(header: Mapping[str, Any], key: str, n: int) -> np.ndarray:
+    values = _require(header, key, (list,))
+    if len(values) != n:
+        raise DecodeError(None, f"header field {key!r} has {len(values)} entries for {n} particles")
+    if not all(type(v) is int for v in values):
+        raise DecodeError(None, f"header field {key!r} must hold integers only")
+    arr = np.asarray(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
+    if n and arr.min() < 1:
+        raise DecodeError(None, f"header field {key!r} is 1-based; found {int(arr.min())}")
+    return arr
+
+
+def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
+    """Validate a data message and rebuild its :class:`ParticleBatch`.
+
+    Parameters
+    ----------
+    frames
+        ``[header_json, images, ctf]`` as received (identity frame already stripped); each a
+        bytes-like object or a ``zmq.Frame``.
+
+    Returns
+    -------
+    header : dict
+        The parsed header (``msg_id``, ``source``, ``file_ready_time``, ...).
+    batch : ParticleBatch
+        ``images`` is a **read-only** view of the images frame (copy before modifying it).
+
+    Raises
+    ------
+    DecodeError
+        Anything wrong: frame count, JSON, version, kind, missing or mistyped field, dtype,
+        shape vs buffer size, checksum, list lengths, indices < 1, duplicate keys, pixel size
+        ≤ 0, NaN/Inf in images or CTF. The message says which.
+    """
+    if len(frames) != 3:
+        raise DecodeError(None, f"a batch message has 3 frames [header, images, ctf], got {len(frames)}")
+    header = _parse_header(frames[0])
+    if header["kind"] != KIND_BATCH:
+        raise DecodeError(None, f"expected kind 'batch', got {header['kind']!r}")
+    session = _require(header, "session", (str,))
+    if not session or len(session) > MAX_SESSION_CHARS:
+        raise DecodeError(None, f"session must be a non-empty string of at most {MAX_SESSION_CHARS} characters")
+    parse_msg_id(_require(header, "msg_id", (str,)))
+    _require(header, "source", (str,))
+    _finite_number(header, "file_ready_time", minimum=0.0)
+    if "sent_time" in header:
+        _finite_number(header, "sent_time", minimum=0.0)
+    if "attempt" in header and (type(header["attempt"]) is not int or header["attempt"] < 1):
+        raise DecodeError(None, f"header field 'attempt' must be an integer >= 1, got {header['attempt']!r:.40}")
+    pixel_size = _finite_number(header, "pixel_size_angstrom", positive=True)
+    n = _require(header, "n_particles", (int,))
+    if n < 1:
+        raise DecodeError(None, f"n_particles must be >= 1, got {n}")
+
+    image_spec = _require(header, "images", (dict,))
+    dtype_name = _require(image_spec, "dtype", (str,), "images")
+    if dtype_name not in IMAGE_DTYPES:
+        raise DecodeError(None, f"images dtype must be one of {sorted(IMAGE_DTYPES)}, got {dtype_name!r:.40}")
+    images = _checked_array(frames[1], image_spec, "images", IMAGE_DTYPES[dtype_name], 3)
+    if images.shape[0] != n:
+        raise DecodeError(None, f"images hold {images.shape[0]} particles, n_particles says {n}")
+
+    ctf_spec = _require(header, "ctf", (dict,))
+    if _require(ctf_spec, "dtype", (str,), "ctf") != "float64":
+        raise DecodeError(None, f"ctf dtype must be 'float64', got {ctf_spec['dtype']!r:.40}")
+    if _require(ctf_spec, "fields", (list,), "ctf") != list(CTF_FIELDS):
+        raise DecodeError(None, f"ctf fields must be {list(CTF_FIELDS)} in this order, got {ctf_spec['fields']!r:.200}")
+    ctf_array = _checked_array(frames[2], ctf_spec, "ctf", _CTF_DTYPE, 2)
+    if ctf_array.shape != (n, len(CTF_FIELDS)):
+        raise DecodeError(None, f"ctf shape must be [{n}, {len(CTF_FIELDS)}], got {list(ctf_array.shape)}")
+    if not np.isfinite(ctf_array).all():
+        raise DecodeError(None, "ctf frame contains NaN or Inf")
+
+    stack_paths = _require(header, "stack_paths", (list,))
+    if len(stack_paths) != n:
+        raise DecodeError(None, f"header field 'stack_paths' has {len(stack_paths)} entries for {n} particles")
+    if not all(isinstance(p, str) and p for p in stack_paths):
+        raise DecodeError(None, "header field 'stack_paths' must hold non-empty strings only")
+    indices = _int_list(header, "indices", n)
+    optics_groups = _int_list(header, "optics_groups", n)
+    if len(set(zip(stack_paths, indices.tolist(), strict=True))) != n:
+        raise DecodeError(None, "the batch holds the same particle (stack_path, index) more than once")
+
+    finite = np.isfinite(images.reshape(n, -1)).all(axis=1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise DecodeError(
+            None,
+            f"image {int(indices[first])} of {stack_paths[first]} contains NaN or Inf "
+            f"({int((~finite).sum())} bad image(s) in message {header['msg_id']})",
+        )
+    try:
+        ctf = CtfParams(**{name: ctf_array[:, k] for k, name in enumerate(CTF_FIELDS)})
+        batch = ParticleBatch(
+            images=images,
+            pixel_size_angstrom=pixel_size,
+            ctf=ctf,
+            session=session,
+            stack_paths=np.asarray(stack_paths, dtype=str),
+            indices=indices,
+            optics_groups=optics_groups,
+        )
+    except InputError as exc:  # pragma: no cover - every case is checked above
+        raise DecodeError(None, exc.what) from exc
+    return header, batch
+
+
+def encode_control(kind: str, **fields_: Any) -> list[bytes]:
+    """The single JSON frame of a reply or control message (see the module docstring).
+
+    Parameters
+    ----------
+    kind
+        One of :data:`CONTROL_KINDS` (``"ack"``, ``"nack"``, ``"reject"``, ``"ping"``, ``"pong"``,
+        ``"status"``, ``"snapshot"``, ``"pause"``, ``"resume"``, ``"start_session"``, ``"reply"``).
+    **fields_
+        The kind's fields; ``None`` values are left out.
+
+    Returns
+    -------
+    list of bytes
+        ``[json_frame]``.
+
+    Raises
+    ------
+    InputError
+        Unknown kind, missing or mistyped field (the same checks as :func:`decode_control`).
+    """
+    message: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": kind}
+    message.update({k: v for k, v in fields_.items() if v is not None})
+    frame = _json_frame(message)
+    try:
+        decode_control([frame])
+    except DecodeError as exc:
+        raise InputError(None, f"invalid {kind!r} message: {exc.what}") from exc
+    return [frame]
+
+
+def decode_control(frames: Sequence[Any]) -> dict[str, Any]:
+    """Validate a one-frame reply/control message and return it as a dict (with ``kind``).
+
+    Raises
+    ------
+    DecodeError
+        Not exactly one frame, bad JSON, unknown version or kind, a missing required field, a
+        field of the wrong type, a negative count or delay, ``ok=false`` without ``error``.
+    """
+    if len(frames) != 1:
+        raise DecodeError(None, f"a control message has exactly 1 frame, got {len(frames)}")
+    message = _parse_header(frames[0])
+    kind = message["kind"]
+    spec = _CONTROL_SPECS.get(kind)
+    if spec is None:
+        raise DecodeError(None, f"unknown control kind {kind!r:.40}; expected one of {sorted(CONTROL_KINDS)}")
+    for key, (types, required) in spec.items():
+        if key in message:
+            _require(message, key, types, f"{kind!r} message")
+            value = message[key]
+            if key in _NON_NEGATIVE and (not math.isfinite(value) or value < 0):
+                raise DecodeError(None, f"{kind!r} field {key!r} must be finite and >= 0, got {value}")
+            if key == "time" and not math.isfinite(value):
+                raise DecodeError(None, f"{kind!r} field 'time' is not finite")
+        elif required:
+            raise DecodeError(None, f"{kind!r} message lacks the field {key!r}")
+    if kind == KIND_REPLY and not message["ok"] and not message.get("error"):
+        raise DecodeError(None, "a 'reply' with ok=false must say why in 'error'")
+    return message
+
+
+__all__ = [
+    "CONTROL_KINDS",
+    "CTF_FIELDS",
+    "DELIVERY_KINDS",
+    "IMAGE_DTYPES",
+    "KIND_ACK",
+    "KIND_BATCH",
+    "KIND_NACK",
+    "KIND_PAUSE",
+    "KIND_PING",
+    "KIND_PONG",
+    "KIND_REJECT",
+    "KIND_REPLY",
+    "KIND_RESUME",
+    "KIND_SNAPSHOT",
+    "KIND_START_SESSION",
+    "KIND_STATUS",
+    "MAX_HEADER_BYTES",
+    "SCHEMA_VERSION",
+    "decode_batch",
+    "decode_control",
+    "encode_batch",
+    "encode_control",
+    "make_msg_id",
+    "message_kind",
+    "parse_msg_id",
+]
