@@ -105,10 +105,73 @@ class Class2DParams:
 
 
 @dataclass(frozen=True)
+class VerdictConfig:
+    """Thresholds of the grid verdict and of the monitoring numbers behind it (``monitoring.verdict``).
+
+    Fractions are in [0, 1]; a verdict is "pending" below ``min_particles`` classified particles.
+    """
+
+    #: Below this many classified particles the verdict is "pending".
+    min_particles: int = 2000
+    #: Classified particles at which the sample-size part of the confidence reaches 1.
+    confident_particles: int = 20000
+    #: Junk fraction at or above which the grid is marginal / to be abandoned.
+    junk_fraction_marginal: float = 0.4
+    junk_fraction_abandon: float = 0.7
+    #: Fewer distinct views than this is marginal (a single view is marginal at best).
+    min_views: int = 3
+    #: Share of the good particles in the largest view at or above which the grid is marginal / abandoned.
+    largest_view_share_marginal: float = 0.6
+    largest_view_share_abandon: float = 0.85
+    #: Good particles wanted; the forecast is the time to reach it at the current good-particle rate.
+    target_good_particles: int = 100000
+    #: Forecast time to the target beyond which the grid is marginal / abandoned, hours.
+    target_hours_marginal: float = 24.0
+    target_hours_abandon: float = 72.0
+    #: Best good-class resolution worse than this is marginal / abandon, Å.
+    resolution_marginal_angstrom: float = 30.0
+    resolution_abandon_angstrom: float = 50.0
+    #: Trailing window over which particle rates are measured, seconds.
+    rate_window_seconds: float = 900.0
+    #: Shortest history that gives a rate, seconds.
+    min_rate_span_seconds: float = 60.0
+    #: Junk score above which a class counts as junk.
+    junk_score_threshold: float = 0.5
+    #: Rotation-invariant similarity at or above which two classes show the same view.
+    same_view_similarity: float = 0.85
+
+    def __post_init__(self) -> None:
+        for name in ("min_particles", "confident_particles", "target_good_particles", "min_views"):
+            if getattr(self, name) < 1:
+                raise ConfigError(None, f"verdict.{name} must be >= 1, got {getattr(self, name)}")
+        if self.confident_particles < self.min_particles:
+            raise ConfigError(None, "verdict.confident_particles must be >= verdict.min_particles")
+        pairs = (
+            ("junk_fraction_marginal", "junk_fraction_abandon"),
+            ("largest_view_share_marginal", "largest_view_share_abandon"),
+            ("target_hours_marginal", "target_hours_abandon"),
+            ("resolution_marginal_angstrom", "resolution_abandon_angstrom"),
+        )
+        for low, high in pairs:
+            if not 0 < getattr(self, low) <= getattr(self, high):
+                raise ConfigError(None, f"verdict: need 0 < {low} <= {high}")
+        for name in ("junk_fraction_abandon", "largest_view_share_abandon", "junk_score_threshold"):
+            if getattr(self, name) > 1:
+                raise ConfigError(None, f"verdict.{name} is a fraction: must be <= 1, got {getattr(self, name)}")
+        if not 0 < self.min_rate_span_seconds <= self.rate_window_seconds:
+            raise ConfigError(None, "verdict: need 0 < min_rate_span_seconds <= rate_window_seconds")
+        if not -1 <= self.same_view_similarity <= 1:
+            raise ConfigError(
+                None, f"verdict.same_view_similarity must lie in [-1, 1], got {self.same_view_similarity}"
+            )
+
+
+@dataclass(frozen=True)
 class Otf2dConfig:
     """A whole configuration file: one section per component (more sections come with them)."""
 
     classification: Class2DParams = field(default_factory=Class2DParams)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -172,4 +235,4 @@ def load_config(path: str | Path) -> Otf2dConfig:
         raise ConfigError(path, exc.what) from exc
 
 
-__all__ = ["Class2DParams", "Otf2dConfig", "from_mapping", "load_config"]
+__all__ = ["Class2DParams", "Otf2dConfig", "VerdictConfig", "from_mapping", "load_config"]
