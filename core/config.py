@@ -28,7 +28,9 @@ class Class2DParams:
     """
 
     n_classes: int = 50
-    #: ICUF: posterior temperature at the start, annealed to 1 (see engine.em.schedule).
+    #: ICUF: a posterior temperature dividing every log-likelihood (= a factor on σ²),
+    #: T(it) = 1 + (ICUF − 1)·clip(1 − (it − noise_anneal_start_iteration) / noise_anneal_iterations, 0, 1),
+    #: ``it`` = online-EM iterations done; 1 turns it off (see engine.em.schedule).
     initial_uncertainty_factor: float = 2.0
     #: Highest resolution used internally; sets the Fourier-cropped box.
     max_resolution_angstrom: float = 6.0
@@ -61,7 +63,9 @@ class Class2DParams:
     noise_anneal_start_iteration: int = 2
     noise_anneal_iterations: int = 15
     seed: int = 0
-    #: "fp32" or a reduced precision for the E-step GEMMs ("bf16"); see the classify benchmark.
+    #: "fp32" or a reduced precision for the inputs of the E-step GEMMs ("bf16", "fp16"), summed in
+    #: float32 (on CPUs without bf16 units the rounding is applied and the GEMM runs in float32);
+    #: see benchmarks/estep_speed.py.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

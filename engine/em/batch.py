@@ -1,0 +1,38 @@
+"""Particles as tensors: the form the classifier computes on (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.particles import ParticleBatch
+from engine.em.ctf import CtfTensors
+
+
+@dataclass(frozen=True)
+class TensorBatch:
+    """Particle images and CTFs as tensors: ``images`` ``(n, h, w)``, ``ctf`` of ``n`` particles."""
+
+    images: torch.Tensor
+    ctf: CtfTensors
+
+    @classmethod
+    def from_particles(cls, batch: ParticleBatch, device: torch.device | str = "cpu") -> TensorBatch:
+        """Copy a ``ParticleBatch`` to ``device`` (images as float32)."""
+        images = torch.as_tensor(np.asarray(batch.images, dtype=np.float32), device=device)
+        return cls(images, CtfTensors.from_params(batch.ctf, device))
+
+    def take(self, index: slice | torch.Tensor) -> TensorBatch:
+        """The particles at ``index``."""
+        return TensorBatch(self.images[index], self.ctf.take(index))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+#: What the classifier accepts as particles.
+BatchLike = ParticleBatch | TensorBatch
+
+__all__ = ["BatchLike", "TensorBatch"]

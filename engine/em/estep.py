@@ -1,0 +1,339 @@
+"""E-step scores for every (class, in-plane rotation, shift) from polar Fourier samples.
+
+Model (``algorithm.md`` §1, §3): particle ``X = α·C·S_o R_ψ A_k + N`` with coloured complex
+Gaussian noise of variance ``σ²(r)`` per polar sample. On the polar grid, with ring weights
+``ω_r = independent_r / σ²_r`` on the alignment rings (0 elsewhere; ``independent_r`` = independent
+Fourier coefficients per sample, so the polar sums approximate the Cartesian sums)::
+
+    log p(X | k, ψ, o, α) = −‖X‖²_ω + α·corr − α²·norm
+    corr = 2·Re Σ_rq ω_r·C·X(r, θ_q)·conj(Z_kt(r, θ_q + ψ))     Z_kt = A_k · e^{2πi k·o'/D}
+    norm =    Σ_rq ω_r·C²(r, θ_q)·|A_k(r, θ_q + ψ)|²
+
+The shift ``o'`` lives in the class frame (the particle-frame origin reported is ``R(−ψ)·o'``), so
+the shifted references ``Z_kt`` are built once per batch and the per-particle work is independent
+of the number of shifts. With ``Y = 2ω·C·X`` and angular spectra ``Ŷ_m = Σ_q Y_q e^{−2πimq/Q}``,
+
+    corr(ψ_l) = (1/Q)·Re Σ_{m=0}^{Q/2} c_m·Ẑ_m·conj(Ŷ_m)·e^{2πi·m·l/R}      (c_0 = c_{Q/2} = 1, else 2)
+
+for the ``R`` rotations ``ψ_l = 2π·l/R`` (``Q`` is a multiple of ``R``). Orders ``m`` with the same
+``m mod R`` are *folded* into ``⌊R/2⌋ + 1`` bins (conjugated when ``m mod R > R/2``), so that each
+bin is one real GEMM ``(2·KT × 2L) @ (2L × B)`` whose inner dimension ``L`` runs over the (ring,
+order) pairs of that bin, limited on each ring to its band ``M_r``; a real DFT matrix then turns
+the bins into the ``R`` rotations (``engine.em.fold``). The norm term is the same circular
+correlation of the real sequences ``ω·C²`` and ``|A|²`` (all orders, no shift).
+
+Posteriors, with the ICUF temperature ``T`` (``engine.em.schedule.posterior_temperature``) and
+class priors ``π_k``:
+
+- force-max: for each class the best (ψ, o) (and ``α* = corr/(2·norm)`` when the per-particle
+  scale is on), then ``γ_k ∝ π_k·exp(LL_k / T)`` over classes: soft classes, hard poses;
+- marginalise: ``γ_kψo ∝ π_k·exp(LL_kψo / T) / (R·T_shifts)`` over all samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.em.fold import FoldPlan, folded_correlation, folded_max_over_shifts, particle_matrix, reference_matrix
+from engine.em.polar import PolarGrid, angular_spectrum
+from engine.em.scale import pose_log_likelihood
+
+#: Posterior below which a (particle, class) pair is not accumulated in a force-max M-step.
+PAIR_THRESHOLD = 1e-3
+#: At most this many classes per particle are accumulated in a force-max M-step.
+MAX_PAIRS_PER_PARTICLE = 8
+
+
+@dataclass(frozen=True)
+class ReferenceBank:
+    """Everything the E-step needs from the current classes, built once per batch.
+
+    Attributes
+    ----------
+    cross
+        ``(J, 2·T·K, 2L)`` reference matrix of the shifted references, rows ordered (shift, class)
+        (possibly in a reduced dtype).
+    norm
+        ``(J', 2K, 2L')`` reference matrix of ``|A_k|²``.
+    cross_plan, norm_plan
+        Their fold tables.
+    n_classes, n_shifts
+        ``K`` and ``T``.
+    """
+
+    cross: torch.Tensor
+    norm: torch.Tensor
+    cross_plan: FoldPlan
+    norm_plan: FoldPlan
+    n_classes: int
+    n_shifts: int
+    workspace: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A buffer of ``shape`` for GEMM results (float64 for a float64 bank, else float32) on the
+        bank's device, kept for reuse: large temporaries are costly to allocate on CPUs."""
+        dtype = torch.float64 if self.cross.dtype == torch.float64 else torch.float32
+        buf = self.workspace.get(shape)
+        if buf is None or buf.dtype != dtype:
+            buf = torch.empty(shape, dtype=dtype, device=self.norm.device)
+            self.workspace[shape] = buf
+        return buf
+
+
+def build_reference_bank(
+    references: torch.Tensor,
+    phases: torch.Tensor,
+    cross_plan: FoldPlan,
+    norm_plan: FoldPlan,
+    gemm_dtype: torch.dtype | None = None,
+    chunk: int = 256,
+    reuse: ReferenceBank | None = None,
+) -> ReferenceBank:
+    """Shift the band-limited references and lay them out for the folded GEMMs.
+
+    Parameters
+    ----------
+    references
+        ``(K, N + 1, Q)`` complex band-limited class references (polar).
+    phases
+        ``(T, N + 1, Q)`` shift phase ramps (``PolarGrid.shift_phases`` of the class-frame shifts).
+    cross_plan, norm_plan
+        Fold tables of the cross and norm terms.
+    gemm_dtype
+        Reduced dtype to store the cross matrix in (``None``: float32).
+    chunk
+        About how many shifted references are built at a time (whole shifts of all classes).
+    reuse
+        A previous bank whose memory (cross matrix of the same size, workspaces) is reused; it
+        must not be used afterwards.
+
+    Returns
+    -------
+    ReferenceBank
+    """
+    k, t = references.shape[0], phases.shape[0]
+    per = max(1, chunk // k)
+    cross_dtype = references.real.dtype if gemm_dtype is None else gemm_dtype
+    shape = (cross_plan.n_bins, 2, t * k, 2 * cross_plan.slots)
+    if reuse is not None and reuse.cross.dtype == cross_dtype and reuse.cross.numel() == math.prod(shape):
+        cross = reuse.cross.view(shape)
+    else:
+        cross = torch.empty(shape, dtype=cross_dtype, device=references.device)
+    for start in range(0, t, per):
+        z = phases[start : start + per, None] * references[None]  # (t', K, N+1, Q), rows (shift, class)
+        spec = angular_spectrum(z.reshape(-1, *z.shape[2:]), cross_plan.n_orders)
+        m = reference_matrix(spec, cross_plan)  # (J, 2·t'·K, 2L)
+        rows = m.shape[1] // 2
+        cross[:, :, start * k : start * k + rows] = m.reshape(m.shape[0], 2, rows, m.shape[2])
+    power = references.real**2 + references.imag**2
+    norm = reference_matrix(torch.fft.rfft(power, dim=-1), norm_plan)
+    return ReferenceBank(
+        cross.reshape(cross_plan.n_bins, 2 * k * t, 2 * cross_plan.slots),
+        norm,
+        cross_plan,
+        norm_plan,
+        k,
+        t,
+        workspace={} if reuse is None else reuse.workspace,
+    )
+
+
+@dataclass(frozen=True)
+class ChunkScores:
+    """Scores of a chunk of ``B`` particles.
+
+    Attributes
+    ----------
+    corr
+        ``(R, T, K, B)`` cross terms ``2·Re⟨C·X, R_ψ Z_kt⟩_ω``, or ``None`` when only the maximum
+        over shifts was kept.
+    corr_max, corr_argmax
+        ``(R, K, B)`` maximum of the cross terms over shifts and the shift index reaching it.
+    norm
+        ``(R, K, B)`` norm terms ``⟨C², |R_ψ A_k|²⟩_ω``.
+    power
+        ``(B,)`` ``‖X‖²_ω``.
+    """
+
+    corr: torch.Tensor | None
+    corr_max: torch.Tensor
+    corr_argmax: torch.Tensor
+    norm: torch.Tensor
+    power: torch.Tensor
+
+
+def score_chunk(
+    bank: ReferenceBank,
+    spectrum: torch.Tensor,
+    samples: torch.Tensor,
+    ctf: torch.Tensor,
+    ring_weights: torch.Tensor,
+    gemm_dtype: torch.dtype | None = None,
+    native_low_precision: bool = False,
+    keep_all_shifts: bool = False,
+) -> ChunkScores:
+    """Cross and norm terms of a chunk of particles against every class, rotation and shift.
+
+    Parameters
+    ----------
+    bank
+        The references (:func:`build_reference_bank`).
+    spectrum
+        ``(B, N + 1, ≥ n_orders)`` complex angular spectrum of ``C·X`` (unweighted).
+    samples
+        ``(B, N + 1, Q)`` complex polar samples ``X`` of the particles.
+    ctf
+        ``(B, N + 1, Q)`` real CTF at the samples.
+    ring_weights
+        ``(N + 1,)`` ``ω_r`` (0 outside the alignment rings).
+    gemm_dtype, native_low_precision
+        See :func:`folded_correlation`.
+    keep_all_shifts
+        Keep the full ``(R, T, K, B)`` cross terms (marginalisation); otherwise only their maximum
+        over shifts is formed (force-max).
+
+    Returns
+    -------
+    ChunkScores
+    """
+    w = ring_weights.to(ctf.dtype)
+    spec = spectrum[..., : bank.cross_plan.n_orders] * (2.0 * w)[None, :, None]
+    pmat = particle_matrix(spec, bank.cross_plan)
+    k, t = bank.n_classes, bank.n_shifts
+    b = pmat.shape[-1]
+    workspace = bank.buffer((bank.cross_plan.n_bins, bank.cross.shape[1], b))
+    if keep_all_shifts:
+        corr = folded_correlation(bank.cross, pmat, bank.cross_plan, gemm_dtype, native_low_precision, workspace)
+        r_count, _, b = corr.shape
+        corr = corr.reshape(r_count, t, k, b)
+        corr_max, corr_argmax = corr.max(dim=1)
+    else:
+        corr = None
+        corr_max, corr_argmax = folded_max_over_shifts(
+            bank.cross, pmat, bank.cross_plan, t, gemm_dtype, native_low_precision, workspace
+        )
+    c2 = torch.fft.rfft(w[None, :, None] * ctf * ctf, dim=-1)
+    norm = folded_correlation(bank.norm, particle_matrix(c2, bank.norm_plan), bank.norm_plan)
+    power = (w[None, :, None] * (samples.real**2 + samples.imag**2)).sum(dim=(1, 2))
+    return ChunkScores(corr, corr_max, corr_argmax, norm, power)
+
+
+@dataclass(frozen=True)
+class Posteriors:
+    """E-step result for ``B`` particles (tensors indexed by particle last where 2-D).
+
+    Attributes
+    ----------
+    class_weights
+        ``(K, B)`` class posteriors ``γ_k``.
+    best_rotation, best_shift
+        ``(K, B)`` int64 best rotation and shift index within each class.
+    best_scale
+        ``(K, B)`` per-particle scale at that pose (1 when the scale is off).
+    best_log_likelihood
+        ``(K, B)`` log-likelihood at that pose (untempered).
+    sample_posterior
+        ``(R, T, K, B)`` posterior of every sample (marginalisation only, else ``None``).
+    pmax
+        ``(B,)`` posterior of the best (class, pose) sample.
+    n_significant
+        ``(B,)`` int64 number of samples with a posterior of at least 0.1 % of ``pmax``.
+    """
+
+    class_weights: torch.Tensor
+    best_rotation: torch.Tensor
+    best_shift: torch.Tensor
+    best_scale: torch.Tensor
+    best_log_likelihood: torch.Tensor
+    sample_posterior: torch.Tensor | None
+    pmax: torch.Tensor
+    n_significant: torch.Tensor
+
+
+def force_max_posteriors(
+    scores: ChunkScores, log_prior: torch.Tensor, temperature: float, per_particle_scale: bool
+) -> Posteriors:
+    """Force-max E-step: best pose per class, soft over classes.
+
+    Parameters
+    ----------
+    scores
+        From :func:`score_chunk`.
+    log_prior
+        ``(K,)`` ``log π_k``.
+    temperature
+        Posterior temperature (≥ 1) dividing the log-likelihoods.
+    per_particle_scale
+        Optimise a scale per sample (see :func:`pose_log_likelihood`).
+
+    Returns
+    -------
+    Posteriors
+    """
+    norm, power = scores.norm, scores.power
+    ll, _ = pose_log_likelihood(scores.corr_max, norm, power, per_particle_scale)  # (R, K, B)
+    best_ll, best_rot = ll.max(dim=0)  # (K, B)
+    best_shift = scores.corr_argmax.gather(0, best_rot[None])[0]
+    best_corr = scores.corr_max.gather(0, best_rot[None])[0]
+    best_norm = norm.gather(0, best_rot[None])[0]
+    _, best_scale = pose_log_likelihood(best_corr, best_norm, power, per_particle_scale)
+    logits = best_ll / temperature + log_prior[:, None]
+    weights = torch.softmax(logits.to(torch.float64), dim=0).to(best_ll.dtype)
+    pmax = weights.max(dim=0).values
+    significant = (weights >= 1e-3 * pmax[None]).sum(dim=0)
+    return Posteriors(weights, best_rot, best_shift, best_scale, best_ll, None, pmax, significant)
+
+
+def marginal_posteriors(
+    scores: ChunkScores, log_prior: torch.Tensor, temperature: float, per_particle_scale: bool
+) -> Posteriors:
+    """Marginalising E-step: the full posterior over class, rotation and shift.
+
+    Parameters and return as in :func:`force_max_posteriors`; ``sample_posterior`` is filled and
+    ``best_*`` give, per class, the most probable sample.
+    """
+    corr, norm, power = scores.corr, scores.norm, scores.power
+    if corr is None:
+        raise ValueError("marginalisation needs the cross terms of every shift (keep_all_shifts=True)")
+    r_count, t, k, b = corr.shape
+    ll, scale = pose_log_likelihood(corr, norm[:, None], power, per_particle_scale)  # (R, T, K, B)
+    logits = ll / temperature + (log_prior - math.log(r_count * t))[None, None, :, None]
+    log_z = torch.logsumexp(logits.reshape(-1, b), dim=0)  # (B,)
+    post = torch.exp(logits - log_z)
+    class_weights = post.sum(dim=(0, 1))  # (K, B)
+    flat = post.permute(2, 0, 1, 3).reshape(k, r_count * t, b)
+    best_flat = flat.argmax(dim=1)  # (K, B)
+    best_rot = torch.div(best_flat, t, rounding_mode="floor")
+    best_shift = best_flat % t
+    ll_flat = ll.permute(2, 0, 1, 3).reshape(k, r_count * t, b)
+    best_ll = ll_flat.gather(1, best_flat[:, None])[:, 0]
+    scale_flat = scale.expand_as(ll).permute(2, 0, 1, 3).reshape(k, r_count * t, b)
+    best_scale = scale_flat.gather(1, best_flat[:, None])[:, 0]
+    pmax = post.reshape(-1, b).max(dim=0).values
+    significant = (post >= 1e-3 * pmax).reshape(-1, b).sum(dim=0)
+    return Posteriors(class_weights, best_rot, best_shift, best_scale, best_ll, post, pmax, significant)
+
+
+def ring_weights(grid: PolarGrid, sigma2: torch.Tensor, ring_min: int, ring_max: int) -> torch.Tensor:
+    """``ω_r = independent_r / σ²_r`` on rings ``ring_min .. ring_max``, 0 elsewhere, ``(N + 1,)``."""
+    w = grid.independent.to(sigma2.dtype) / sigma2.clamp(min=1e-30)
+    keep = torch.zeros_like(w)
+    keep[ring_min : ring_max + 1] = 1.0
+    return w * keep
+
+
+__all__ = [
+    "MAX_PAIRS_PER_PARTICLE",
+    "PAIR_THRESHOLD",
+    "ChunkScores",
+    "Posteriors",
+    "ReferenceBank",
+    "build_reference_bank",
+    "force_max_posteriors",
+    "marginal_posteriors",
+    "ring_weights",
+    "score_chunk",
+]

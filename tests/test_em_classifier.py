@@ -1,0 +1,207 @@
+"""The online-EM classifier end to end on synthetic particles with known templates.
+
+Ground truth: 4 Gaussian-blob templates (``em_synthetic``), particles rotated by multiples of the
+angular step, shifted by whole pixels, CTF-affected, with Gaussian noise. A classifier that works
+must find every template (a class that correlates with it after rotational alignment) and put
+particles of one template together; a random or broken one cannot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from em_synthetic import SyntheticSet, best_rotational_correlation, make_particles, random_templates, render
+
+from core.config import Class2DParams
+from core.snapshot import ClassSnapshot
+from engine.em.classifier import Classifier, TensorBatch
+from engine.em.driver import BatchList, ClassificationResult, Progress, classify_batches
+from engine.em.schedule import posterior_temperature, step_size
+
+BOX, PIXEL, STEP = 32, 3.0, 15.0
+
+
+def _params(**kw: object) -> Class2DParams:
+    base: dict[str, object] = {
+        "n_classes": 8,
+        "max_resolution_angstrom": 2 * PIXEL,
+        "in_plane_step_degrees": STEP,
+        "max_shift_angstrom": PIXEL,
+        "online_em_iterations": 12,
+        "batch_size_per_class": 30,
+        "force_max_over_poses": True,
+        "seed": 0,
+    }
+    base.update(kw)
+    return Class2DParams(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def data() -> SyntheticSet:
+    rng = np.random.default_rng(11)
+    templates = random_templates(4, BOX, rng)
+    return make_particles(400, templates, BOX, PIXEL, rng, psi_step_degrees=STEP, max_shift_px=1, noise_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def result(data: SyntheticSet) -> ClassificationResult:
+    return classify_batches(data.batch, _params())
+
+
+def _confusion(result: ClassificationResult, data: SyntheticSet, k: int) -> np.ndarray:
+    m = np.zeros((k, len(data.templates)), dtype=int)
+    np.add.at(m, (result.assignments.class_index.numpy(), data.template_index), 1)
+    return m
+
+
+@pytest.mark.slow
+def test_recovers_the_templates(result: ClassificationResult, data: SyntheticSet) -> None:
+    k = result.classifier.n_classes
+    confusion = _confusion(result, data, k)
+    purity = confusion.max(axis=1).sum() / confusion.sum()
+    assert purity >= 0.9, f"only {purity:.0%} of particles share a class with their template\n{confusion}"
+    averages = result.classifier.class_averages().numpy()
+    truth = [render(t, BOX) for t in data.templates]
+    for j, template in enumerate(truth):
+        members = np.flatnonzero(confusion.argmax(axis=1) == j)
+        assert len(members), f"no class holds mostly template {j}"
+        best = max(best_rotational_correlation(averages[c], template, STEP) for c in members)
+        assert best > 0.9, f"template {j}: best class correlation {best:.3f}"
+
+
+@pytest.mark.slow
+def test_every_particle_ends_with_a_class_pose_and_posterior(result: ClassificationResult, data: SyntheticSet) -> None:
+    a = result.assignments
+    n = len(data.batch)
+    assert len(a) == n and len(result.particles) == n
+    assert np.array_equal(result.particles.indices, data.batch.indices)
+    assert np.all((a.psi_degrees.numpy() > -180) & (a.psi_degrees.numpy() <= 180))
+    origin = np.hypot(a.origin_x_angstrom.numpy(), a.origin_y_angstrom.numpy())
+    assert (
+        origin.max() <= result.classifier.geometry.max_shift * result.classifier.geometry.internal_pixel_angstrom + 1e-9
+    )
+    assert np.all((a.class_posterior.numpy() > 0) & (a.class_posterior.numpy() <= 1 + 1e-6))
+    assert np.all(a.class_ess.numpy() >= 1 - 1e-6)
+    # In-plane angles are recovered up to each class's own orientation: within a pure class the
+    # difference to the truth is constant.
+    confusion = _confusion(result, data, result.classifier.n_classes)
+    for c in np.flatnonzero(confusion.max(axis=1) > 20):
+        sel = (a.class_index.numpy() == c) & (data.template_index == confusion[c].argmax())
+        d = (a.psi_degrees.numpy()[sel] - data.psi_degrees[sel]) % 360.0
+        mode = np.bincount(np.round(d / STEP).astype(int) % round(360 / STEP)).argmax() * STEP
+        close = np.abs((d - mode + 180.0) % 360.0 - 180.0) <= STEP + 1e-6
+        assert close.mean() > 0.9, f"class {c}: psi consistent for {close.mean():.0%}"
+    snap = result.snapshot
+    assert isinstance(snap, ClassSnapshot)
+    assert snap.averages.shape == (8, BOX, BOX)
+    assert snap.particle_counts.sum() == n
+    assert np.all(np.diff(snap.particle_counts) <= 0), "snapshot classes are sorted by size"
+    mapping = snap.parameters["engine_class_of_snapshot_class"]
+    engine_class = np.asarray(mapping)[snap.particles.class_index]
+    assert np.array_equal(engine_class, a.class_index.numpy())
+
+
+def test_schedules() -> None:
+    # ICUF: T = ICUF up to the start iteration, linear to 1 over n_anneal iterations.
+    assert posterior_temperature(0, 3.0, 2, 10) == 3.0
+    assert posterior_temperature(2, 3.0, 2, 10) == 3.0
+    assert posterior_temperature(7, 3.0, 2, 10) == pytest.approx(2.0)
+    assert posterior_temperature(12, 3.0, 2, 10) == 1.0
+    assert posterior_temperature(50, 3.0, 2, 10) == 1.0
+    assert posterior_temperature(0, 1.0, 2, 10) == 1.0
+    assert step_size(1) == 1.0
+    assert 0 < step_size(100) < step_size(10) < 1
+
+
+def test_batch_size_and_online_iterations_set_the_particles_seen(data: SyntheticSet) -> None:
+    for iterations, per_class in ((2, 10), (3, 20)):
+        events: list[Progress] = []
+        res = classify_batches(
+            data.batch.take(np.arange(100)),
+            _params(
+                n_classes=4, online_em_iterations=iterations, batch_size_per_class=per_class, final_full_iterations=0
+            ),
+            progress=events.append,
+        )
+        assert res.online_particles_seen == iterations * per_class * 4
+        online = [e for e in events if e.phase == "online"]
+        assert [e.particles_seen for e in online] == [per_class * 4 * (i + 1) for i in range(iterations)]
+        assert len(res.assignments) == 100
+
+
+@pytest.mark.slow
+def test_deterministic_on_cpu_for_a_seed(data: SyntheticSet) -> None:
+    params = _params(n_classes=4, online_em_iterations=3, batch_size_per_class=20)
+    sub = data.batch.take(np.arange(120))
+    a = classify_batches(sub, params)
+    b = classify_batches(BatchList([sub.take(np.arange(50)), sub.take(np.arange(50, 120))]), params)
+    assert torch.equal(a.assignments.class_index, b.assignments.class_index)
+    assert torch.equal(a.assignments.psi_degrees, b.assignments.psi_degrees)
+    assert torch.equal(a.classifier.class_averages(), b.classifier.class_averages())
+    c = classify_batches(sub, _params(n_classes=4, online_em_iterations=3, batch_size_per_class=20, seed=5))
+    assert not torch.equal(a.classifier.class_averages(), c.classifier.class_averages())
+
+
+def test_state_dict_round_trip_gives_identical_results(data: SyntheticSet, tmp_path: Path) -> None:
+    params = _params(n_classes=4)
+    first = data.batch.take(np.arange(0, 120))
+    later = [data.batch.take(np.arange(s, s + 80)) for s in (120, 200)]
+    clf = Classifier(params, BOX, PIXEL)
+    clf.initialise(first)
+    clf.step(first)
+    path = tmp_path / "checkpoint.pt"
+    torch.save(clf.state_dict(), path)
+    restored = Classifier(params, BOX, PIXEL)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    for batch in later:
+        x, y = clf.step(batch), restored.step(batch)
+        assert torch.equal(x.class_index, y.class_index)
+        assert torch.equal(x.psi_degrees, y.psi_degrees)
+        assert torch.equal(x.pmax, y.pmax)
+    assert torch.equal(clf.class_averages(), restored.class_averages())
+    with pytest.raises(ValueError, match="other classification parameters"):
+        Classifier(_params(n_classes=5), BOX, PIXEL).load_state_dict(clf.state_dict())
+
+
+def _twins(data: SyntheticSet, **kw: object) -> tuple[Classifier, TensorBatch]:
+    clf = Classifier(_params(n_classes=4, **kw), BOX, PIXEL)
+    batch = TensorBatch.from_particles(data.batch.take(np.arange(160)))
+    clf.initialise(batch)
+    return clf, batch
+
+
+def test_marginalisation_spreads_the_posteriors(data: SyntheticSet) -> None:
+    fm, batch = _twins(data, force_max_over_poses=True)
+    mg, _ = _twins(data, force_max_over_poses=False)
+    assert torch.equal(fm.class_averages(), mg.class_averages())  # same start
+    a, b = fm.assign(batch), mg.assign(batch)
+    assert float(b.pmax.mean()) < float(a.pmax.mean())
+    assert float(b.class_ess.mean()) > float(a.class_ess.mean())
+    assert float(b.n_significant.float().mean()) > float(a.n_significant.float().mean())
+    assert mg.force_max is False and Class2DParams(n_classes=20).force_max is False
+    assert Class2DParams(n_classes=21).force_max is True
+
+
+def test_higher_icuf_flattens_early_posteriors(data: SyntheticSet) -> None:
+    low, batch = _twins(data, initial_uncertainty_factor=1.0)
+    high, _ = _twins(data, initial_uncertainty_factor=6.0)
+    assert high.temperature() == 6.0 and low.temperature() == 1.0
+    a, b = low.assign(batch), high.assign(batch)
+    assert float(b.class_ess.mean()) > float(a.class_ess.mean())
+    assert float(b.pmax.mean()) < float(a.pmax.mean())
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_runs_on_device(data: SyntheticSet, device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    clf = Classifier(_params(n_classes=4), BOX, PIXEL, device=device)
+    batch = data.batch.take(np.arange(100))
+    clf.initialise(batch)
+    got = clf.step(batch)
+    assert clf.class_averages().device.type == device
+    assert len(got) == 100 and got.class_index.device.type == "cpu"
+    assert torch.isfinite(clf.class_averages()).all()
