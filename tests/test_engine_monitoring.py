@@ -1,0 +1,275 @@
+"""The engine's monitoring: junk scores in snapshots before they are written, user overrides that follow
+their class across re-sorted snapshots and restarts, the status page and one ``/metrics`` for all.
+
+The first tests drive :class:`engine.monitoring_hooks.EngineMonitoring` in-process with synthetic
+snapshots whose engine-class order is known; the last one runs a real engine process and the
+``otf2d override`` / ``otf2d status`` commands against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from engine_helpers import ROOT, TestClient, make_batch, send_batches
+from pipeline_helpers import (
+    describe_failure,
+    engine_argv,
+    engine_ports,
+    http_text,
+    samples,
+    started,
+    wait_for_engine,
+    wait_until,
+)
+from snapshot_factory import make_snapshot
+
+from core.config import VerdictConfig
+from core.errors import InputError
+from core.snapshot import ClassSnapshot
+from engine.client import EngineClient, EngineRequestError
+from engine.monitoring_hooks import (
+    OVERRIDES_FILE,
+    EngineMonitoring,
+    engine_class_order,
+    overrides_for_snapshot,
+)
+from monitoring.quality import load_overrides, save_overrides, score_classes
+
+COUNTS = (5, 12, 0, 20, 3, 10)
+
+
+def snapshot_with_order(order: list[int], iteration: int = 1) -> ClassSnapshot:
+    """A synthetic snapshot whose class ``i`` is engine class ``order[i]``."""
+    return make_snapshot(COUNTS, iteration=iteration, parameters={"engine_class_of_snapshot_class": order})
+
+
+class Capture:
+    """A stand-in for ``write_snapshot`` that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[ClassSnapshot, Path, dict[str, Any]]] = []
+
+    def __call__(self, snapshot: ClassSnapshot, out_dir: Path, **kwargs: Any) -> str:
+        self.calls.append((snapshot, Path(out_dir), kwargs))
+        return "written"
+
+
+def test_engine_order_and_translation_of_overrides() -> None:
+    order = [3, 1, 0, 5, 2, 4]
+    snapshot = snapshot_with_order(order)
+    assert engine_class_order(snapshot) == order
+    # engine class 4 (index 3) is shown first; engine class 1 (index 0) third
+    assert overrides_for_snapshot({4: "junk", 1: "good"}, order) == {1: "junk", 3: "good"}
+    assert overrides_for_snapshot({9: "junk"}, order) == {}  # a class this snapshot lacks
+    for bad in (None, [0, 1], [0, 0, 1, 2, 3, 4], ["a"] * 6):
+        other = dataclasses.replace(snapshot, parameters={"engine_class_of_snapshot_class": bad})
+        assert engine_class_order(other) == list(range(6))
+
+
+def test_snapshots_get_junk_scores_before_they_are_written(tmp_path: Path) -> None:
+    capture = Capture()
+    monitoring = EngineMonitoring(VerdictConfig(), write=capture)
+    order = [3, 1, 0, 5, 2, 4]
+    snapshot = snapshot_with_order(order)
+    root = tmp_path / "sessions" / "s1"
+    root.mkdir(parents=True)
+    save_overrides(root / OVERRIDES_FILE, {4: "junk", 1: "good"})  # engine class numbers
+    result = monitoring.write_snapshot(snapshot, root / "snapshots", project_dir="/p", session="s1")
+    assert result == "written"
+    written, out_dir, kwargs = capture.calls[0]
+    assert out_dir == root / "snapshots"
+    assert kwargs == {"project_dir": "/p", "session": "s1"}
+    assert snapshot.junk_score is None and written.junk_score is not None
+    # the overridden classes, where the engine order puts them; the others keep their computed score
+    assert written.junk_score[0] == 1.0  # engine class 4 marked junk
+    assert written.junk_score[2] == 0.0  # engine class 1 marked good
+    plain = score_classes(snapshot).scores
+    untouched = [1, 3, 4, 5]
+    np.testing.assert_allclose(written.junk_score[untouched], plain[untouched], equal_nan=True)
+    state = monitoring.states()["s1"]
+    np.testing.assert_array_equal(state.junk_scores, written.junk_score)
+    assert state.quality.overrides == {1: "junk", 3: "good"}
+    fields = monitoring.status_fields("s1")["monitoring"]
+    assert fields["overrides"] == {"1": "junk", "3": "good"}
+    assert fields["classes_populated"] == sum(1 for c in COUNTS if c > 0)
+    assert monitoring.status_fields("other") == {}
+
+
+def test_a_broken_monitoring_step_still_writes_the_snapshot(tmp_path: Path) -> None:
+    capture = Capture()
+    monitoring = EngineMonitoring(write=capture)
+    root = tmp_path / "s1"
+    root.mkdir()
+    (root / OVERRIDES_FILE).write_text("not json")  # logged and ignored
+    monitoring.write_snapshot(snapshot_with_order([0, 1, 2, 3, 4, 5]), root / "snapshots", session="s1")
+    assert capture.calls[-1][0].junk_score is not None
+    assert monitoring.states()["s1"].quality.overrides == {}
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("monitoring failed")
+
+    monitoring.monitor.publish = boom  # type: ignore[method-assign]
+    monitoring.write_snapshot(snapshot_with_order([0, 1, 2, 3, 4, 5]), root / "snapshots", session="s1")
+    assert capture.calls[-1][0].junk_score is None
+
+
+def test_an_override_follows_its_class_when_the_classes_are_resorted(tmp_path: Path) -> None:
+    capture = Capture()
+    monitoring = EngineMonitoring(write=capture)
+    root = tmp_path / "s1"
+    root.mkdir()
+    request = {"session": "s1", "class_number": 2, "override": "junk"}
+    with pytest.raises(InputError, match="no snapshot yet"):
+        monitoring.handle_override(request)
+    monitoring.write_snapshot(snapshot_with_order([3, 1, 0, 5, 2, 4]), root / "snapshots", session="s1")
+    reply = monitoring.handle_override(request)
+    assert reply["engine_class"] == 2  # snapshot class 2 is engine class index 1
+    assert load_overrides(root / OVERRIDES_FILE) == {2: "junk"}
+    assert monitoring.states()["s1"].quality.overrides == {2: "junk"}
+    assert bool(monitoring.states()["s1"].quality.junk[1])
+    # the next snapshot shows engine class index 1 as its 5th class
+    monitoring.write_snapshot(snapshot_with_order([0, 2, 3, 4, 1, 5], 2), root / "snapshots", session="s1")
+    written = capture.calls[-1][0]
+    assert written.junk_score[4] == 1.0
+    assert monitoring.states()["s1"].quality.overrides == {5: "junk"}
+    # removing it by its new number
+    reply = monitoring.handle_override({"session": "s1", "class_number": 5, "override": "auto"})
+    assert reply["override"] is None and reply["overrides"] == {}
+    assert load_overrides(root / OVERRIDES_FILE) == {}
+    for bad, message in (
+        ({"class_number": 0}, "classes 1..6"),
+        ({"class_number": 7}, "classes 1..6"),
+        ({"override": "maybe"}, "override must be one of"),
+        ({"session": "nope"}, "no snapshot yet"),
+    ):
+        with pytest.raises(InputError, match=message):
+            monitoring.handle_override({**request, **bad})
+
+
+# ---------------------------------------------------------------------------------------------- real engine
+
+SESSION = "grid1"
+PARAMS = {
+    "n_classes": 4,
+    "batch_size_per_class": 10,
+    "online_em_iterations": 3,
+    "force_max_over_poses": True,
+    "seed": 1,
+}
+
+
+def _otf2d(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+
+
+def _status_json(url: str) -> dict[str, Any]:
+    return dict(json.loads(http_text(f"{url}/status.json"))["sessions"].get(SESSION) or {})
+
+
+def _engine_order(data: Path, iteration: int) -> list[int]:
+    """``engine_class_of_snapshot_class`` recorded in a snapshot's provenance file."""
+    path = data / "sessions" / SESSION / "snapshots" / f"run_it{iteration:03d}_otf2d.json"
+    return [int(i) for i in json.loads(path.read_text())["parameters"]["engine_class_of_snapshot_class"]]
+
+
+def _wait_snapshot(client: EngineClient, after: int) -> int:
+    def newer() -> int | None:
+        last = client.status(SESSION)["sessions"][SESSION].get("last_snapshot") or {}
+        return int(last["iteration"]) if last.get("iteration", -1) > after else None
+
+    return int(wait_until(newer, 60.0, f"a snapshot after {after}", interval_s=0.2))
+
+
+@pytest.mark.slow
+def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -> None:
+    ports = engine_ports()
+    data = tmp_path / "data"
+    logs = tmp_path / "logs"
+    quiet = ("--snapshot-seconds", "0", "--snapshot-every", "0")
+    with started("engine", engine_argv(data, ports, *quiet), logs) as engine:
+        wait_for_engine(ports.endpoint, engine)
+        with EngineClient(ports.endpoint, timeout_s=10.0) as client:
+            client.start_session(SESSION, PARAMS)
+            feeder = TestClient(ports.endpoint)
+            try:
+                send_batches(feeder, [(f"f:{m}", make_batch(SESSION, m, 20)) for m in range(4)])
+            finally:
+                feeder.close()
+            wait_until(
+                lambda: client.status(SESSION)["sessions"][SESSION]["particles_classified"] == 80, 60, "classified"
+            )
+            with pytest.raises(EngineRequestError, match="no snapshot yet"):
+                client.set_class_override(SESSION, 1, "junk")
+            first = int(client.snapshot(SESSION)["iteration"])
+            _wait_snapshot(client, first - 1)
+
+            state = _status_json(ports.url)
+            assert state["iteration"] == first and state["particles_classified"] == 80
+            assert len(state["classes"]) == 4 and state["verdict"]["state"] == "pending"
+            page = http_text(f"{ports.url}/")
+            assert SESSION in page and "pending" in page
+            metrics = samples(http_text(f"{ports.url}/metrics"))
+            assert metrics["otf2d_particles_classified_total"] == 80  # engine counters ...
+            assert metrics[f'otf2d_session_particles{{session="{SESSION}"}}'] == 80  # ... and monitoring gauges
+            per_class = {k: v for k, v in metrics.items() if k.startswith("otf2d_class_particles{")}
+            assert len(per_class) == 4 and sum(per_class.values()) == 80
+
+            # mark the largest class junk with the command-line client
+            out = _otf2d("override", "--engine", ports.endpoint, "--session", SESSION, "--class", "1", "--as", "junk")
+            assert out.returncode == 0, out.stderr + describe_failure(engine)
+            assert "class 1" in out.stdout and "marked junk" in out.stdout
+            stored = load_overrides(data / "sessions" / SESSION / OVERRIDES_FILE)
+            engine_class = _engine_order(data, first)[0] + 1
+            assert stored == {engine_class: "junk"}
+            state = _status_json(ports.url)
+            assert state["classes"][0]["junk"] is True and state["classes"][0]["override"] == "junk"
+            metrics = samples(http_text(f"{ports.url}/metrics"))
+            assert metrics[f'otf2d_class_junk{{class="1",session="{SESSION}"}}'] == 1.0
+            # the override asked for a snapshot: its files carry the flag (the gallery marks the class)
+            second = _wait_snapshot(client, first)
+            assert second > first
+            status_out = _otf2d("status", "--engine", ports.endpoint, "--session", SESSION)
+            assert status_out.returncode == 0 and "verdict pending" in status_out.stdout
+
+            refused = _otf2d(
+                "override", "--engine", ports.endpoint, "--session", SESSION, "--class", "9", "--as", "good"
+            )
+            assert refused.returncode == 2 and "classes 1..4" in refused.stderr
+        assert engine.terminate() == 0, describe_failure(engine)
+
+    # Restart without --http-port while the default status port is taken: the engine runs on, and
+    # the override is still applied to the snapshot requested at start.
+    blocker = socket.socket()
+    try:
+        try:
+            blocker.bind(("127.0.0.1", 8001))
+            blocker.listen(1)
+        except OSError:
+            pass  # taken by something else already: just as good
+        argv = [a for a in engine_argv(data, ports, *quiet) if a not in ("--http-port", str(ports.http))]
+        with started("engine2", argv, logs) as engine:
+            wait_for_engine(ports.endpoint, engine)
+            with EngineClient(ports.endpoint, timeout_s=10.0) as client:
+                mon = wait_until(
+                    lambda: client.status(SESSION)["sessions"][SESSION].get("monitoring"), 60, "state after restart"
+                )
+            assert engine.terminate() == 0, describe_failure(engine)
+        # the override is on the snapshot class that is the same engine class
+        assert mon["iteration"] > second
+        [(number, value)] = mon["overrides"].items()
+        assert value == "junk"
+        assert _engine_order(data, mon["iteration"])[int(number) - 1] + 1 == engine_class
+        assert "no status page" in (logs / "engine2.log").read_text()
+    finally:
+        blocker.close()
