@@ -103,6 +103,10 @@ request carries ``request_id: str`` (chosen by the client) and is answered by on
 ``resume``         ``session?: str``
 ``start_session``  ``session: str``, ``params: object`` (classification parameters, e.g.
                    ``{"n_classes": 50, ...}``; validated by the engine)
+``set_class_override``  ``session: str``, ``class_number: int`` (the class as numbered in the
+                   newest snapshot and gallery, 1-based), ``override: str`` (``"good"``,
+                   ``"junk"``, or ``"auto"`` to remove a user's override); added in 0.1 without
+                   a version bump: an older engine answers it with ``ok = false``
 ``reply``          ``request_id: str``, ``ok: bool``, ``result?: object``, ``error?: str``
                    (required when ``ok`` is false)
 
@@ -146,6 +150,7 @@ KIND_SNAPSHOT = "snapshot"
 KIND_PAUSE = "pause"
 KIND_RESUME = "resume"
 KIND_START_SESSION = "start_session"
+KIND_SET_CLASS_OVERRIDE = "set_class_override"
 KIND_REPLY = "reply"
 
 #: Column order of the ``(n, 9)`` float64 CTF frame: the fields of :class:`CtfParams`.
@@ -175,6 +180,12 @@ _CONTROL_SPECS: dict[str, _FieldSpec] = {
     KIND_PAUSE: {"request_id": ((str,), True), "session": ((str,), False)},
     KIND_RESUME: {"request_id": ((str,), True), "session": ((str,), False)},
     KIND_START_SESSION: {"request_id": ((str,), True), "session": ((str,), True), "params": ((dict,), True)},
+    KIND_SET_CLASS_OVERRIDE: {
+        "request_id": ((str,), True),
+        "session": ((str,), True),
+        "class_number": ((int,), True),
+        "override": ((str,), True),
+    },
     KIND_REPLY: {
         "request_id": ((str,), True),
         "ok": ((bool,), True),
@@ -520,7 +531,8 @@ def encode_control(kind: str, **fields_: Any) -> list[bytes]:
     ----------
     kind
         One of :data:`CONTROL_KINDS` (``"ack"``, ``"nack"``, ``"reject"``, ``"ping"``, ``"pong"``,
-        ``"status"``, ``"snapshot"``, ``"pause"``, ``"resume"``, ``"start_session"``, ``"reply"``).
+        ``"status"``, ``"snapshot"``, ``"pause"``, ``"resume"``, ``"start_session"``,
+        ``"set_class_override"``, ``"reply"``).
     **fields_
         The kind's fields; ``None`` values are left out.
 
@@ -589,6 +601,7 @@ __all__ = [
     "KIND_REJECT",
     "KIND_REPLY",
     "KIND_RESUME",
+    "KIND_SET_CLASS_OVERRIDE",
     "KIND_SNAPSHOT",
     "KIND_START_SESSION",
     "KIND_STATUS",

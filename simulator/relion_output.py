@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -68,17 +69,26 @@ def write_stack(
             mrc.set_data(data)
             mrc.set_image_stack()
             mrc.voxel_size = pixel_size_angstrom
+            _set_fixed_label(mrc)
         os.replace(tmp, path)
         return
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(data[:1])
         mrc.set_image_stack()
         mrc.voxel_size = pixel_size_angstrom
+        _set_fixed_label(mrc)
     for k in range(2, data.shape[0] + 1):
         with mrcfile.open(path, mode="r+") as mrc:
             mrc.set_data(data[:k])
             mrc.set_image_stack()
             mrc.voxel_size = pixel_size_angstrom
+            _set_fixed_label(mrc)
+
+
+def _set_fixed_label(mrc: Any) -> None:
+    """Replace mrcfile's time-stamped label, so equal seeds give bit-identical stacks."""
+    mrc.header.label[0] = b"otf2d simulator"
+    mrc.header.nlabl = 1
 
 
 def write_star(path: Path, blocks: dict[str, pd.DataFrame]) -> None:

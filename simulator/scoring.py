@@ -9,8 +9,10 @@ Measures (see ``QualityReport``):
 - **good kept**: share of true particles that end in classes that are *not* junk-majority;
 - **view purity**: per class, the angle between each true member's viewing direction and the
   class's medoid direction (2D classes do not fold v and −v); the pooled median over good members;
-- **in-plane consistency**: per class, the circular standard deviation of (estimated − true)
-  in-plane angle; the particle-weighted median over classes;
+- **in-plane consistency**: per class, the circular standard deviation of the members' in-plane
+  orientation once their estimated ψ is undone and their viewing directions are turned onto the
+  class's medoid direction (for members of one direction this is the spread of ψ_est − ψ_true; it
+  also holds where rot and ψ trade off, e.g. near tilt 0); the particle-weighted median over classes;
 - **populated classes**: classes holding at least ``min_class_particles`` particles;
 - **class fidelity**: each good class average aligned (rotation and shift search) to clean,
   CTF-free projections of the map at the views of some of its members; the best Pearson
@@ -26,7 +28,7 @@ import numpy.typing as npt
 import pandas as pd
 from PIL import Image
 
-from simulator.projection import VolumeSpectrum, project, viewing_direction
+from simulator.projection import VolumeSpectrum, euler_matrix_relion, project, viewing_direction
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -68,6 +70,57 @@ def circular_std_degrees(angles_degrees: npt.ArrayLike) -> float:
     z = np.exp(1j * np.radians(np.asarray(angles_degrees, dtype=np.float64)))
     r = min(float(np.abs(z.mean())), 1.0)
     return float(np.degrees(np.sqrt(-2.0 * np.log(max(r, 1e-12)))))
+
+
+def in_plane_spread_degrees(
+    rot_degrees: npt.ArrayLike,
+    tilt_degrees: npt.ArrayLike,
+    psi_true_degrees: npt.ArrayLike,
+    psi_estimated_degrees: npt.ArrayLike,
+) -> float:
+    """In-plane consistency of one class: the spread of its members' orientations in the class frame.
+
+    Member ``i`` has the true orientation ``A_i = R(ψ_i)·R(tilt_i)·R(rot_i)`` (RELION); undoing its
+    estimated in-plane angle gives ``B_i = R(−ψ_est,i)·A_i``, which a consistent classifier makes the
+    same for every member up to the spread of their views. Each ``B_i``'s image x-axis (first row)
+    is turned by the smallest rotation that takes its viewing direction (third row) onto the
+    members' medoid direction; the result is the circular standard deviation of those axes' angles
+    in the plane normal to the medoid. For members of one viewing direction it equals
+    ``circular_std_degrees(ψ_est − ψ_true)``; unlike that, it is not inflated where rot and ψ trade
+    off (near tilt 0 or 180°, where only rot + ψ shapes the image).
+
+    Parameters
+    ----------
+    rot_degrees, tilt_degrees, psi_true_degrees
+        ``(n,)`` true RELION Euler angles of the members (degrees).
+    psi_estimated_degrees
+        ``(n,)`` estimated ``rlnAnglePsi`` (degrees).
+
+    Returns
+    -------
+    float
+        Degrees; 0 for a perfectly consistent class, about 120–140 for random angles.
+    """
+    psi_rel = np.asarray(psi_true_degrees, dtype=np.float64) - np.asarray(psi_estimated_degrees, dtype=np.float64)
+    b = euler_matrix_relion(rot_degrees, tilt_degrees, psi_rel)  # R(ψ_true − ψ_est)·R(tilt)·R(rot)
+    directions, axes = b[:, 2], b[:, 0]
+    medoid = medoid_direction(directions)
+    cross = np.cross(directions, medoid)
+    sin = np.linalg.norm(cross, axis=1)
+    cos = directions @ medoid
+    k = cross / np.maximum(sin, 1e-12)[:, None]
+    # Rodrigues: turn each axis about k by the angle between its direction and the medoid.
+    turned = (
+        axes * cos[:, None]
+        + np.cross(k, axes) * sin[:, None]
+        + k * np.einsum("ij,ij->i", k, axes)[:, None] * (1.0 - cos)[:, None]
+    )
+    turned = np.where((sin > 1e-9)[:, None], turned, axes)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(medoid[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = helper - (helper @ medoid) * medoid
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(medoid, e1)
+    return circular_std_degrees(np.degrees(np.arctan2(turned @ e2, turned @ e1)))
 
 
 def fourier_ring_correlation(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
@@ -218,7 +271,10 @@ def score_classification(
             continue
         directions = viewing_direction(members["rlnAngleRot"].to_numpy(), members["rlnAngleTilt"].to_numpy())
         purity_angles.append(_angles_between(directions, medoid_direction(directions)))
-        spreads.append((circular_std_degrees(members["psi_est"] - members["rlnAnglePsi"]), len(members)))
+        spread = in_plane_spread_degrees(
+            members["rlnAngleRot"], members["rlnAngleTilt"], members["rlnAnglePsi"], members["psi_est"]
+        )
+        spreads.append((spread, len(members)))
 
     fidelity_corr, fidelity_res = float("nan"), float("nan")
     if class_averages is not None and spectrum is not None and class_pixel_size_angstrom is not None:
@@ -276,6 +332,7 @@ __all__ = [
     "circular_std_degrees",
     "fourier_ring_correlation",
     "frc_resolution_angstrom",
+    "in_plane_spread_degrees",
     "medoid_direction",
     "score_classification",
 ]

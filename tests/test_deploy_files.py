@@ -289,8 +289,10 @@ def test_systemd_units_run_commands_their_cli_accepts(unit: str, subcommand: str
     parser = argparse.ArgumentParser(prog=f"otf2d {subcommand}")
     importlib.import_module(module).add_args(parser)
     args = parser.parse_args(argv[2:])
-    assert args.metrics_port in (8001, 9101)
+    # the port Prometheus scrapes (deploy/prometheus/prometheus.yml): the engine's status port, the streamer's
+    assert (args.http_port if subcommand == "engine" else args.metrics_port) in (8001, 9101)
     if subcommand == "engine":
+        assert args.http_addr == "0.0.0.0"  # reachable from the Prometheus host
         text = (DEPLOY / "systemd" / unit).read_text()
         assert "After=network-online.target" in text
 

@@ -277,6 +277,7 @@ def test_control_round_trips() -> None:
         "pause": {"request_id": "r3", "session": "s"},
         "resume": {"request_id": "r4"},
         "start_session": {"request_id": "r5", "session": "s", "params": {"n_classes": 50}},
+        "set_class_override": {"request_id": "r6", "session": "s", "class_number": 3, "override": "junk"},
         "reply": {"request_id": "r5", "ok": True, "result": {"sessions": ["s"]}},
     }
     assert set(examples) == set(CONTROL_KINDS)
@@ -300,6 +301,9 @@ def test_control_validation() -> None:
         raw(kind="nack", msg_id="a:1", retry_after_s=-2),
         raw(kind="reject", msg_id="a:1"),  # no reason
         raw(kind="start_session", request_id="r", session="s", params=[1]),
+        raw(kind="set_class_override", request_id="r", session="s", override="junk"),  # no class_number
+        raw(kind="set_class_override", request_id="r", session="s", class_number="3", override="junk"),
+        raw(kind="set_class_override", request_id="r", session="s", class_number=True, override="junk"),
         raw(kind="reply", request_id="r", ok=False),  # no error
         raw(kind="reply", request_id="r", ok=1),
         raw(kind="launch_missiles"),

@@ -1,0 +1,39 @@
+"""Smoke test of ``benchmarks/classify.py --quick --skip-relion``: it runs and prints its table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "classify.py"
+
+
+@pytest.mark.slow
+def test_classify_benchmark_quick_runs_and_prints_one_table(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--quick", "--skip-relion", "--out", str(tmp_path), "--threads", "2"],
+        cwd=BENCHMARK.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = [i for i, line in enumerate(lines) if line.startswith("part ")]
+    assert len(header) == 1  # one table
+    rows = [line for line in lines if line.startswith(("throughput ", "vs RELION "))]
+    throughput = [r for r in rows if r.startswith("throughput ")]
+    assert len(throughput) == 6  # 2 configurations x (fp32, bf16, bf16-native) on the CPU
+    assert all(r.split()[4] in ("fp32", "bf16", "bf16-native") for r in throughput)
+    for r in throughput:
+        rate = r.split()[7].replace(",", "")
+        assert float(rate) > 0
+    compare = [r for r in rows if r.startswith("vs RELION ")]
+    assert len(compare) == 1 and "otf2d classify" in compare[0]
+    assert not any("relion_refine" in r for r in rows)  # --skip-relion
+    assert any(line.startswith("target: bf16 agrees") for line in lines)
+    assert (tmp_path / "session" / "truth.csv").is_file()
