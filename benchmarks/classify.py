@@ -311,12 +311,13 @@ def score_relion_output(
     return score_classification(
         truth,
         particles["rlnImageName"].to_numpy(),
-        particles["rlnClassNumber"].to_numpy() - 1,  # 0-based: the averages' index, even if class 1 is empty
+        particles["rlnClassNumber"].to_numpy(),
         particles["rlnAnglePsi"].to_numpy(),
         averages,
         pixel,
         spectrum,  # type: ignore[arg-type]
         particle_diameter_angstrom=diameter,
+        first_class_label=1,  # rlnClassNumber 1 is the first slice, even when class 1 is empty
     )
 
 

@@ -223,6 +223,7 @@ def score_classification(
     min_class_particles: int = 5,
     fidelity_views: int = 3,
     seed: int = 0,
+    first_class_label: int | None = None,
 ) -> QualityReport:
     """Score one classification against ``truth.csv``.
 
@@ -234,7 +235,7 @@ def score_classification(
         ``(n,)`` per classified particle: ``rlnImageName``, class (any integer labels) and
         estimated ``rlnAnglePsi``.
     class_averages
-        ``(K, h, w)`` averages indexed by ``class_numbers - min_label`` (labels 1..K or 0..K-1);
+        ``(K, h, w)`` averages; class label ``c`` has average ``c - first_class_label``;
         ``None`` skips class fidelity (reported as NaN).
     class_pixel_size_angstrom
         Pixel size of ``class_averages``.
@@ -242,6 +243,10 @@ def score_classification(
         The map used by the simulator, prepared with ``simulator.projection.prepare_volume``.
     particle_diameter_angstrom
         Diameter of the circle for correlations; ``None`` = 80 % of the box.
+    first_class_label
+        The label of ``class_averages[0]`` (0 or 1). ``None`` guesses it from the smallest label
+        present (0 or 1, else 0), which is wrong when the first class is empty (RELION often leaves
+        classes empty): pass it whenever averages are given.
     """
     classified = pd.DataFrame(
         {
@@ -279,7 +284,10 @@ def score_classification(
     fidelity_corr, fidelity_res = float("nan"), float("nan")
     if class_averages is not None and spectrum is not None and class_pixel_size_angstrom is not None:
         averages = np.asarray(class_averages, dtype=np.float64)
-        offset = int(merged["cls"].min()) if int(merged["cls"].min()) in (0, 1) else 0
+        if first_class_label is not None:
+            offset = int(first_class_label)
+        else:
+            offset = int(merged["cls"].min()) if int(merged["cls"].min()) in (0, 1) else 0
         box = averages.shape[1]
         diameter_px = (
             particle_diameter_angstrom / class_pixel_size_angstrom if particle_diameter_angstrom else 0.8 * box

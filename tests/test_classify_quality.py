@@ -67,6 +67,7 @@ class Classified:
             snap.pixel_size_angstrom,
             self.setup.spectrum,
             particle_diameter_angstrom=self.setup.particle_diameter_angstrom,
+            first_class_label=0,
         )
 
 

@@ -93,8 +93,17 @@ def test_snapshots_get_junk_scores_before_they_are_written(tmp_path: Path) -> No
     plain = score_classes(snapshot).scores
     untouched = [1, 3, 4, 5]
     np.testing.assert_allclose(written.junk_score[untouched], plain[untouched], equal_nan=True)
+    assert written.particles is snapshot.particles  # the files get every particle ...
     state = monitoring.states()["s1"]
     np.testing.assert_array_equal(state.junk_scores, written.junk_score)
+    # ... the state keeps only their number (zero-stride placeholders), whatever the session's size
+    kept = state.snapshot.particles
+    assert len(kept) == len(snapshot.particles) == sum(COUNTS)
+    assert state.to_json()["particles_in_snapshot"] == sum(COUNTS)
+    for name in ("stack_paths", "class_index", "pmax", "log_likelihood"):
+        assert getattr(kept, name).strides == (0,)
+    assert kept.ctf.defocus_u_angstrom.strides == (0,)
+    np.testing.assert_array_equal(state.class_counts, COUNTS)
     assert state.quality.overrides == {1: "junk", 3: "good"}
     fields = monitoring.status_fields("s1")["monitoring"]
     assert fields["overrides"] == {"1": "junk", "3": "good"}

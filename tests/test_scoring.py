@@ -136,3 +136,24 @@ def test_in_plane_spread_holds_where_rot_and_psi_trade_off() -> None:
     assert in_plane_spread_degrees(rot, tilt, psi_true, psi_est) < 3.0
     assert circular_std_degrees(psi_est - psi_true) > 60.0  # the naive measure calls it random
     assert in_plane_spread_degrees(rot, tilt, psi_true, rng.uniform(-180, 180, 40)) > 90.0
+
+
+def test_first_class_label_picks_the_averages_even_when_class_one_is_empty(
+    session: tuple[pd.DataFrame, object],
+) -> None:
+    """Labels 2..K of 1-based classes must not be taken for 0-based ones."""
+    truth, setup = session
+    labels = oracle_classes(truth, 4) + 2  # 1-based: class 1 empty, junk in class 2, views in 3..6
+    averages = np.zeros((6, 48, 48))
+    for k in range(3, 7):
+        members = truth[labels == k]
+        averages[k - 1] = project(
+            setup.spectrum, members["rlnAngleRot"].iloc[0], members["rlnAngleTilt"].iloc[0], 0.0, 48, 5.0
+        )[0]
+    psi = truth["rlnAnglePsi"].fillna(0).to_numpy()
+    right = score_classification(
+        truth, truth["rlnImageName"], labels, psi, averages, 5.0, setup.spectrum, first_class_label=1
+    )
+    assert right.fidelity_correlation > 0.6
+    with pytest.raises(IndexError):  # the guess (smallest label 2 -> offset 0) runs past the last class
+        score_classification(truth, truth["rlnImageName"], labels, psi, averages, 5.0, setup.spectrum)
