@@ -46,6 +46,7 @@ import functools
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -102,10 +103,12 @@ class Row:
     classes: int
     particles: int
     em_rate: float | None = None
+    em_rate_cpu: float | None = None
     e_rate: float | None = None
     same_class: float | None = None
     same_pose: float | None = None
     wall_seconds: float | None = None
+    cpu_seconds: float | None = None
     quality: QualityReport | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -144,18 +147,25 @@ def simulated_batch(out: Path, n: int, seed: int) -> ParticleBatch:
     return load_batch(read_particle_table(summary.particles_star), slice(None))
 
 
-def best_rate(fn: Callable[[], object], n: int, repeats: int, device: torch.device) -> float:
-    """Best particles/s of ``fn()`` over ``repeats`` runs."""
-    best = math.inf
+def best_rate(
+    fn: Callable[[], object], n: int, repeats: int, device: torch.device, threads: int
+) -> tuple[float, float]:
+    """Best particles/s of ``fn()`` over ``repeats`` runs: by wall time, and by CPU time.
+
+    The CPU-time rate is ``n / (process CPU seconds / threads)``: the rate had the process had its
+    ``threads`` cores to itself (the build machine is shared; on a GPU it is not meaningful).
+    """
+    best_wall = best_cpu = math.inf
     for _ in range(max(1, repeats)):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+        best_wall = min(best_wall, time.perf_counter() - t)
+        best_cpu = min(best_cpu, (time.process_time() - c) / max(threads, 1))
+    return n / best_wall, n / max(best_cpu, 1e-9)
 
 
 def agreement(got: Assignments, ref: Assignments) -> tuple[float, float]:
@@ -194,12 +204,19 @@ def throughput_rows(
     device: torch.device,
     repeats: int,
     native_particles: int,
+    threads: int,
 ) -> list[Row]:
-    """fp32, bf16 and bf16-native rows of configurations A and B on ``device``."""
+    """fp32, bf16 and bf16-native rows of configurations A and B on ``device``.
+
+    Configuration A is timed on all of ``particles``, B (K ≥ 100) on the first half; bf16-native
+    on ``native_particles``.
+    """
     rows = []
-    batch = TensorBatch.from_particles(particles, device)
     small = TensorBatch.from_particles(particles.take(np.arange(min(native_particles, len(particles)))), device)
     for k in ks:
+        # K >= 100 (configuration B) is timed on half the batch: it costs about four times more per particle.
+        n = len(particles) if k < 100 else max(1, len(particles) // 2)
+        batch = TensorBatch.from_particles(particles.take(np.arange(n)), device)
         name = {50: "A", 200: "B"}.get(k, f"K={k}")
         clf = Classifier(config_params(k, THROUGHPUT_PIXEL_ANGSTROM), THROUGHPUT_BOX, THROUGHPUT_PIXEL_ANGSTROM, device)
         g = clf.geometry
@@ -217,10 +234,13 @@ def throughput_rows(
 
             run_step = functools.partial(step_from, clf, state, data, dtype, native)
             run_assign = functools.partial(assign_from, clf, state, data, dtype, native)
-            em_rate = best_rate(run_step, m, repeats, device)
-            e_rate = best_rate(run_assign, m, repeats, device)
+            em_rate, em_rate_cpu = best_rate(run_step, m, repeats, device, threads)
+            e_rate, _ = best_rate(run_assign, m, repeats, device, threads)
             same_class, same_pose = agreement(clf.assign(data), reference.take(torch.arange(m)))
-            row = Row("throughput", "otf2d", name, device.type, label, k, m, em_rate, e_rate, same_class, same_pose)
+            row = Row(
+                "throughput", "otf2d", name, device.type, label, k, m, em_rate, None, e_rate, same_class, same_pose
+            )
+            row.em_rate_cpu = em_rate_cpu if device.type == "cpu" else None
             row.notes.append(
                 f"internal box {g.internal_box}, R={g.n_rotations} ({g.rotation_step_degrees:g} deg), "
                 f"T={len(g.shift_grid())} shifts, Q={g.n_angles}"
@@ -239,16 +259,19 @@ def particle_diameter_angstrom(summary: SessionSummary) -> float:
     )
 
 
-def run_logged(cmd: list[str], cwd: Path, log: Path, timeout: float | None = None) -> float:
-    """Run ``cmd`` in ``cwd`` with its output to ``log``; returns the wall time (s)."""
+def run_logged(cmd: list[str], cwd: Path, log: Path, timeout: float | None = None) -> tuple[float, float]:
+    """Run ``cmd`` in ``cwd`` with its output to ``log``; returns its wall time and CPU time (s)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log.open("w") as fh:
         done = subprocess.run(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, check=False)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{cmd[0]} {' '.join(cmd[1:3])} failed ({done.returncode}); log {log}:\n{tail}")
-    return wall
+    return wall, cpu
 
 
 def relion_command(summary: SessionSummary, k: int, diameter: float, threads: int, iterations: int) -> list[str]:
@@ -343,12 +366,13 @@ def comparison_rows(
     devices = ["cpu", *(["cuda"] if cuda else [])]
     for device in devices:
         cmd = otf2d_command(summary, k, diameter, threads, device, otf2d_extra)
-        wall = run_logged(cmd, summary.out_dir, out / f"otf2d_{device}.log")
+        wall, cpu = run_logged(cmd, summary.out_dir, out / f"otf2d_{device}.log")
         latest = read_latest(summary.out_dir / f"Class2D/otf2d_{device}")
         if latest is None:
             raise RuntimeError(f"otf2d classify wrote no snapshot under {out}")
         quality = score_relion_output(latest.data_star, latest.classes_mrcs, truth, setup.spectrum, diameter)
-        row = Row("vs RELION", "otf2d classify", "default O-EM", device, "fp32", k, n_particles, wall_seconds=wall)
+        row = Row("vs RELION", "otf2d classify", "default O-EM", device, "fp32", k, n_particles)
+        row.wall_seconds, row.cpu_seconds = wall, cpu
         row.quality = quality
         row.notes.append(" ".join(cmd[2:]))
         rows.append(progress(row))
@@ -360,7 +384,7 @@ def comparison_rows(
         return [*rows, row]
     cmd = relion_command(summary, k, diameter, threads, relion_iterations)
     (summary.out_dir / "Class2D" / "relion").mkdir(parents=True, exist_ok=True)
-    wall = run_logged(cmd, summary.out_dir, out / "relion.log")
+    wall, cpu = run_logged(cmd, summary.out_dir, out / "relion.log")
     it = f"run_it{relion_iterations:03d}"
     quality = score_relion_output(
         summary.out_dir / "Class2D" / "relion" / f"{it}_data.star",
@@ -370,7 +394,7 @@ def comparison_rows(
         diameter,
     )
     row = Row("vs RELION", "relion_refine 3.1", f"{relion_iterations} iter", "cpu", "double", k, n_particles)
-    row.wall_seconds, row.quality = wall, quality
+    row.wall_seconds, row.cpu_seconds, row.quality = wall, cpu, quality
     row.notes.append(" ".join(cmd))
     rows.append(progress(row))
     return rows
@@ -394,10 +418,12 @@ COLUMNS = (
     ("K", ">4"),
     ("particles", ">9"),
     ("E+M p/s", ">8"),
+    ("@cpu p/s", ">8"),
     ("E p/s", ">7"),
     ("same cls", ">8"),
     ("same pose", ">9"),
     ("wall s", ">7"),
+    ("cpu s", ">7"),
     ("junk iso", ">8"),
     ("good kept", ">9"),
     ("view pur.", ">9"),
@@ -420,10 +446,12 @@ def row_cells(row: Row) -> list[str]:
         str(row.classes),
         str(row.particles),
         _fmt(row.em_rate, ",.0f"),
+        _fmt(row.em_rate_cpu, ",.0f"),
         _fmt(row.e_rate, ",.0f"),
         _fmt(row.same_class, ".4f"),
         _fmt(row.same_pose, ".4f"),
         _fmt(row.wall_seconds, ".1f"),
+        _fmt(row.cpu_seconds, ".1f"),
         _fmt(q.junk_isolation if q else None, ".3f"),
         _fmt(q.good_kept if q else None, ".3f"),
         _fmt(q.view_purity_degrees if q else None, ".1f"),
@@ -453,9 +481,14 @@ def target_lines(rows: Sequence[Row]) -> list[str]:
     a_cpu = [r for r in rows if r.part == "throughput" and r.config == "A" and r.device == "cpu"]
     fp32 = next((r for r in a_cpu if r.precision == "fp32"), None)
     if fp32 is not None and fp32.em_rate is not None:
-        best = max((r.em_rate or 0.0) for r in a_cpu if r.precision == "fp32" or (r.same_pose or 0) >= TARGET_AGREEMENT)
+        usable = [r for r in a_cpu if r.precision == "fp32" or (r.same_pose or 0) >= TARGET_AGREEMENT]
+        best = max(r.em_rate or 0.0 for r in usable)
+        best_cpu = max(r.em_rate_cpu or 0.0 for r in usable)
         met = "MET" if best >= TARGET_CPU_RATE else "NOT MET"
-        out.append(f"CPU configuration A >= {TARGET_CPU_RATE:,.0f} particles/s (E+M): {best:,.0f}/s -> {met}")
+        out.append(
+            f"CPU configuration A >= {TARGET_CPU_RATE:,.0f} particles/s (E+M): {best:,.0f}/s by wall time, "
+            f"{best_cpu:,.0f}/s by CPU time -> {met}"
+        )
     low = [r for r in rows if r.part == "throughput" and r.precision.startswith("bf16") and r.same_pose is not None]
     if low:
         worst = min(r.same_pose or 0.0 for r in low)
@@ -467,8 +500,11 @@ def target_lines(rows: Sequence[Row]) -> list[str]:
     theirs = next((r for r in rows if r.program.startswith("relion") and r.wall_seconds is not None), None)
     if ours is not None and theirs is not None and ours.quality and theirs.quality and ours.wall_seconds:
         speedup = (theirs.wall_seconds or 0.0) / ours.wall_seconds
+        cpu_speedup = (theirs.cpu_seconds or 0.0) / max(ours.cpu_seconds or 0.0, 1e-9)
         met = "MET" if speedup >= TARGET_SPEEDUP else "NOT MET"
-        out.append(f"wall time vs RELION >= {TARGET_SPEEDUP:g}x less: {speedup:.1f}x -> {met}")
+        out.append(
+            f"wall time vs RELION >= {TARGET_SPEEDUP:g}x less: {speedup:.1f}x (CPU time {cpu_speedup:.1f}x) -> {met}"
+        )
         q, r = ours.quality, theirs.quality
         checks = [
             ("junk isolation", q.junk_isolation >= r.junk_isolation),
@@ -528,9 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     batch = simulated_batch(out / "throughput", n_t, seed=3)
-    rows = throughput_rows(batch, ks, torch.device("cpu"), repeats, n_native)
+    rows = throughput_rows(batch, ks, torch.device("cpu"), repeats, n_native, threads)
     if cuda:
-        rows += throughput_rows(batch, ks, torch.device("cuda"), repeats, n_t)
+        rows += throughput_rows(batch, ks, torch.device("cuda"), repeats, n_t, threads)
     rows += comparison_rows(
         out / "session",
         n_particles=n_c,
