@@ -24,13 +24,14 @@ populated, junk fraction, grid verdict and classification rate. The gallery PNG 
 its last micrograph the demo waits (at most --final-wait seconds) until every particle is
 classified, asks for a final snapshot and prints a summary: the verdict with its reasons and where
 every output is. Ctrl-C (or SIGTERM) stops all three processes cleanly (exit status 130, or 0 for
-SIGTERM); a process that dies ends the demo with an error naming its log file.
+SIGTERM and for Ctrl-C after the summary of --keep-serving); a process that dies ends the demo with
+an error naming its log file.
 
 Demo classification parameters. Online 2D classification with cryoSPARC's defaults (alignment to
 6 Å, marginalisation over poses for K <= 20, 20 online-EM iterations of 100 particles per class)
 is far too slow for a 2-core CPU to keep up with a microscope, so unless --standard-params is given
 the demo's engine runs a screening setup (written to engine.toml in the run folder):
-force_max_over_poses = true (best pose per class, ~4x faster), online_em_iterations = 5,
+force_max_over_poses = true (best pose per class, not the full posterior), online_em_iterations = 5,
 batch_size_per_class = 50 (classes exist after K x 50 particles), max_resolution_angstrom = 12
 (the 64-px, 4 A/px particles are Fourier-cropped to 44 px), in_plane_step_degrees = 10 and
 max_shift_angstrom = 16. On a GPU, --standard-params runs the defaults. The grid verdict needs

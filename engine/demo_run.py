@@ -258,6 +258,21 @@ class Child:
 # ---------------------------------------------------------------------------------------------- observation
 
 
+def micrograph_sizes(particles: int, micrographs: int) -> list[int]:
+    """Particles on each micrograph, as the simulator spreads them (``simulator.session.particles_per_micrograph``)."""
+    base, extra = divmod(particles, micrographs)
+    return [base + (1 if m < extra else 0) for m in range(micrographs)]
+
+
+def particles_written(movies_dir: Path, sizes: list[int]) -> int:
+    """Particles on the micrographs whose ``_extract.star`` is in place (the simulator writes them in order)."""
+    try:
+        done = sum(1 for _ in movies_dir.glob("mic_*_extract.star"))
+    except OSError:
+        return 0
+    return sum(sizes[:done])
+
+
 def count_truth_rows(truth_csv: Path) -> int:
     """Particles the microscope has written: data rows of ``truth.csv`` (0 before it exists)."""
     try:
@@ -357,6 +372,8 @@ class Demo:
         self.ledger = self.run_dir / "ledger.sqlite"
         self.config_path = self.run_dir / "engine.toml"
         self.truth_csv = self.microscope_dir / "truth.csv"
+        self.movies_dir = self.microscope_dir / "Extract" / "job005" / "Movies"
+        self.micrograph_sizes = micrograph_sizes(plan.particles, plan.micrographs)
         self.zmq_port = free_port()
         self.http_port = free_port()
         self.streamer_metrics_port = free_port()
@@ -461,8 +478,8 @@ class Demo:
     def observe(self) -> Observation:
         """Look at the streamer's metrics, the engine's status and state, then the microscope's output.
 
-        The microscope's ``truth.csv`` is read last: it is appended after a micrograph's files are in
-        place, so reading it first could show fewer particles written than acknowledged.
+        The micrographs are counted last (their ``_extract.star`` files, renamed into place after the
+        stack), so that "written" is never behind what the streamer and the engine already saw.
         """
         acked = None
         body = http_get(f"http://127.0.0.1:{self.streamer_metrics_port}/metrics", 2.0)
@@ -488,7 +505,7 @@ class Demo:
         last = session.get("last_snapshot") or {}
         return Observation(
             elapsed_s=self.elapsed(),
-            written=count_truth_rows(self.truth_csv),
+            written=particles_written(self.movies_dir, self.micrograph_sizes),
             acked=acked,
             journaled=session.get("particles_journaled"),
             classified=session.get("particles_classified"),
@@ -682,5 +699,7 @@ __all__ = [
     "http_get",
     "log_tail",
     "metric_value",
+    "micrograph_sizes",
+    "particles_written",
     "status_line",
 ]

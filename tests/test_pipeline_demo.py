@@ -23,10 +23,10 @@ from engine.demo_run import (
     count_truth_rows,
     default_threads,
     metric_value,
+    micrograph_sizes,
+    particles_written,
     status_line,
 )
-
-pytestmark = pytest.mark.slow
 
 SMALL = ["--duration", "15", "--particles", "600", "--classes", "6", "--interval", "2", "--device", "cpu"]
 
@@ -35,6 +35,7 @@ def demo_command(work: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "core.cli", "demo", "--dir", str(work), *extra]
 
 
+@pytest.mark.slow
 def test_a_short_demo_classifies_everything_and_prints_where_things_are(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -69,6 +70,7 @@ def test_a_short_demo_classifies_everything_and_prints_where_things_are(tmp_path
     assert "[classification]" in (run / "engine.toml").read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_demo_and_its_processes(tmp_path: Path) -> None:
     work = tmp_path / "demo"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -140,6 +142,20 @@ def test_counting_truth_rows(tmp_path: Path) -> None:
     assert count_truth_rows(path) == 0
     pd.DataFrame({"rlnImageName": [f"{i:06d}@a.mrcs" for i in range(1, 38)]}).to_csv(path, index=False)
     assert count_truth_rows(path) == 37
+
+
+def test_particles_written_follow_the_simulator(tmp_path: Path) -> None:
+    from simulator.config import SimulationConfig
+    from simulator.session import particles_per_micrograph
+
+    for n, m in ((600, 6), (1001, 7), (9000, 90), (5, 5)):
+        assert micrograph_sizes(n, m) == particles_per_micrograph(SimulationConfig(n_particles=n, n_micrographs=m))
+    movies = tmp_path / "Movies"
+    assert particles_written(movies, [34, 33, 33]) == 0
+    movies.mkdir()
+    for name in ("mic_00001_extract.star", "mic_00002_extract.star", ".mic_00003_extract.star.tmp", "x.mrcs"):
+        (movies / name).write_text("")
+    assert particles_written(movies, [34, 33, 33]) == 67
 
 
 def test_status_line_says_what_the_engine_does() -> None:
