@@ -67,6 +67,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--snapshot-every", type=int, default=2000, help="snapshot every N particles folded")
     parser.add_argument("--snapshot-seconds", type=float, default=30.0, help="snapshot every S seconds (if changed)")
+    parser.add_argument(
+        "--snapshot-min-seconds",
+        type=float,
+        default=10.0,
+        help="at least S seconds between snapshots due to --snapshot-every (each rewrites every particle; default 10)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=2000, help="checkpoint every N particles folded")
     parser.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint every S seconds")
     parser.add_argument("--keep-snapshots", type=int, default=5, help="snapshots kept per session (0: all)")
@@ -183,6 +189,7 @@ def main(args: argparse.Namespace) -> int:
         checkpoint_seconds=args.checkpoint_seconds,
         snapshot_every=args.snapshot_every,
         snapshot_seconds=args.snapshot_seconds,
+        snapshot_min_seconds=args.snapshot_min_seconds,
         revisit=not args.no_revisit,
     )
     config = EngineConfig(

@@ -61,6 +61,10 @@ class WorkerConfig:
         checkpoint if anything was folded since (0 disables the trigger).
     snapshot_every, snapshot_seconds
         The same for snapshots.
+    snapshot_min_seconds
+        The particle-count trigger of snapshots waits at least this long after the last one: a
+        snapshot rewrites every particle's assignment (seconds for 10⁵ particles), and a busy
+        engine folding 2,000 particles every few seconds would otherwise write them back to back.
     revisit
         Whether idle time is used to re-judge cached particles.
     """
@@ -71,6 +75,7 @@ class WorkerConfig:
     checkpoint_seconds: float = 60.0
     snapshot_every: int = 2000
     snapshot_seconds: float = 30.0
+    snapshot_min_seconds: float = 10.0
     revisit: bool = True
 
 
@@ -253,8 +258,11 @@ class Worker:
             self._checkpoint(folder)
         folded = folder.consumed - folder.snapshot_consumed
         elapsed = now - folder.snapshot_time
-        if _due(folded, cfg.snapshot_every, elapsed, cfg.snapshot_seconds) or (
-            folded == 0 and _due(folder.judged_since_snapshot, 0, elapsed, cfg.snapshot_seconds)
+        by_count = _due(folded, cfg.snapshot_every, 0.0, 0.0) and elapsed >= cfg.snapshot_min_seconds
+        if (
+            by_count
+            or _due(folded, 0, elapsed, cfg.snapshot_seconds)
+            or (folded == 0 and _due(folder.judged_since_snapshot, 0, elapsed, cfg.snapshot_seconds))
         ):
             self._snapshot(folder)
 

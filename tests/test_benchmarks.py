@@ -33,7 +33,9 @@ def test_classify_benchmark_quick_runs_and_prints_one_table(tmp_path: Path) -> N
         rate = r.split()[7].replace(",", "")
         assert float(rate) > 0
     compare = [r for r in rows if r.startswith("vs RELION ")]
-    assert len(compare) == 1 and "otf2d classify" in compare[0]
+    assert len(compare) == 2  # cryoSPARC's default for K <= 20 (marginalise) and force-max
+    assert all("otf2d classify" in r for r in compare)
+    assert "default O-EM" in compare[0] and "O-EM force-max" in compare[1]
     assert not any("relion_refine" in r for r in rows)  # --skip-relion
     assert any(line.startswith("target: bf16 agrees") for line in lines)
     assert (tmp_path / "session" / "truth.csv").is_file()

@@ -18,9 +18,12 @@ from core.errors import InputError
 from engine.em.fold import (
     folded_correlation,
     folded_max_over_shifts,
+    low_precision_bmm,
     make_fold_plan,
+    max_over_shifts,
     particle_matrix,
     reference_matrix,
+    shift_argmax_at,
 )
 from engine.em.geometry import internal_box_size, make_geometry
 from engine.em.polar import PolarGrid, angular_spectrum, image_to_polar, polar_to_image, rotate_polar
@@ -216,3 +219,23 @@ def test_max_over_shifts_equals_the_full_correlation(r_count: int) -> None:
     want_best, want_where = full.max(dim=1)
     torch.testing.assert_close(best, want_best)
     assert torch.equal(where, want_where)
+
+
+@pytest.mark.parametrize("r_count", [8, 9, 72])
+def test_shift_argmax_recomputed_at_a_rotation_equals_the_tracked_one(r_count: int) -> None:
+    q = 2 * r_count
+    plan = make_fold_plan([0] + [q // 2] * 4, 1, 4, q, r_count, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(100 + r_count)
+    n_shifts, n_classes, b = 5, 3, 7
+    ref = torch.randn(plan.n_bins, 2 * n_shifts * n_classes, 2 * plan.slots, dtype=torch.float64, generator=gen)
+    par = torch.randn(plan.n_bins, 2 * plan.slots, b, dtype=torch.float64, generator=gen)
+    products = low_precision_bmm(ref, par, None, False)
+    best, where = max_over_shifts(products, plan, n_shifts)
+    untracked, none = max_over_shifts(products, plan, n_shifts, track_argmax=False)
+    assert none is None and where is not None
+    torch.testing.assert_close(untracked, best)
+    klass = torch.randint(0, n_classes, (11,), generator=gen)
+    particle = torch.randint(0, b, (11,), generator=gen)
+    rotation = torch.randint(0, r_count, (11,), generator=gen)
+    got = shift_argmax_at(products, plan, n_shifts, klass, particle, rotation)
+    assert torch.equal(got, where[rotation, klass, particle])

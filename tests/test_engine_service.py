@@ -53,7 +53,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     root = tmp_path_factory.mktemp("engine")
     data = root / "data"
     port, metrics_port = free_port(), free_port()
-    extra = ("--snapshot-every", "100", "--snapshot-seconds", "0", "--metrics-port", str(metrics_port))
+    extra: tuple[str, ...] = ("--snapshot-every", "100", "--snapshot-seconds", "0", "--snapshot-min-seconds", "0")
+    extra += ("--metrics-port", str(metrics_port))
     with engine_process(data, port, *extra, "--metrics-addr", "127.0.0.1") as proc:
         endpoint = f"tcp://127.0.0.1:{port}"
         client = TestClient(endpoint)

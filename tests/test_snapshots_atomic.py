@@ -188,3 +188,43 @@ def test_star_round_trips_float64_exactly_and_keeps_strings(tmp_path: Path) -> N
     assert list(p["rlnMicrographName"]) == mics
     assert p["rlnClassNumber"].dtype.kind == "i"
     assert "np.float64" not in path.read_text()
+
+
+def _starfile_body(name: str, frame: pd.DataFrame) -> str:
+    text = starfile.to_string({name: frame}, float_format=None)
+    return text.split("\n", 1)[1].lstrip("\n")
+
+
+@pytest.mark.parametrize("rows_per_slice", [16384, 7])
+def test_fast_loop_blocks_are_exactly_what_starfile_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows_per_slice: int
+) -> None:
+    monkeypatch.setattr(atomic, "LOOP_ROWS_PER_SLICE", rows_per_slice)
+    rng = np.random.default_rng(5)
+    n = 500
+    frame = pd.DataFrame(
+        {
+            "rlnImageName": [f"{i + 1:06d}@Extract/job007/Movies/m {i % 3}.mrcs" for i in range(n)],
+            "rlnMicrographName": ["" if i % 7 == 0 else f"Movies/m{i % 3}.mrc" for i in range(n)],
+            "rlnClassNumber": rng.integers(1, 50, n),
+            "rlnAnglePsi": rng.uniform(-180, 180, n),
+            "rlnOriginXAngst": np.concatenate([[0.1, 1e-5, 1e16, -0.0, 123456789.125], rng.normal(0, 3, n - 5)]),
+        }
+    )
+    fast = atomic.loop_text("particles", frame)
+    assert fast == _starfile_body("particles", frame)
+    path = write_star_atomic(tmp_path / "p.star", {"particles": frame})
+    back = starfile.read(path)
+    assert back["rlnImageName"].tolist() == frame["rlnImageName"].tolist()
+    np.testing.assert_array_equal(back["rlnOriginXAngst"].to_numpy(), frame["rlnOriginXAngst"].to_numpy())
+
+
+@pytest.mark.parametrize(
+    "column",
+    [np.array([1.5, np.nan]), np.array([0.1, 0.2], dtype=np.float32), np.array([True, False]), [1, "a"]],
+    ids=["nan", "float32", "bool", "mixed"],
+)
+def test_loop_blocks_the_fast_path_cannot_format_go_through_starfile(column: object) -> None:
+    frame = pd.DataFrame({"rlnSomething": column})
+    assert atomic.loop_text("x", frame) is None
+    assert star_text({"x": frame}, version=None) == _starfile_body("x", frame)

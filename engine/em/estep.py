@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.em.fold import FoldPlan, folded_correlation, folded_max_over_shifts, particle_matrix, reference_matrix
+from engine.em.fold import (
+    FoldPlan,
+    folded_correlation,
+    low_precision_bmm,
+    max_over_shifts,
+    particle_matrix,
+    reference_matrix,
+    shift_argmax_at,
+)
 from engine.em.polar import PolarGrid, angular_spectrum
 from engine.em.scale import pose_log_likelihood
 
@@ -151,18 +159,50 @@ class ChunkScores:
         ``(R, T, K, B)`` cross terms ``2·Re⟨C·X, R_ψ Z_kt⟩_ω``, or ``None`` when only the maximum
         over shifts was kept.
     corr_max, corr_argmax
-        ``(R, K, B)`` maximum of the cross terms over shifts and the shift index reaching it.
+        ``(R, K, B)`` maximum of the cross terms over shifts and the shift index reaching it
+        (``corr_argmax`` is ``None`` when it was not tracked: see :meth:`best_shift`).
     norm
         ``(R, K, B)`` norm terms ``⟨C², |R_ψ A_k|²⟩_ω``.
     power
         ``(B,)`` ``‖X‖²_ω``.
+    products, plan
+        Without ``corr_argmax``: the ``(J, 2·T·K, B)`` GEMM result and its fold plan, from which
+        :meth:`best_shift` recomputes the argmax at the rotations asked for (valid only until the
+        bank's workspace is reused by the next chunk).
     """
 
     corr: torch.Tensor | None
     corr_max: torch.Tensor
-    corr_argmax: torch.Tensor
+    corr_argmax: torch.Tensor | None
     norm: torch.Tensor
     power: torch.Tensor
+    products: torch.Tensor | None = None
+    plan: FoldPlan | None = None
+
+    def best_shift(self, rotation: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+        """``(K, B)`` int64 shift index of the largest cross term at ``rotation`` ``(K, B)``.
+
+        Without a tracked argmax it is recomputed only where the assignments and a force-max
+        M-step read it (:func:`engine.em.mstep.hard_pairs`): each particle's most probable class,
+        and its other ``MAX_PAIRS_PER_PARTICLE − 1`` most probable ones with ``γ ≥ PAIR_THRESHOLD``
+        (by ``class_weights`` ``(K, B)``). The others are −1.
+        """
+        if self.corr_argmax is not None:
+            return self.corr_argmax.gather(0, rotation[None])[0]
+        if self.products is None or self.plan is None:
+            raise ValueError("scores keep neither the shift argmax nor the GEMM products")
+        k, b = rotation.shape
+        n_shifts = self.products.shape[1] // (2 * k)
+        values, top = torch.topk(class_weights, min(MAX_PAIRS_PER_PARTICLE, k), dim=0)  # (top, B)
+        needed = values >= PAIR_THRESHOLD
+        needed[0] = True
+        particle = torch.arange(b, device=top.device).expand_as(top)[needed]
+        klass = top[needed]
+        shift = torch.full((k, b), -1, dtype=torch.int64, device=rotation.device)
+        shift[klass, particle] = shift_argmax_at(
+            self.products, self.plan, n_shifts, klass, particle, rotation[klass, particle]
+        )
+        return shift
 
 
 def score_chunk(
@@ -205,6 +245,8 @@ def score_chunk(
     k, t = bank.n_classes, bank.n_shifts
     b = pmat.shape[-1]
     workspace = bank.buffer((bank.cross_plan.n_bins, bank.cross.shape[1], b))
+    corr_argmax: torch.Tensor | None
+    products: torch.Tensor | None = None
     if keep_all_shifts:
         corr = folded_correlation(bank.cross, pmat, bank.cross_plan, gemm_dtype, native_low_precision, workspace)
         r_count, _, b = corr.shape
@@ -212,13 +254,13 @@ def score_chunk(
         corr_max, corr_argmax = corr.max(dim=1)
     else:
         corr = None
-        corr_max, corr_argmax = folded_max_over_shifts(
-            bank.cross, pmat, bank.cross_plan, t, gemm_dtype, native_low_precision, workspace
-        )
+        # Only the best rotation's shift is needed: recomputed later from the GEMM result.
+        products = low_precision_bmm(bank.cross, pmat, gemm_dtype, native_low_precision, workspace)
+        corr_max, corr_argmax = max_over_shifts(products, bank.cross_plan, t, track_argmax=False)
     c2 = torch.fft.rfft(w[None, :, None] * ctf * ctf, dim=-1)
     norm = folded_correlation(bank.norm, particle_matrix(c2, bank.norm_plan), bank.norm_plan)
     power = (w[None, :, None] * (samples.real**2 + samples.imag**2)).sum(dim=(1, 2))
-    return ChunkScores(corr, corr_max, corr_argmax, norm, power)
+    return ChunkScores(corr, corr_max, corr_argmax, norm, power, products, bank.cross_plan)
 
 
 @dataclass(frozen=True)
@@ -230,7 +272,8 @@ class Posteriors:
     class_weights
         ``(K, B)`` class posteriors ``γ_k``.
     best_rotation, best_shift
-        ``(K, B)`` int64 best rotation and shift index within each class.
+        ``(K, B)`` int64 best rotation and shift index within each class (force-max: the shift
+        only for each particle's ``MAX_PAIRS_PER_PARTICLE`` most probable classes, −1 elsewhere).
     best_scale
         ``(K, B)`` per-particle scale at that pose (1 when the scale is off).
     best_log_likelihood
@@ -276,12 +319,12 @@ def force_max_posteriors(
     norm, power = scores.norm, scores.power
     ll, _ = pose_log_likelihood(scores.corr_max, norm, power, per_particle_scale)  # (R, K, B)
     best_ll, best_rot = ll.max(dim=0)  # (K, B)
-    best_shift = scores.corr_argmax.gather(0, best_rot[None])[0]
     best_corr = scores.corr_max.gather(0, best_rot[None])[0]
     best_norm = norm.gather(0, best_rot[None])[0]
     _, best_scale = pose_log_likelihood(best_corr, best_norm, power, per_particle_scale)
     logits = best_ll / temperature + log_prior[:, None]
     weights = torch.softmax(logits.to(torch.float64), dim=0).to(best_ll.dtype)
+    best_shift = scores.best_shift(best_rot, weights)
     pmax = weights.max(dim=0).values
     significant = (weights >= 1e-3 * pmax[None]).sum(dim=0)
     return Posteriors(weights, best_rot, best_shift, best_scale, best_ll, None, pmax, significant)

@@ -250,16 +250,37 @@ def folded_max_over_shifts(
     gemm_dtype: torch.dtype | None = None,
     native_low_precision: bool = False,
     workspace: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    track_argmax: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Like :func:`folded_correlation` for references ordered ``(shift, class)``, keeping only the
     maximum over shifts: the ``(R, T, K, B)`` tensor is never formed.
 
+    With ``track_argmax=False`` the shift reaching each maximum is not tracked (three of the
+    seven element-wise passes per shift); a force-max E-step only needs it at the best rotation
+    of each (class, particle), which :func:`shift_argmax_at` recomputes from the GEMM result
+    (call :func:`low_precision_bmm` and :func:`max_over_shifts` to keep that result).
+
     Returns
     -------
-    tuple of torch.Tensor
-        ``(R, K, B)`` maxima and ``(R, K, B)`` int64 shift indices reaching them.
+    tuple
+        ``(R, K, B)`` maxima and ``(R, K, B)`` int64 shift indices reaching them (``None``
+        unless ``track_argmax``).
     """
     out = low_precision_bmm(reference, particles, gemm_dtype, native_low_precision, workspace)  # (J, 2C, B)
+    return max_over_shifts(out, plan, n_shifts, track_argmax)
+
+
+def max_over_shifts(
+    products: torch.Tensor, plan: FoldPlan, n_shifts: int, track_argmax: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rotation transform and maximum over shifts of a GEMM result (see :func:`folded_max_over_shifts`).
+
+    Parameters
+    ----------
+    products
+        ``(J, 2·T·K, B)`` result of the folded GEMM, references ordered ``(shift, class)``.
+    """
+    out = products
     n_bins, two_c, b = out.shape
     c = two_c // 2
     k = c // n_shifts
@@ -283,6 +304,9 @@ def folded_max_over_shifts(
         torch.mm(plan.sin, im[:, t], out=s)
         torch.sub(p, s, out=cand[:half])
         torch.add(p[1 : mirrored + 1], s[1 : mirrored + 1], out=cand[half:])
+        if not track_argmax:
+            torch.maximum(best, cand, out=best)
+            continue
         torch.gt(cand, best, out=better)
         torch.maximum(best, cand, out=best)
         # The last shift that improved is the argmax, and shifts come in increasing order:
@@ -295,9 +319,53 @@ def folded_max_over_shifts(
     # row i of ``best`` is rotation order[i] → put rotation l in row l
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(r_count, device=best.device)
-    best = best[inverse]
-    where = where[inverse]
-    return best.reshape(r_count, k, b), where.to(torch.int64).reshape(r_count, k, b)
+    best = best[inverse].reshape(r_count, k, b)
+    if not track_argmax:
+        return best, None
+    return best, where[inverse].to(torch.int64).reshape(r_count, k, b)
+
+
+def shift_argmax_at(
+    products: torch.Tensor,
+    plan: FoldPlan,
+    n_shifts: int,
+    klass: torch.Tensor,
+    particle: torch.Tensor,
+    rotation: torch.Tensor,
+) -> torch.Tensor:
+    """The shift with the largest cross term of given (class, particle) pairs at given rotations.
+
+    Parameters
+    ----------
+    products
+        ``(J, 2·T·K, B)`` GEMM result of :func:`folded_max_over_shifts` (references ordered
+        ``(shift, class)``).
+    plan
+        The fold tables.
+    n_shifts
+        ``T``.
+    klass, particle, rotation
+        ``(P,)`` int64 class, particle (column of ``products``) and rotation ``l`` of each pair.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P,)`` int64 index of the shift maximising ``corr(l, t, k, b)`` over ``t`` (the first
+        one on ties, like the tracked argmax).
+    """
+    n_bins, two_c, b = products.shape
+    c = two_c // 2
+    k = c // n_shifts
+    wc, ws = full_rotation_matrices(plan)  # (R, J)
+    # Flat column of (half, shift t, pair p) in products.reshape(J, 2C·B): one index_select.
+    t = torch.arange(n_shifts, device=products.device)[:, None]
+    column = (t * k + klass[None]) * b + particle[None]  # (T, P), real halves
+    flat = products.reshape(n_bins, two_c * b)
+    re = flat.index_select(1, column.flatten()).reshape(n_bins, n_shifts, -1)  # (J, T, P)
+    im = flat.index_select(1, (column + c * b).flatten()).reshape(n_bins, n_shifts, -1)
+    corr = (wc.to(products.dtype)[rotation].T[:, None, :] * re).sum(dim=0)
+    corr += (ws.to(products.dtype)[rotation].T[:, None, :] * im).sum(dim=0)
+    return corr.argmax(dim=0)
 
 
 def full_rotation_matrices(plan: FoldPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,6 +413,8 @@ __all__ = [
     "full_rotation_matrices",
     "low_precision_bmm",
     "make_fold_plan",
+    "max_over_shifts",
     "particle_matrix",
     "reference_matrix",
+    "shift_argmax_at",
 ]

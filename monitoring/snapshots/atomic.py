@@ -140,14 +140,61 @@ def star_text(
     """
     parts: list[str] = []
     for name, block in blocks.items():
-        data: pd.DataFrame | dict[str, Any]
-        data = block if isinstance(block, pd.DataFrame) else {k: _plain(v) for k, v in block.items()}
-        text = starfile.to_string({name: data}, float_format=None)
-        # Drop starfile's "# Created by ..." banner: a stable body makes snapshots diffable.
-        body = text.split("\n", 1)[1].lstrip("\n") if text.startswith("#") else text
+        body = loop_text(name, block) if isinstance(block, pd.DataFrame) else None
+        if body is None:
+            data: pd.DataFrame | dict[str, Any]
+            data = block if isinstance(block, pd.DataFrame) else {k: _plain(v) for k, v in block.items()}
+            text = starfile.to_string({name: data}, float_format=None)
+            # Drop starfile's "# Created by ..." banner: a stable body makes snapshots diffable.
+            body = text.split("\n", 1)[1].lstrip("\n") if text.startswith("#") else text
         if version is not None:
             parts.append(f"\n# version {version}\n\n")
         parts.append(body)
+    return "".join(parts)
+
+
+#: Rows formatted at a time by :func:`loop_text`.
+LOOP_ROWS_PER_SLICE = 16384
+
+
+def _column_strings(column: pd.Series) -> list[str] | None:
+    """A loop column's values as starfile writes them (``float_format=None``), or ``None`` for a
+    dtype this fast path does not handle (float32, booleans, mixed objects, missing values)."""
+    kind = column.dtype.kind
+    if kind == "f" and column.dtype == np.float64:
+        values = column.to_numpy()
+        if not np.isfinite(values).all():
+            return None
+        return list(map(repr, values.tolist()))  # shortest round-trip, as pandas writes float64
+    if kind in "iu":
+        return list(map(str, column.to_numpy().tolist()))
+    if kind in "OUT":
+        values = column.tolist()
+        if not all(isinstance(v, str) for v in values):
+            return None
+        return [f'"{v}"' if (" " in v or not v) else v for v in values]
+    return None
+
+
+def loop_text(name: str, frame: pd.DataFrame) -> str | None:
+    """A ``loop_`` block exactly as ``starfile.to_string`` writes it (without its banner), in a
+    fraction of the time for big tables (starfile quotes every cell through ``DataFrame.map``,
+    about 12 s for 200,000 particles). ``None`` when a column has a dtype it does not handle.
+    """
+    header = [f"data_{name}", "", "loop_", *(f"_{label} #{i}" for i, label in enumerate(frame.columns, 1))]
+    parts = ["\n".join(header) + "\n"]
+    # In slices, so that the per-cell strings of a big table never all exist at once (small
+    # objects live in pymalloc arenas, which go back to the OS only when entirely empty).
+    for start in range(0, len(frame) if len(frame.columns) else 0, LOOP_ROWS_PER_SLICE):
+        part = frame.iloc[start : start + LOOP_ROWS_PER_SLICE]
+        columns = []
+        for label in part.columns:
+            strings = _column_strings(part[label])
+            if strings is None:
+                return None
+            columns.append(strings)
+        parts.append("".join(["\t".join(row) + "\n" for row in zip(*columns, strict=True)]))
+    parts.append("\n\n")
     return "".join(parts)
 
 
