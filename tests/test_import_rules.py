@@ -1,7 +1,8 @@
 """The import direction of DESIGN.md, checked on the source and at run time.
 
-streamer and engine never import each other; core, streamer, monitoring and simulator never import
-torch; core is a leaf (imports no other otf2d package).
+streamer and engine never import each other; core, streamer, monitoring, simulator and selection never
+import torch; core is a leaf (imports no other otf2d package); selection uses the engine only through its
+torch-free control client (``engine.client``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "streamer", "engine", "monitoring", "simulator")
+PACKAGES = ("core", "streamer", "engine", "monitoring", "simulator", "selection")
 TORCH = ("torch", "torch_ctf", "torch_fourier_filter", "torch_grid_utils")
 
 #: package -> top-level modules it must never import (at any depth, even inside functions)
@@ -24,7 +25,10 @@ FORBIDDEN = {
     "engine": {"streamer"},
     "monitoring": {"streamer", "engine", "simulator", *TORCH},
     "simulator": {"streamer", "engine", *TORCH},
+    "selection": {"streamer", "simulator", *TORCH},
 }
+#: package -> the only modules of ``engine`` it may import (torch-free ones)
+ENGINE_ALLOWED = {"selection": {"engine.client"}}
 
 
 def imported_top_levels(path: Path) -> set[str]:
@@ -55,6 +59,32 @@ def test_no_forbidden_imports_in_source(package: str) -> None:
     assert not offences, "\n".join(offences)
 
 
+def imported_modules(path: Path) -> set[str]:
+    """Full module names imported anywhere in ``path`` (absolute imports only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(ENGINE_ALLOWED))
+def test_only_allowed_engine_modules(package: str) -> None:
+    offences = [
+        f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+        for path in source_files(package)
+        if (
+            bad := {
+                m for m in imported_modules(path) if m.split(".")[0] == "engine" and m not in ENGINE_ALLOWED[package]
+            }
+        )
+    ]
+    assert not offences, "\n".join(offences)
+
+
 def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    import torch.nn\n    from engine.em import x\n")
@@ -65,7 +95,7 @@ def test_torch_free_packages_import_without_torch() -> None:
     """Importing every module of the torch-free packages leaves torch out of sys.modules."""
     modules = [
         ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-        for package in ("core", "streamer", "monitoring", "simulator")
+        for package in ("core", "streamer", "monitoring", "simulator", "selection")
         for path in source_files(package)
     ]
     code = (

@@ -1,0 +1,198 @@
+"""Chosen particles as a RELION ``particles.star`` and a cryoSPARC ``.cs``, each written atomically.
+
+``particles.star`` is the ``_data.star`` of the snapshot restricted to the chosen particles
+(``monitoring.snapshots.relion.data_star_blocks``): RELION 3.1 layout, ``data_optics`` then
+``data_particles``, image names pointing at the original stacks (relative to the project
+directory, as RELION writes them, or absolute with ``absolute_paths``), the 2D alignment kept
+(``rlnClassNumber`` as in the snapshot, ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst``, Pmax). The
+``.cs`` is ``monitoring.snapshots.cryosparc.particles_cs_array`` of the same particles, keeping the
+``uid`` of the snapshot's own ``_particles.cs`` when it has one. A small JSON record says where the
+particles came from and how they were chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import UTC, datetime
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import core
+from core.errors import InputError
+from core.snapshot import ClassSnapshot
+from monitoring.snapshots.atomic import write_json_atomic, write_npy_atomic, write_star_atomic
+from monitoring.snapshots.cryosparc import particles_cs_array
+from monitoring.snapshots.relion import data_star_blocks, json_safe
+from selection.snapshot_reader import LoadedSnapshot
+
+#: Names of the files written into the output folder.
+PARTICLES_STAR = "particles.star"
+PARTICLES_CS = "particles.cs"
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionFiles:
+    """The files of one selection.
+
+    Attributes
+    ----------
+    particles_star, particles_cs, record_json
+        RELION particles, cryoSPARC particles, and the JSON record of the selection.
+    n_particles
+        Particles written.
+    """
+
+    particles_star: Path
+    particles_cs: Path
+    record_json: Path
+    n_particles: int
+
+
+def subset_snapshot(snapshot: ClassSnapshot, index: npt.ArrayLike) -> ClassSnapshot:
+    """``snapshot`` with only the particles at ``index`` (classes unchanged, counts recounted).
+
+    Parameters
+    ----------
+    snapshot
+        The full snapshot.
+    index
+        ``(m,)`` integer positions of the particles to keep, in the order to write them.
+    """
+    idx = np.asarray(index, dtype=np.int64)
+    parts = snapshot.particles
+    changes: dict[str, Any] = {
+        name: np.asarray(getattr(parts, name))[idx]
+        for name in (
+            "stack_paths",
+            "indices",
+            "optics_groups",
+            "class_index",
+            "psi_degrees",
+            "origin_x_angstrom",
+            "origin_y_angstrom",
+            "pmax",
+            "class_posterior",
+            "class_ess",
+            "n_significant",
+            "log_likelihood",
+        )
+    }
+    changes["ctf"] = parts.ctf.take(idx)
+    changes["micrograph_names"] = None if parts.micrograph_names is None else np.asarray(parts.micrograph_names)[idx]
+    particles = dataclasses.replace(parts, **changes)
+    counts = np.bincount(np.asarray(particles.class_index, dtype=np.int64), minlength=snapshot.n_classes)
+    return dataclasses.replace(snapshot, particles=particles, particle_counts=counts.astype(np.int64))
+
+
+def absolute_stack_paths(stack_paths: npt.ArrayLike, project_dir: str | os.PathLike[str]) -> np.ndarray:
+    """Each relative stack path joined to ``project_dir`` (absolute ones unchanged), ``/``-separated."""
+    root = Path(project_dir).resolve()
+    out = [
+        str(p) if PurePath(str(p)).is_absolute() else (root / str(p)).as_posix()
+        for p in np.asarray(stack_paths, dtype=object)
+    ]
+    return np.asarray(out, dtype=object)
+
+
+def selection_record(loaded: LoadedSnapshot, files: dict[str, Path], details: dict[str, Any]) -> dict[str, Any]:
+    """What the JSON record of a selection holds: source snapshot, version, time, how chosen."""
+    return json_safe(
+        {
+            "otf2d_version": core.__version__,
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": {
+                "data_star": loaded.paths.data_star,
+                "model_star": loaded.paths.model_star,
+                "iteration": loaded.snapshot.iteration,
+                "n_particles": len(loaded.snapshot.particles),
+                "n_classes": loaded.snapshot.n_classes,
+            },
+            "project_dir": loaded.project_dir,
+            "files": {role: path.name for role, path in files.items()},
+            **details,
+        }
+    )
+
+
+def write_selection(
+    loaded: LoadedSnapshot,
+    index: npt.ArrayLike,
+    out_dir: str | os.PathLike[str],
+    *,
+    record_name: str = "selection.json",
+    details: dict[str, Any] | None = None,
+    absolute_paths: bool = False,
+) -> SelectionFiles:
+    """Write the particles at ``index`` of ``loaded`` as ``particles.star`` + ``particles.cs`` (+ a record).
+
+    Parameters
+    ----------
+    loaded
+        The snapshot the particles come from.
+    index
+        ``(m,)`` positions of the particles to write (snapshot order).
+    out_dir
+        Output folder (created if missing).
+    record_name
+        File name of the JSON record.
+    details
+        Extra fields of the record (how the particles were chosen).
+    absolute_paths
+        Write absolute stack paths instead of paths relative to the project directory.
+
+    Returns
+    -------
+    SelectionFiles
+        The three files and the number of particles.
+
+    Raises
+    ------
+    InputError
+        No particle to write, or invalid snapshot content (nothing is written then).
+    """
+    idx = np.asarray(index, dtype=np.int64)
+    if idx.size == 0:
+        raise InputError(loaded.paths.data_star, "no particle to write: the chosen classes hold none")
+    subset = subset_snapshot(loaded.snapshot, idx)
+    if absolute_paths:
+        particles = dataclasses.replace(
+            subset.particles, stack_paths=absolute_stack_paths(subset.particles.stack_paths, loaded.project_dir)
+        )
+        subset = dataclasses.replace(subset, particles=particles)
+    # Build both tables before writing anything, so bad input leaves no partial selection.
+    blocks = data_star_blocks(subset)
+    cs = particles_cs_array(subset, session=loaded.session)
+    if loaded.particles_cs is not None:
+        original = loaded.particles_cs[idx]
+        cs["uid"] = original["uid"]
+        if "blob/sign" in (original.dtype.names or ()):
+            cs["blob/sign"] = original["blob/sign"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"particles_star": out / PARTICLES_STAR, "particles_cs": out / PARTICLES_CS}
+    write_star_atomic(files["particles_star"], blocks)
+    write_npy_atomic(files["particles_cs"], cs)
+    record_path = out / record_name
+    record = selection_record(loaded, files, {"n_particles": int(idx.size), **(details or {})})
+    write_json_atomic(record_path, record)
+    return SelectionFiles(
+        particles_star=files["particles_star"],
+        particles_cs=files["particles_cs"],
+        record_json=record_path,
+        n_particles=int(idx.size),
+    )
+
+
+__all__ = [
+    "PARTICLES_CS",
+    "PARTICLES_STAR",
+    "SelectionFiles",
+    "absolute_stack_paths",
+    "selection_record",
+    "subset_snapshot",
+    "write_selection",
+]

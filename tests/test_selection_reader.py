@@ -1,0 +1,109 @@
+"""selection.snapshot_reader: a snapshot written by monitoring.snapshots reads back as the same ClassSnapshot."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from snapshot_factory import COUNTS, make_snapshot
+
+from core.errors import InputError
+from core.snapshot import ClassSnapshot
+from monitoring.snapshots import write_snapshot
+from selection.snapshot_reader import find_snapshot, read_snapshot
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> tuple[ClassSnapshot, Path, Path]:
+    project = tmp_path / "project"
+    job = project / "Class2D" / "otf2d"
+    snapshot = make_snapshot(iteration=7, parameters={"mask_diameter_angstrom": 80.0, "seed": 3})
+    write_snapshot(snapshot, job, project_dir=project, session="s1")
+    return snapshot, job, project
+
+
+def test_round_trip_of_every_field(written: tuple[ClassSnapshot, Path, Path]) -> None:
+    snapshot, job, project = written
+    loaded = read_snapshot(job, project_dir=project)
+    back = loaded.snapshot
+    np.testing.assert_array_equal(back.averages, snapshot.averages)
+    assert back.pixel_size_angstrom == snapshot.pixel_size_angstrom
+    assert back.iteration == 7 and back.original_image_size == snapshot.original_image_size
+    np.testing.assert_array_equal(back.particle_counts, COUNTS)
+    # unknown resolution (inf) is written as 999 Å and reads back as inf
+    np.testing.assert_array_equal(back.resolution_angstrom, snapshot.resolution_angstrom)
+    np.testing.assert_array_equal(back.accuracy_rotations_degrees, snapshot.accuracy_rotations_degrees)
+    assert back.optics == snapshot.optics
+    assert back.parameters["mask_diameter_angstrom"] == 80.0
+    a, b = back.particles, snapshot.particles
+    assert a.image_names() == b.image_names()
+    for name in ("class_index", "optics_groups", "n_significant"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    for name in ("psi_degrees", "origin_x_angstrom", "origin_y_angstrom", "pmax", "log_likelihood"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))  # shortest-repr floats: exact
+    for name in ("class_posterior", "class_ess"):  # only in the .cs, as float32
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-6)
+    for f in dataclasses.fields(b.ctf):
+        np.testing.assert_array_equal(getattr(a.ctf, f.name), getattr(b.ctf, f.name))
+    assert list(a.micrograph_names) == list(b.micrograph_names)  # type: ignore[arg-type]
+    assert loaded.particles_cs is not None and len(loaded.particles_cs) == sum(COUNTS)
+    assert loaded.project_dir == project
+
+
+def test_every_way_of_naming_a_snapshot_finds_the_same_files(written: tuple[ClassSnapshot, Path, Path]) -> None:
+    _, job, project = written
+    expected = find_snapshot(job)
+    assert expected.data_star == job / "run_it007_data.star"
+    for name in ("run_it007_data.star", "run_it007_model.star", "run_it007_classes.mrcs", "run_it007_particles.cs"):
+        assert find_snapshot(job / name) == expected
+    # an engine session folder holds its snapshots in snapshots/
+    session = project / "sessions" / "grid3"
+    shutil.copytree(job, session / "snapshots")
+    assert find_snapshot(session).data_star == session / "snapshots" / "run_it007_data.star"
+    # without latest.json, the newest run_itNNN_data.star of the folder
+    bare = project / "bare"
+    shutil.copytree(job, bare)
+    (bare / "latest.json").unlink()
+    for name in ("run_it007_data.star", "run_it007_model.star", "run_it007_classes.mrcs"):
+        (bare / name.replace("007", "012")).write_bytes((bare / name).read_bytes())
+    assert find_snapshot(bare).iteration == 12
+
+
+def test_project_directory_is_found_from_the_stacks(written: tuple[ClassSnapshot, Path, Path]) -> None:
+    snapshot, job, project = written
+    assert not read_snapshot(job).stacks_found  # the synthetic stacks do not exist
+    first = project / str(snapshot.particles.stack_paths[0])
+    first.parent.mkdir(parents=True)
+    first.write_bytes(b"")
+    loaded = read_snapshot(job / "run_it007_data.star")
+    assert loaded.stacks_found and loaded.project_dir == project.resolve()
+
+
+def test_missing_and_wrong_inputs_name_the_file(written: tuple[ClassSnapshot, Path, Path], tmp_path: Path) -> None:
+    _, job, _ = written
+    with pytest.raises(InputError, match="does not exist") as missing:
+        read_snapshot(tmp_path / "nowhere")
+    assert missing.value.path == str(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no snapshot here"):
+        find_snapshot(empty)
+    with pytest.raises(InputError, match="not a file of a snapshot"):
+        find_snapshot(job / "latest.json")
+    (job / "run_it007_classes.mrcs").unlink()
+    with pytest.raises(InputError, match="not found") as gone:
+        read_snapshot(job)
+    assert gone.value.path is not None and gone.value.path.endswith("run_it007_classes.mrcs")
+
+
+def test_a_classes_stack_that_disagrees_with_the_model_is_refused(written: tuple[ClassSnapshot, Path, Path]) -> None:
+    _, job, project = written
+    other = make_snapshot(counts=(3, 4), iteration=7)
+    from monitoring.snapshots.atomic import write_mrc_atomic
+
+    write_mrc_atomic(job / "run_it007_classes.mrcs", other.averages, voxel_size_angstrom=3.0)
+    with pytest.raises(InputError, match=r"holds 2 class averages but run_it007_model\.star lists 6"):
+        read_snapshot(job, project_dir=project)

@@ -1,0 +1,122 @@
+"""selection.rebalance and ``otf2d rebalance``: the cap rule, the seeded draw, and a flatter view
+distribution on a preferred-orientation session, measured on the true viewing directions."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+from PIL import Image
+from selection_session import ClassifiedSession, classified_session, main_view_share, true_view_entropy
+
+from core.cli import main as otf2d
+from core.errors import InputError
+from monitoring.views import distribution_entropy
+from selection.rebalance import draw_kept, rebalance_views, view_cap
+from selection.snapshot_reader import read_snapshot
+from selection.view_plot import render_view_histogram
+
+
+@pytest.fixture(scope="session")
+def classified(tmp_path_factory: pytest.TempPathFactory) -> ClassifiedSession:
+    return classified_session(tmp_path_factory.getbasetemp() / "selection_session")
+
+
+def test_view_cap_follows_the_cryosparc_rule() -> None:
+    counts = np.array([900, 300, 120, 60, 7])
+    assert view_cap(counts, 0.0) is None  # factor 0 keeps everything
+    assert view_cap(counts, 1.0, min_view_particles=50) == 60  # views as equal as the data allow
+    assert view_cap(counts, 1.0, min_view_particles=0) == 7  # cryoSPARC's rule without the guard
+    assert view_cap(counts, 0.25, min_view_particles=50) == 240
+    assert view_cap(counts, 0.5, max_view_particles=100) == 100
+    assert view_cap(np.array([30, 20]), 1.0, min_view_particles=50) is None  # no view large enough
+    for factor in (0.1, 0.3, 0.5, 0.9, 1.0):
+        cap = view_cap(counts, factor, min_view_particles=50)
+        assert cap is not None
+        after = np.minimum(counts, cap)
+        eligible = after[counts >= 50]
+        assert eligible.min() >= factor * eligible.max() - 1e-9  # smallest ≥ F × largest
+        assert eligible.min() < factor * (eligible.max() + 1)  # and no more is dropped than needed
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InputError, match="--factor"):
+            view_cap(counts, bad)
+
+
+def test_draw_kept_is_seeded_and_uniform() -> None:
+    views = np.repeat([0, 1, -1, 2], [1000, 300, 50, 40])
+    rng = np.random.default_rng(9)
+    rng.shuffle(views)
+    kept = draw_kept(views, [100, 300, 40], seed=1)
+    np.testing.assert_array_equal(kept, draw_kept(views, [100, 300, 40], seed=1))
+    assert not np.array_equal(kept, draw_kept(views, [100, 300, 40], seed=2))
+    np.testing.assert_array_equal(np.bincount(views[kept] + 1, minlength=4), [0, 100, 300, 40])
+    assert np.all(np.diff(kept) > 0)
+    # uniform: every member of view 0 is kept with probability 0.1 over many draws
+    hits = np.zeros(len(views))
+    for seed in range(200):
+        hits[draw_kept(views, [100, 300, 40], seed=seed)] += 1
+    share = hits[views == 0] / 200
+    assert abs(share.mean() - 0.1) < 1e-12 and share.std() < 0.04
+
+
+def test_histogram_renders_one_column_per_view() -> None:
+    image = render_view_histogram([500, 100, 60], [60, 60, 60], np.random.default_rng(0).normal(size=(3, 16, 16)))
+    assert image.mode == "RGB" and image.size[0] >= 3 * 72
+    with pytest.raises(InputError):
+        render_view_histogram([1, 2], [1])
+
+
+@pytest.mark.slow
+def test_factor_one_flattens_the_true_view_distribution(
+    classified: ClassifiedSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    selected, balanced = tmp_path / "selected", tmp_path / "balanced"
+    assert otf2d(["select", str(classified.run_dir), "--out", str(selected), "--auto", "--quiet"]) == 0
+    code = otf2d(["rebalance", str(classified.run_dir), "--out", str(balanced), "--factor", "1", "--seed", "4"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    before = starfile.read(selected / "particles.star", always_dict=True)["particles"]
+    after = starfile.read(balanced / "particles.star", always_dict=True)["particles"]
+    assert set(after["rlnImageName"]) < set(before["rlnImageName"])  # a subset of the good classes
+    truth_before = classified.truth_of(list(before["rlnImageName"])).reset_index()
+    truth_after = classified.truth_of(list(after["rlnImageName"])).reset_index()
+    h_true_before, h_true_after = true_view_entropy(truth_before), true_view_entropy(truth_after)
+    share_before, share_after = main_view_share(truth_before), main_view_share(truth_after)
+    record = json.loads((balanced / "rebalance.json").read_text())
+    print(
+        f"rebalance --factor 1: {len(before)} -> {len(after)} particles; view entropy (clusters) "
+        f"{record['entropy_before']:.3f} -> {record['entropy_after']:.3f} nats; true directions "
+        f"{h_true_before:.3f} -> {h_true_after:.3f} nats; main preferred view {share_before:.2f} -> {share_after:.2f}"
+    )
+    # the true viewing directions are spread more evenly, and the preferred view lost its dominance
+    assert h_true_after >= h_true_before + 0.2
+    assert share_after <= 0.85 * share_before
+    assert record["entropy_after"] >= record["entropy_before"] + 0.3
+    views = record["views"]
+    assert sum(v["after"] for v in views) == len(after)
+    big = [v["after"] for v in views if v["before"] >= record["min_view_particles"]]
+    assert max(big) == min(big) == record["cap"]  # factor 1: every view that sets the cap is equal
+    summary = printed.strip().splitlines()[-1]
+    assert re.search(rf"entropy {record['entropy_before']:.3f} -> {record['entropy_after']:.3f} nats", summary)
+    with Image.open(balanced / "views.png") as png:
+        assert png.size[0] >= 72 * len(views)
+
+
+@pytest.mark.slow
+def test_factor_zero_keeps_all_and_seed_repeats(classified: ClassifiedSession) -> None:
+    snapshot = read_snapshot(classified.run_dir).snapshot
+    good = np.zeros(snapshot.n_classes, dtype=bool)
+    good[[0, 2, 4]] = True
+    keep_all = rebalance_views(snapshot, good, 0.0)
+    members = np.flatnonzero(good[snapshot.particles.class_index])
+    np.testing.assert_array_equal(keep_all.keep_index, members)
+    assert keep_all.cap is None and keep_all.entropy_after == pytest.approx(keep_all.entropy_before)
+    half = rebalance_views(snapshot, good, 0.5, seed=7, min_view_particles=0)
+    again = rebalance_views(snapshot, good, 0.5, seed=7, min_view_particles=0)
+    np.testing.assert_array_equal(half.keep_index, again.keep_index)
+    assert half.after.min() >= 0.5 * half.after.max()
+    assert distribution_entropy(half.after)[0] >= distribution_entropy(half.before)[0]
