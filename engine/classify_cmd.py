@@ -21,6 +21,10 @@ Written under --out (each file atomically; run_itNNN with NNN the number of EM i
   run_itNNN_particles.cs, run_itNNN_class_averages.cs                 cryoSPARC-style .cs
   run_itNNN_gallery.png                                               classes, largest first
   run_itNNN_otf2d.json, latest.json                                   provenance, newest snapshot
+Each class gets a junk score in [0, 1] (monitoring.quality; classes above the [verdict]
+junk_score_threshold of --config, default 0.5, are junk): in the _model.star as
+rlnPredictedClassScore = 1 - junk score (RELION 4's class-ranker label), in the class-average .cs as
+otf2d/junk_score and otf2d/is_junk, and as red borders in the gallery.
 A progress bar (phase, iteration, particles, particles/s, ETA) goes to stderr; a summary to stdout.
 """
 
@@ -35,8 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Class2DParams, load_config
+import numpy as np
+
+from core.config import Class2DParams, VerdictConfig, load_config
 from core.errors import ConfigError
+from core.snapshot import ClassSnapshot
 
 _DEFAULTS = Class2DParams()
 
@@ -229,6 +236,34 @@ def params_from_args(args: argparse.Namespace) -> Class2DParams:
     return dataclasses.replace(params, **overrides) if overrides else params
 
 
+def junk_threshold_from_args(args: argparse.Namespace) -> float:
+    """The junk-score threshold: the ``[verdict]`` table of ``--config`` when given, else the default.
+
+    Raises
+    ------
+    ConfigError
+        An invalid config file.
+    """
+    config = getattr(args, "config", None)
+    verdict = load_config(config).verdict if config is not None else VerdictConfig()
+    return float(verdict.junk_score_threshold)
+
+
+def junk_summary(snapshot: ClassSnapshot) -> str:
+    """One line: classes flagged junk and the share of particles in them (the snapshot must be scored)."""
+    scores = np.asarray(snapshot.junk_score, dtype=np.float64)
+    threshold = float(snapshot.parameters.get("junk_score_threshold", 0.5))
+    junk = scores > threshold
+    counts = np.asarray(snapshot.particle_counts, dtype=np.int64)
+    total = int(counts.sum())
+    fraction = float(counts[junk].sum() / total) if total else 0.0
+    return (
+        f"junk: {int(junk.sum())} of {snapshot.n_classes} classes flagged (junk score > {threshold:g}), "
+        f"{fraction:.0%} of the particles; scores in the _model.star (rlnPredictedClassScore = 1 - junk score) "
+        "and the class-average .cs (otf2d/junk_score)"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``otf2d classify``; returns the exit status."""
     import torch
@@ -236,6 +271,7 @@ def main(args: argparse.Namespace) -> int:
     from core.readers import read_particle_table
     from engine.offline import PhaseUpdate, classify_table, planned_particles
     from engine.progress_bar import ProgressBar, format_duration
+    from monitoring.quality import score_snapshot
     from monitoring.snapshots import write_snapshot
 
     start = time.perf_counter()
@@ -268,11 +304,12 @@ def main(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.set_phase("done", result.snapshot.iteration, params.online_em_iterations + params.final_full_iterations)
         bar.close()
-    paths = write_snapshot(result.snapshot, args.out, project_dir=table.project_dir, session=table.session)
+    snap = score_snapshot(result.snapshot, threshold=junk_threshold_from_args(args))
+    paths = write_snapshot(snap, args.out, project_dir=table.project_dir, session=table.session)
     wall = time.perf_counter() - start
-    snap = result.snapshot
     populated = int((snap.particle_counts > 0).sum())
     print(f"classified {len(snap.particles)} particles: {populated} of {snap.n_classes} classes populated")
+    print(junk_summary(snap))
     print(
         f"wall time {format_duration(wall)} ({wall:.1f} s; classification {result.classify_seconds:.1f} s, "
         f"{result.particles_read} images read, {result.particles_read / max(result.classify_seconds, 1e-9):,.0f}/s) "
@@ -284,4 +321,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["FORCE_MAX_FIELD", "PARAM_FLAGS", "PRECISION_FIELD", "ParamFlag", "add_args", "main", "params_from_args"]
+__all__ = [
+    "FORCE_MAX_FIELD",
+    "PARAM_FLAGS",
+    "PRECISION_FIELD",
+    "ParamFlag",
+    "add_args",
+    "junk_summary",
+    "junk_threshold_from_args",
+    "main",
+    "params_from_args",
+]

@@ -7,8 +7,9 @@ into the service at three seams:
   snapshot built by the worker first goes through :meth:`monitoring.state.SessionMonitor.publish`
   (class quality, distinct views, rates, verdict), gets its effective junk scores
   (``ClassSnapshot.junk_score``, user overrides applied) and only then reaches
-  ``monitoring.snapshots.write_snapshot`` — so the RELION ``_model.star``, the cryoSPARC ``.cs`` and
-  the PNG gallery all carry the junk flags of the state the status page shows;
+  ``monitoring.snapshots.write_snapshot`` — so the RELION ``_model.star`` (``rlnPredictedClassScore``
+  = 1 − junk score), the class-average ``.cs`` (``otf2d/junk_score``, ``otf2d/is_junk``,
+  ``otf2d/override``) and the PNG gallery all carry the junk flags of the state the status page shows;
 - **the counts over time**: a sampler thread records every session's classified count each
   ``sample_seconds`` (:meth:`SessionMonitor.record_classified`), from which the particle rates,
   the forecast and the verdict's rate criterion are computed;
@@ -48,7 +49,7 @@ from core.errors import InputError
 from core.particles import CtfParams
 from core.snapshot import ClassSnapshot, ParticleAssignments
 from monitoring.metrics import register_monitoring
-from monitoring.quality import OVERRIDE_VALUES, load_overrides, save_overrides
+from monitoring.quality import OVERRIDE_VALUES, load_overrides, save_overrides, with_junk_scores
 from monitoring.snapshots import write_snapshot
 from monitoring.state import MonitoringState, SessionMonitor
 
@@ -264,7 +265,9 @@ class EngineMonitoring:
         Returns
         -------
         ClassSnapshot
-            ``snapshot`` with ``junk_score`` = the effective ``(K,)`` scores, overrides applied.
+            ``snapshot`` with ``junk_score`` = the effective ``(K,)`` scores, overrides applied, and
+            the overrides (snapshot class numbers) and junk threshold in its parameters
+            (``monitoring.quality.with_junk_scores``): what the ``_model.star`` and ``.cs`` carry.
         """
         order = engine_class_order(snapshot)
         try:
@@ -278,7 +281,7 @@ class EngineMonitoring:
         state = self.monitor.publish(session, light, overrides=overrides_for_snapshot(stored, order), snapshot_time=now)
         with self._lock:
             self._published[session] = _Published(light, session_root, now)
-        return dataclasses.replace(snapshot, junk_score=state.junk_scores)
+        return with_junk_scores(snapshot, state.quality)
 
     def write_snapshot(self, snapshot: ClassSnapshot, out_dir: str | Path, *, session: str = "", **kwargs: Any) -> Any:
         """The service's snapshot sink: :meth:`publish`, then write the scored snapshot.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,11 +16,26 @@ import pandas as pd
 import pytest
 import starfile
 from PIL import Image
+from snapshot_factory import make_snapshot
 
 from core.cli import main as otf2d
 from core.config import Class2DParams
 from core.errors import ConfigError
-from engine.classify_cmd import FORCE_MAX_FIELD, PARAM_FLAGS, PRECISION_FIELD, add_args, params_from_args
+from engine.classify_cmd import (
+    FORCE_MAX_FIELD,
+    PARAM_FLAGS,
+    PRECISION_FIELD,
+    add_args,
+    junk_summary,
+    params_from_args,
+)
+from monitoring.quality import (
+    count_features,
+    image_features,
+    mask_radius_pixels,
+    resolution_features,
+    score_features,
+)
 from simulator.config import SimulationConfig
 from simulator.session import SessionSummary, simulate_session
 
@@ -98,6 +114,40 @@ def test_outputs_exist_and_hold_every_particle_once(session: SessionSummary, run
     assert np.isfinite(classes).all() and classes.std() > 0
     with Image.open(_latest_files(run_dir, "_gallery.png")) as png:
         assert png.size[0] > 64
+
+
+@pytest.mark.slow
+def test_classes_carry_junk_scores_in_the_model_star_and_the_cs(run_dir: Path) -> None:
+    """Scored with ``monitoring.quality``: the values written match a re-scoring of what was written."""
+    classes = starfile.read(_latest_files(run_dir, "_model.star"), always_dict=True)["model_classes"]
+    cs = np.load(_latest_files(run_dir, "_class_averages.cs"), allow_pickle=False)
+    junk = cs["otf2d/junk_score"].astype(np.float64)
+    assert ((junk >= 0) & (junk <= 1)).all()
+    np.testing.assert_allclose(1.0 - classes["rlnPredictedClassScore"].to_numpy(), junk, atol=1e-6)
+    np.testing.assert_array_equal(cs["otf2d/is_junk"].astype(bool), junk > 0.5)
+    assert not any(cs["otf2d/override"])  # no user overrides offline
+    # independently: the scores of the averages, counts and resolutions read back from the files
+    averages = mrcfile.read(_latest_files(run_dir, "_classes.mrcs")).astype(np.float32)
+    data = starfile.read(_latest_files(run_dir, "_data.star"), always_dict=True)["particles"]
+    counts = np.bincount(data["rlnClassNumber"].to_numpy() - 1, minlength=len(averages))
+    resolution = classes["rlnEstimatedResolution"].to_numpy()
+    provenance = json.loads(_latest_files(run_dir, "_otf2d.json").read_text())
+    assert provenance["parameters"]["junk_score_threshold"] == 0.5
+    assert provenance["parameters"]["class_overrides"] == {}
+    features = image_features(averages, mask_radius_pixels({}, averages.shape[-1], float(cs["blob/psize_A"][0])))
+    features = {name: np.where(counts > 0, v, np.nan) for name, v in features.items()}
+    features.update(count_features(counts))
+    features.update(resolution_features(np.where(resolution >= 999.0, np.inf, resolution)))
+    np.testing.assert_allclose(score_features(features).scores, junk, atol=1e-5)
+
+
+def test_junk_summary_counts_the_particles_of_junk_classes() -> None:
+    snapshot = dataclasses.replace(
+        make_snapshot((10, 30, 0, 60), junk_score=np.array([0.9, 0.2, 0.7, 0.51])),
+        parameters={"junk_score_threshold": 0.5},
+    )
+    line = junk_summary(snapshot)
+    assert line.startswith("junk: 3 of 4 classes flagged (junk score > 0.5), 70% of the particles")
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import starfile
 from engine_helpers import ROOT, TestClient, make_batch, send_batches
 from pipeline_helpers import (
     describe_failure,
@@ -105,10 +106,35 @@ def test_snapshots_get_junk_scores_before_they_are_written(tmp_path: Path) -> No
     assert kept.ctf.defocus_u_angstrom.strides == (0,)
     np.testing.assert_array_equal(state.class_counts, COUNTS)
     assert state.quality.overrides == {1: "junk", 3: "good"}
+    # the overrides and the threshold travel with the snapshot, for the .cs and the provenance
+    assert written.parameters["class_overrides"] == {"1": "junk", "3": "good"}
+    assert written.parameters["junk_score_threshold"] == VerdictConfig().junk_score_threshold
     fields = monitoring.status_fields("s1")["monitoring"]
     assert fields["overrides"] == {"1": "junk", "3": "good"}
     assert fields["classes_populated"] == sum(1 for c in COUNTS if c > 0)
     assert monitoring.status_fields("other") == {}
+
+
+def test_the_files_written_carry_the_junk_scores_flags_and_overrides(tmp_path: Path) -> None:
+    """Through the real writer: ``_model.star`` and the class-average ``.cs`` read back."""
+    monitoring = EngineMonitoring(VerdictConfig(junk_score_threshold=0.6))
+    order = [3, 1, 0, 5, 2, 4]
+    root = tmp_path / "sessions" / "s1"
+    root.mkdir(parents=True)
+    save_overrides(root / OVERRIDES_FILE, {4: "junk", 1: "good"})  # snapshot classes 1 and 3
+    paths = monitoring.write_snapshot(snapshot_with_order(order), root / "snapshots", session="s1")
+    state = monitoring.states()["s1"]
+    expected = state.junk_scores
+    assert expected[0] == 1.0 and expected[2] == 0.0
+    classes = starfile.read(paths.model_star, always_dict=True)["model_classes"]
+    np.testing.assert_allclose(classes["rlnPredictedClassScore"], 1.0 - expected, rtol=0, atol=1e-12)
+    cs = np.load(paths.class_averages_cs, allow_pickle=False)
+    np.testing.assert_allclose(cs["otf2d/junk_score"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(cs["otf2d/is_junk"].astype(bool), expected > 0.6)
+    np.testing.assert_array_equal(cs["otf2d/is_junk"].astype(bool), state.quality.junk)
+    assert [v.decode() for v in cs["otf2d/override"]] == ["junk", "", "good", "", "", ""]
+    provenance = json.loads(paths.provenance_json.read_text())
+    assert provenance["parameters"]["class_overrides"] == {"1": "junk", "3": "good"}
 
 
 def test_a_broken_monitoring_step_still_writes_the_snapshot(tmp_path: Path) -> None:

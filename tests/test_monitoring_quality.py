@@ -34,6 +34,8 @@ from monitoring.quality import (
     save_overrides,
     score_classes,
     score_features,
+    score_snapshot,
+    with_junk_scores,
 )
 from simulator.config import JUNK_TYPES
 
@@ -194,3 +196,30 @@ def test_threshold_is_the_galleries() -> None:
     from monitoring.snapshots.gallery import JUNK_THRESHOLD
 
     assert JUNK_SCORE_THRESHOLD == JUNK_THRESHOLD
+
+
+def test_the_spread_counts_density_inside_the_mask_only() -> None:
+    """Bright specks outside the mask leave the gyration radius of the disc inside unchanged."""
+    box, radius, mask = 64, 8.0, 20.0
+    yy, xx = np.mgrid[:box, :box].astype(np.float64)
+    disc = ((yy - box // 2) ** 2 + (xx - box // 2) ** 2 <= radius**2).astype(np.float64)
+    specks = disc.copy()
+    specks[2, 2] = specks[61, 3] = specks[5, 60] = 1.0  # corners: outside the mask of radius 20
+    w = disc / disc.sum()
+    rg = np.sqrt((w * ((yy - box // 2) ** 2 + (xx - box // 2) ** 2)).sum())
+    f = image_features(np.stack([disc, specks]), mask)
+    np.testing.assert_allclose(f["radius_of_gyration_fraction"], rg / mask, rtol=1e-9)
+
+
+def test_scored_snapshots_carry_effective_scores_overrides_and_threshold(truth_snapshot) -> None:
+    overrides = {1: "junk", 7: "good"}
+    scored = score_snapshot(truth_snapshot, overrides, threshold=0.6)
+    report = score_classes(truth_snapshot, overrides, threshold=0.6)
+    np.testing.assert_array_equal(scored.junk_score, report.effective_scores)
+    assert scored.junk_score[0] == 1.0 and scored.junk_score[6] == 0.0
+    assert scored.parameters["class_overrides"] == {"1": "junk", "7": "good"}
+    assert scored.parameters["junk_score_threshold"] == 0.6
+    assert truth_snapshot.junk_score is None  # the input is left alone
+    assert with_junk_scores(truth_snapshot, report).parameters == scored.parameters
+    with pytest.raises(InputError, match="quality of 3 classes"):
+        with_junk_scores(truth_snapshot, score_features({r.feature: np.zeros(3) for r in RULES}))

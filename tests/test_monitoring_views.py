@@ -134,3 +134,24 @@ def test_no_good_class_means_no_view() -> None:
     assert report.largest_share == 0.0
     assert report.effective_views == 0.0
     assert report.class_view.tolist() == [-1, -1]
+
+
+def test_weighted_linkage_lets_big_classes_decide() -> None:
+    """Two big classes of one view, each with a small noisy class: by particles they are one view."""
+    # order: A (1000), a (10), B (1000), b (10); A~a and B~b 0.95, A~B 0.9, the small ones differ
+    s = np.array(
+        [
+            [1.0, 0.95, 0.9, 0.7],
+            [0.95, 1.0, 0.7, 0.5],
+            [0.9, 0.7, 1.0, 0.95],
+            [0.7, 0.5, 0.95, 1.0],
+        ]
+    )
+    w = np.array([1000.0, 10.0, 1000.0, 10.0])
+    between = (0.9 * 1000 * 1000 + 0.7 * 1000 * 10 + 0.7 * 10 * 1000 + 0.5 * 10 * 10) / (1010 * 1010)
+    assert between == pytest.approx(0.8960, abs=1e-4)  # ≥ 0.85, while the plain mean is 0.7
+    assert cluster_views(s, SAME_VIEW_SIMILARITY, w).tolist() == [0, 0, 0, 0]
+    assert cluster_views(s, SAME_VIEW_SIMILARITY).tolist() == [0, 0, 1, 1]
+    assert cluster_views(s, between + 1e-9, w).tolist() == [0, 0, 1, 1]
+    with pytest.raises(InputError, match="weights"):
+        cluster_views(s, 0.85, [1.0, 0.0, 1.0, 1.0])

@@ -8,9 +8,12 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pandas as pd
+import pytest
 import starfile
 from snapshot_factory import COUNTS, IMAGE_PIXEL_SIZE, IMAGE_SIZE, PIXEL_SIZE, make_snapshot
 
+from core.errors import InputError
+from core.snapshot import ClassSnapshot
 from monitoring.snapshots.cryosparc import (
     particle_uids,
     particles_cs_array,
@@ -177,3 +180,58 @@ def test_utf8_paths_are_kept(tmp_path: Path) -> None:
     cs = _load(write_cryosparc_cs(dataclasses.replace(snapshot, particles=parts), tmp_path / "u.cs"))
     assert cs["blob/path"][0].decode("utf-8") == "Extract/jöb007/Movies/mïc.mrcs"
     assert cs["blob/path"][1].decode("utf-8") == snapshot.particles.stack_paths[1]
+
+
+# --- class quality in the class-average .cs ------------------------------------------------------
+
+#: Junk scores of the six classes of ``make_snapshot``: class 3 is overridden junk, class 5 good.
+SCORES = np.array([0.125, 0.75, 1.0, 0.5, 0.0, 0.875])
+
+
+def _scored(**parameters: object) -> ClassSnapshot:
+    base = make_snapshot(junk_score=SCORES)
+    return dataclasses.replace(base, parameters={**base.parameters, **parameters})
+
+
+def test_class_averages_carry_junk_score_flag_and_override(tmp_path: Path) -> None:
+    snapshot = _scored(class_overrides={"3": "junk", "5": "good"}, junk_score_threshold=0.5)
+    cs = _load(write_class_averages_cs(snapshot, tmp_path / "c.cs", classes_stack="run_it001_classes.mrcs"))
+    assert cs.dtype["otf2d/junk_score"] == np.dtype("<f4")
+    assert cs.dtype["otf2d/is_junk"] == np.dtype("u1")
+    np.testing.assert_array_equal(cs["otf2d/junk_score"], SCORES.astype(np.float32))
+    # flagged where the score is above the threshold: 0.5 itself is not junk
+    assert cs["otf2d/is_junk"].tolist() == [0, 1, 1, 0, 0, 1]
+    assert [v.decode() for v in cs["otf2d/override"]] == ["", "", "junk", "", "good", ""]
+    # a stricter threshold recorded with the snapshot flags fewer classes
+    strict = _load(
+        write_class_averages_cs(_scored(junk_score_threshold=0.8), tmp_path / "s.cs", classes_stack="x.mrcs")
+    )
+    assert strict["otf2d/is_junk"].tolist() == [0, 0, 1, 0, 0, 1]
+    assert not any(strict["otf2d/override"])
+
+
+def test_an_unscored_snapshot_has_no_quality_fields(tmp_path: Path) -> None:
+    cs = _load(write_class_averages_cs(make_snapshot(), tmp_path / "c.cs", classes_stack="x.mrcs"))
+    assert not [name for name in cs.dtype.names or () if name.startswith("otf2d/")]
+
+
+@pytest.mark.parametrize(
+    ("scores", "parameters", "message"),
+    [
+        (SCORES[:4], {}, "junk_score must have shape"),
+        (np.where(SCORES > 0.9, np.nan, SCORES), {}, "finite values in"),
+        (SCORES * 2, {}, "finite values in"),
+        (SCORES, {"class_overrides": {"2": "maybe"}}, "override of class 2"),
+        (SCORES, {"junk_score_threshold": "high"}, "junk_score_threshold"),
+    ],
+)
+def test_invalid_class_quality_writes_nothing(
+    tmp_path: Path, scores: np.ndarray, parameters: dict[str, object], message: str
+) -> None:
+    snapshot = dataclasses.replace(make_snapshot(), junk_score=scores, parameters=parameters)
+    with pytest.raises(InputError, match=message):
+        write_class_averages_cs(snapshot, tmp_path / "c.cs", classes_stack="x.mrcs")
+    assert not (tmp_path / "c.cs").exists()
+    with pytest.raises(InputError, match=message):
+        write_relion_class2d(snapshot, tmp_path / "job")
+    assert not list((tmp_path / "job").glob("*"))

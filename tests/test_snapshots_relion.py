@@ -103,6 +103,22 @@ def test_model_star(written: tuple[ClassSnapshot, dict[str, Path], Path]) -> Non
     np.testing.assert_array_equal(classes["rlnClassPriorOffsetY"], 0.0)
 
 
+def test_model_star_carries_the_class_score_of_a_scored_snapshot(tmp_path: Path) -> None:
+    """``rlnPredictedClassScore`` (RELION 4's class-ranker merit, higher = better) = 1 − junk score."""
+    scores = np.array([0.125, 0.75, 1.0, 0.5, 0.0, 0.875])
+    snapshot = make_snapshot(junk_score=scores)
+    paths = write_relion_class2d(snapshot, tmp_path / "job")
+    classes = _read(paths["model"])["model_classes"]
+    assert isinstance(classes, pd.DataFrame)
+    goodness = classes["rlnPredictedClassScore"].to_numpy()
+    np.testing.assert_allclose(goodness, [0.875, 0.25, 0.0, 0.5, 1.0, 0.125], rtol=0, atol=1e-15)
+    # RELION's Subset selection keeps classes scoring >= 0.5 by default: exactly those not flagged junk
+    assert (goodness >= 0.5).tolist() == (scores <= 0.5).tolist()
+    unscored = _read(write_relion_class2d(make_snapshot(), tmp_path / "plain")["model"])["model_classes"]
+    assert isinstance(unscored, pd.DataFrame)
+    assert "rlnPredictedClassScore" not in unscored.columns
+
+
 def test_data_star(written: tuple[ClassSnapshot, dict[str, Path], Path]) -> None:
     snapshot, paths, _ = written
     text = paths["data"].read_text()
@@ -295,12 +311,16 @@ def test_relion_image_handler_reads_classes_with_pixel_size(
 @pytest.mark.relion
 def test_relion_refine_starts_from_our_model_and_data(tmp_path: Path) -> None:
     """``relion_refine --ref run_it001_model.star`` reads ``data_model_classes``, follows every
-    ``rlnReferenceImage`` into our stack, and classifies the particles of our ``_data.star``."""
+    ``rlnReferenceImage`` into our stack, and classifies the particles of our ``_data.star``.
+
+    The snapshot is scored, so the model also has ``rlnPredictedClassScore``, a label RELION 3.1.3
+    does not know: it warns that it ignores it and reads the rest."""
     binary = _need("relion_refine")
     project = tmp_path / "project"
     averages = class_patterns(len(COUNTS), IMAGE_SIZE)
     snapshot = dataclasses.replace(
-        make_snapshot(averages=averages), pixel_size_angstrom=IMAGE_PIXEL_SIZE
+        make_snapshot(averages=averages, junk_score=np.linspace(0.0, 1.0, len(COUNTS))),
+        pixel_size_angstrom=IMAGE_PIXEL_SIZE,
     )  # RELION needs references at the particles' box and pixel size
     paths = write_relion_class2d(snapshot, project / "Class2D" / "job001", project_dir=project)
     parts = snapshot.particles
@@ -323,7 +343,8 @@ def test_relion_refine_starts_from_our_model_and_data(tmp_path: Path) -> None:
     args += ["--o", "Class2D/check/run", "--iter", "1", "--K", str(len(COUNTS)), "--particle_diameter", "80"]
     args += ["--tau2_fudge", "2", "--psi_step", "30", "--offset_range", "3", "--offset_step", "2", "--ctf"]
     args += ["--j", "1", "--pool", "10", "--dont_combine_weights_via_disc"]
-    _run(args, project)
+    log = _run(args, project)
+    assert "unknown label: rlnPredictedClassScore" in log  # ignored with a warning, not an error
     check = project / "Class2D" / "check"
     # it000 holds the references as RELION read them: our classes, slice for slice, at our pixel size.
     with mrcfile.open(check / "run_it000_classes.mrcs") as mrc:

@@ -36,7 +36,17 @@ as in the J2 file; ``ctf/type`` is ``b"imported"`` (the CTF came from upstream);
 
 The class-average companion (:func:`write_class_averages_cs`) has ``uid``, ``blob/path``,
 ``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/res_A`` (per-class resolution, 999 Å when
-unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack.
+unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack. When the
+snapshot is scored (``ClassSnapshot.junk_score`` set, see ``monitoring.snapshots.class_quality``) it
+also has, under otf2d's own prefix (a ``.cs`` reader such as cryosparc-tools keeps fields it does
+not know):
+
+``otf2d/junk_score`` (``<f4``)
+    The effective junk score in [0, 1] (user overrides applied: 1 marked junk, 0 marked good).
+``otf2d/is_junk`` (``u1``)
+    1 when the class is flagged junk (score above the snapshot's junk threshold), else 0.
+``otf2d/override`` (``S4``)
+    The user's override: ``b"good"``, ``b"junk"``, or ``b""`` for none.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ import numpy.typing as npt
 
 from core.snapshot import ClassSnapshot
 from monitoring.snapshots.atomic import write_npy_atomic
+from monitoring.snapshots.class_quality import class_quality_columns
 from monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
 from monitoring.snapshots.validation import check_snapshot
 
@@ -76,6 +87,13 @@ ALIGNMENTS2D_FIELDS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("alignments2D/class_posterior", "<f4", ()),
     ("alignments2D/class", "<u4", ()),
     ("alignments2D/class_ess", "<f4", ()),
+)
+
+#: otf2d's class-quality fields of the class-average ``.cs`` of a scored snapshot.
+CLASS_QUALITY_FIELDS: tuple[tuple[str, str], ...] = (
+    ("otf2d/junk_score", "<f4"),
+    ("otf2d/is_junk", "u1"),
+    ("otf2d/override", "S4"),
 )
 
 _CTF_FIELDS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
@@ -246,11 +264,18 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
     -------
     ndarray
         ``(K,)`` structured array: ``uid``, ``blob/path``, ``blob/idx``, ``blob/shape``,
-        ``blob/psize_A``, ``blob/res_A``, ``alignments2D/class``.
+        ``blob/psize_A``, ``blob/res_A``, ``alignments2D/class``; plus :data:`CLASS_QUALITY_FIELDS`
+        when the snapshot is scored.
+
+    Raises
+    ------
+    InputError
+        A junk score that is not ``(K,)`` values in [0, 1] (``class_quality_columns``).
     """
     k = snapshot.n_classes
     h, w = (int(s) for s in snapshot.averages.shape[1:])
     path = _fixed_bytes([classes_stack])
+    quality = class_quality_columns(snapshot)
     dtype = np.dtype(
         [
             ("uid", "<u8"),
@@ -260,6 +285,7 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
             ("blob/psize_A", "<f4"),
             ("blob/res_A", "<f4"),
             ("alignments2D/class", "<u4"),
+            *(CLASS_QUALITY_FIELDS if quality is not None else ()),
         ]
     )
     cs = np.zeros(k, dtype=dtype)
@@ -272,6 +298,10 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
     res[~np.isfinite(res)] = UNKNOWN_RESOLUTION_ANGSTROM
     cs["blob/res_A"] = res
     cs["alignments2D/class"] = np.arange(k)
+    if quality is not None:
+        cs["otf2d/junk_score"] = quality.junk_score
+        cs["otf2d/is_junk"] = quality.is_junk
+        cs["otf2d/override"] = np.char.encode(quality.override, "ascii")
     return cs
 
 
@@ -282,6 +312,7 @@ def write_class_averages_cs(snapshot: ClassSnapshot, path: str | os.PathLike[str
 
 __all__ = [
     "ALIGNMENTS2D_FIELDS",
+    "CLASS_QUALITY_FIELDS",
     "class_averages_cs_array",
     "particle_uids",
     "particles_cs_array",

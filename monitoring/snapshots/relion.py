@@ -24,6 +24,16 @@ Values otf2d does not compute are written as neutral, documented constants:
   :data:`UNKNOWN_RESOLUTION_ANGSTROM` (999 Å), RELION's and CTFFIND's "no estimate" convention;
 - ``rlnOverallFourierCompleteness`` = 1 for a class with a resolution estimate, else 0.
 
+Class quality: when the snapshot is scored (``ClassSnapshot.junk_score`` set, see
+``monitoring.snapshots.class_quality``), ``data_model_classes`` gets one more column,
+``rlnPredictedClassScore`` = 1 − junk score. It is the label RELION ≥ 4 gives the class ranker's
+predicted merit of a 2D class (``relion_class_ranker``, "2D class merit scores predicted by RELION
+model"): a *goodness* in [0, 1], higher is better, and the Subset-selection job keeps classes at or
+above 0.5 by default — the same cut as our junk threshold, so a class flagged junk (score > 0.5) has
+``rlnPredictedClassScore`` < 0.5. A user override shows as 0 (marked junk) or 1 (marked good).
+RELION 3.1.3 does not know the label; it warns "will ignore (but maintain) values for the unknown
+label" and reads the rest of the table (checked with ``relion_refine --ref``).
+
 ``rlnNrOpticsGroups`` (written by RELION ≥ 4) is unknown to RELION 3.1.3, which ignores it with a
 warning. Checked with Debian's RELION 3.1.3: ``relion_star_handler`` loads ``_data.star`` as a 3.1
 file (optics table found, no "previous version" conversion), ``relion_image_handler --stats``
@@ -52,6 +62,7 @@ import core
 from core.errors import InputError
 from core.snapshot import ClassSnapshot
 from monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
+from monitoring.snapshots.class_quality import class_quality_columns
 from monitoring.snapshots.validation import check_snapshot
 
 #: Written where a resolution (or an accuracy) is unknown; RELION's ``rlnCtfMaxResolution`` and
@@ -112,7 +123,13 @@ def model_star_blocks(snapshot: ClassSnapshot, classes_stack: str) -> dict[str, 
     Returns
     -------
     dict
-        ``{"model_general": dict, "model_classes": DataFrame}`` (K rows, 1-based image indices).
+        ``{"model_general": dict, "model_classes": DataFrame}`` (K rows, 1-based image indices;
+        with ``rlnPredictedClassScore`` = 1 − junk score when the snapshot is scored).
+
+    Raises
+    ------
+    InputError
+        A junk score that is not ``(K,)`` values in [0, 1] (``class_quality_columns``).
     """
     parts = snapshot.particles
     k = snapshot.n_classes
@@ -153,6 +170,9 @@ def model_star_blocks(snapshot: ClassSnapshot, classes_stack: str) -> dict[str, 
             "rlnClassPriorOffsetY": np.zeros(k),
         }
     )
+    quality = class_quality_columns(snapshot)
+    if quality is not None:
+        classes["rlnPredictedClassScore"] = 1.0 - quality.junk_score
     return {"model_general": general, "model_classes": classes}
 
 
