@@ -10,11 +10,14 @@ Command modules keep heavy imports (torch) inside ``main``.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import ModuleType
 
 from core import __version__
@@ -35,8 +38,22 @@ def _load(module_path: str) -> ModuleType:
     return module
 
 
+def _summary(module_path: str) -> str:
+    """First line of a command module's docstring, read from its source without importing it."""
+    try:
+        spec = importlib.util.find_spec(module_path)
+        origin = spec.origin if spec is not None else None
+        if origin is None or not origin.endswith(".py"):
+            return ""
+        doc = ast.get_docstring(ast.parse(Path(origin).read_text(encoding="utf-8"))) or ""
+    except (ImportError, OSError, SyntaxError, ValueError):
+        return ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
 def _top_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
-    listing = "\n".join(f"  {name}" for name in sorted(commands))
+    width = max((len(name) for name in commands), default=0)
+    listing = "\n".join(f"  {name:<{width}}  {_summary(commands[name])}".rstrip() for name in sorted(commands))
     parser = argparse.ArgumentParser(
         prog="otf2d",
         description="Streaming, on-the-fly 2D classification of cryo-EM particles.",

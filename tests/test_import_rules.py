@@ -122,3 +122,21 @@ def test_cli_help_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_top_level_help_lists_every_command_with_its_summary_without_importing_it() -> None:
+    code = (
+        "import sys\n"
+        "from core.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'engine', 'selection') and '.' in m))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "[]"  # no command module (nor torch) was imported to list them
+    listing = {line.split()[0]: line for line in lines if line.startswith("  ") and len(line.split()) > 1}
+    for name in ("classify", "engine", "select", "stream", "templates"):
+        assert name in listing and len(listing[name].split()) > 3, listing.get(name)
