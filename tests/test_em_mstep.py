@@ -163,3 +163,36 @@ def test_online_update_is_a_decaying_average_with_an_effective_count() -> None:
     torch.testing.assert_close(s2.numerator, 0.75 * first.normalised().numerator + 0.25 * second.normalised().numerator)
     assert v2 == 0.75**2 * v1 + 0.25**2 / samples.shape[0]
     assert float(s2.weight) == 1.0
+
+
+def test_soft_accumulation_of_a_dense_posterior_equals_every_sample_as_a_weighted_pair() -> None:
+    grid, samples, ctf, phases, _, r_count, _ = _setup(3)
+    n, t, k = samples.shape[0], len(phases), 3
+    n_orders = grid.n_angles // 2 + 1
+    gen = torch.Generator().manual_seed(11)
+    post = torch.rand(r_count, t, k, n, dtype=torch.float64, generator=gen) ** 4
+    post /= post.sum(dim=(0, 1, 2), keepdim=True)
+    scale = torch.rand(k, n, dtype=torch.float64, generator=gen) + 0.5
+    weights = post.sum(dim=(0, 1))
+    posteriors = Posteriors(
+        class_weights=weights,
+        best_rotation=torch.zeros(k, n, dtype=torch.int64),
+        best_shift=torch.zeros(k, n, dtype=torch.int64),
+        best_scale=scale,
+        best_log_likelihood=torch.zeros(k, n, dtype=torch.float64),
+        sample_posterior=post,
+        pmax=post.reshape(-1, n).max(dim=0).values,
+        n_significant=torch.ones(n, dtype=torch.int64),
+    )
+    spectra = data_spectra(samples, ctf, n_orders)
+    soft = OrderAccumulator.zeros(k, t, grid.n_rings, n_orders, grid.n_angles, r_count, "cpu", torch.float64)
+    soft.add_posteriors(spectra, samples, posteriors)
+    # Every (rotation, shift, class, particle) sample as a pair, at the scale of the particle's best class.
+    rot, sh, cls, part = (i.flatten() for i in torch.meshgrid(*(torch.arange(d) for d in post.shape), indexing="ij"))
+    alpha = scale.gather(0, weights.argmax(dim=0)[None])[0]
+    hard = OrderAccumulator.zeros(k, t, grid.n_rings, n_orders, grid.n_angles, r_count, "cpu", torch.float64)
+    hard.add_pairs(spectra, samples, part, cls, sh, rot, post.flatten(), alpha[part])
+    a, b = soft.to_stats(phases, grid.n_angles), hard.to_stats(phases, grid.n_angles)
+    torch.testing.assert_close(a.numerator, b.numerator)
+    torch.testing.assert_close(a.ctf2, b.ctf2)
+    torch.testing.assert_close(a.counts, b.counts)

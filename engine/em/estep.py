@@ -160,7 +160,8 @@ class ChunkScores:
         over shifts was kept.
     corr_max, corr_argmax
         ``(R, K, B)`` maximum of the cross terms over shifts and the shift index reaching it
-        (``corr_argmax`` is ``None`` when it was not tracked: see :meth:`best_shift`).
+        (force-max only, else ``None``; ``corr_argmax`` is ``None`` when it was not tracked: see
+        :meth:`best_shift`).
     norm
         ``(R, K, B)`` norm terms ``⟨C², |R_ψ A_k|²⟩_ω``.
     power
@@ -172,7 +173,7 @@ class ChunkScores:
     """
 
     corr: torch.Tensor | None
-    corr_max: torch.Tensor
+    corr_max: torch.Tensor | None
     corr_argmax: torch.Tensor | None
     norm: torch.Tensor
     power: torch.Tensor
@@ -251,7 +252,7 @@ def score_chunk(
         corr = folded_correlation(bank.cross, pmat, bank.cross_plan, gemm_dtype, native_low_precision, workspace)
         r_count, _, b = corr.shape
         corr = corr.reshape(r_count, t, k, b)
-        corr_max, corr_argmax = corr.max(dim=1)
+        corr_max, corr_argmax = None, None  # marginalisation reads the full cross terms only
     else:
         corr = None
         # Only the best rotation's shift is needed: recomputed later from the GEMM result.
@@ -316,10 +317,12 @@ def force_max_posteriors(
     -------
     Posteriors
     """
-    norm, power = scores.norm, scores.power
-    ll, _ = pose_log_likelihood(scores.corr_max, norm, power, per_particle_scale)  # (R, K, B)
+    norm, power, corr_max = scores.norm, scores.power, scores.corr_max
+    if corr_max is None:
+        raise ValueError("a force-max E-step needs the maximum over shifts (score_chunk with keep_all_shifts=False)")
+    ll, _ = pose_log_likelihood(corr_max, norm, power, per_particle_scale)  # (R, K, B)
     best_ll, best_rot = ll.max(dim=0)  # (K, B)
-    best_corr = scores.corr_max.gather(0, best_rot[None])[0]
+    best_corr = corr_max.gather(0, best_rot[None])[0]
     best_norm = norm.gather(0, best_rot[None])[0]
     _, best_scale = pose_log_likelihood(best_corr, best_norm, power, per_particle_scale)
     logits = best_ll / temperature + log_prior[:, None]
@@ -342,19 +345,26 @@ def marginal_posteriors(
     if corr is None:
         raise ValueError("marginalisation needs the cross terms of every shift (keep_all_shifts=True)")
     r_count, t, k, b = corr.shape
-    ll, scale = pose_log_likelihood(corr, norm[:, None], power, per_particle_scale)  # (R, T, K, B)
-    logits = ll / temperature + (log_prior - math.log(r_count * t))[None, None, :, None]
-    log_z = torch.logsumexp(logits.reshape(-1, b), dim=0)  # (B,)
-    post = torch.exp(logits - log_z)
-    class_weights = post.sum(dim=(0, 1))  # (K, B)
-    flat = post.permute(2, 0, 1, 3).reshape(k, r_count * t, b)
-    best_flat = flat.argmax(dim=1)  # (K, B)
+    # Within a class the posterior is monotone in LL, so the best sample per class is LL's argmax
+    # over (ψ, o); the (R·T, K, B) views below are free (no permuted copies of the big tensor).
+    if per_particle_scale:
+        ll, scale = pose_log_likelihood(corr, norm[:, None], power, True)  # (R, T, K, B)
+    else:
+        ll, scale = (corr - norm[:, None]) - power, None  # α = 1: no (R, T, K, B) tensor of ones
+    flat = ll.reshape(r_count * t, k, b)
+    best_flat = flat.argmax(dim=0)  # (K, B)
     best_rot = torch.div(best_flat, t, rounding_mode="floor")
     best_shift = best_flat % t
-    ll_flat = ll.permute(2, 0, 1, 3).reshape(k, r_count * t, b)
-    best_ll = ll_flat.gather(1, best_flat[:, None])[:, 0]
-    scale_flat = scale.expand_as(ll).permute(2, 0, 1, 3).reshape(k, r_count * t, b)
-    best_scale = scale_flat.gather(1, best_flat[:, None])[:, 0]
+    best_ll = flat.gather(0, best_flat[None])[0]
+    if scale is None:
+        best_scale = torch.ones_like(best_ll)
+    else:
+        best_scale = scale.expand_as(ll).reshape(r_count * t, k, b).gather(0, best_flat[None])[0]
+    # ll is ours: turn it into the posterior in place (one big tensor instead of three).
+    post = ll.div_(temperature).add_((log_prior - math.log(r_count * t))[None, None, :, None])
+    log_z = torch.logsumexp(post.reshape(-1, b), dim=0)  # (B,)
+    post = post.sub_(log_z).exp_()
+    class_weights = post.sum(dim=(0, 1))  # (K, B)
     pmax = post.reshape(-1, b).max(dim=0).values
     significant = (post >= 1e-3 * pmax).reshape(-1, b).sum(dim=0)
     return Posteriors(class_weights, best_rot, best_shift, best_scale, best_ll, post, pmax, significant)

@@ -280,16 +280,25 @@ class OrderAccumulator:
         cx, c2 = spectra
         r_count, t, k, b = post.shape
         alpha = posteriors.best_scale.gather(0, posteriors.class_weights.argmax(dim=0)[None])[0]  # (B,)
-        # Σ_l γ_l e^{−2πi j l/R} for j = 0..R−1 (torch's FFT sign), picked at j = m mod R.
-        spec = torch.fft.fft(post.to(self.power.dtype), dim=0).to(self.numerator.dtype)  # (R, T, K, B)
-        spec = spec.transpose(1, 2)  # (R, K, T, B): rows of U are (class, shift)
-        n_orders = cx.shape[-1]
-        m = torch.arange(n_orders, device=post.device)
-        gamma = spec[m % r_count].reshape(n_orders, k * t, b)
-        y = (cx * alpha.to(cx.dtype)[:, None, None]).permute(2, 0, 1)  # (M+1, B, N+1)
-        self.numerator += torch.bmm(gamma, y).permute(1, 2, 0)
+        # γ̂_j = Σ_l γ_l e^{−2πi j l/R} for j = 0..R−1 (torch's FFT sign); order m needs γ̂_{m mod R}.
+        # Rows of U are (class, shift). Orders sharing a residue j share γ̂_j, so one batched GEMM
+        # over j takes every full run of R orders at once, and a second one the remaining orders:
+        # the (orders × KT × B) tensor of γ̂ picked per order is never formed.
+        by_class = post.to(self.power.dtype).permute(0, 2, 1, 3).reshape(r_count, k * t, b)
+        spec = torch.fft.fft(by_class, dim=0).to(self.numerator.dtype)  # (R, KT, B)
+        n_orders, n1 = cx.shape[-1], cx.shape[1]
+        y = (cx * alpha.to(cx.dtype)[:, None, None]).to(spec.dtype)  # (B, N+1, M+1)
+        n_full, rest = divmod(n_orders, r_count)
+        if n_full:
+            full = y[..., : n_full * r_count].reshape(b, n1, n_full, r_count).permute(3, 0, 2, 1)
+            out = torch.bmm(spec, full.reshape(r_count, b, n_full * n1)).reshape(r_count, k * t, n_full, n1)
+            self.numerator[..., : n_full * r_count] += out.permute(1, 3, 2, 0).reshape(k * t, n1, n_full * r_count)
+        if rest:
+            tail = y[..., n_full * r_count :].permute(2, 0, 1)  # (rest, B, N+1): orders n_full·R + j
+            self.numerator[..., n_full * r_count :] += torch.bmm(spec[:rest], tail).permute(1, 2, 0)
         m2 = torch.arange(c2.shape[-1], device=post.device)
-        gamma2 = spec[(2 * m2) % r_count].sum(dim=2)  # (Q/4+1, K, B)
+        spec2 = torch.fft.fft(post.to(self.power.dtype).sum(dim=1), dim=0).to(self.numerator.dtype)  # (R, K, B)
+        gamma2 = spec2[(2 * m2) % r_count]  # (Q/4+1, K, B)
         y2 = (c2 * (alpha * alpha).to(c2.dtype)[:, None, None]).permute(2, 0, 1)
         self.ctf2 += torch.bmm(gamma2, y2).permute(1, 2, 0)
         self.counts += posteriors.class_weights.sum(dim=1).to(self.counts.dtype)
