@@ -115,14 +115,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_mb(pid: int) -> tuple[float, float]:
-    """``(VmRSS, VmHWM)`` of a process in MB (10⁶ bytes)."""
+def rss_mb(pid: int) -> dict[str, float]:
+    """``VmRSS``, ``VmHWM`` (peak), ``RssAnon`` (heap, stacks) and ``RssFile`` (mapped files) of a
+    process in MB (10⁶ bytes), from ``/proc/<pid>/status``."""
     values = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             values[key] = int(rest.split()[0]) * 1024 / 1e6
-    return values["VmRSS"], values["VmHWM"]
+    return values
 
 
 def load_average() -> str:
@@ -346,6 +347,8 @@ class MemoryRow:
     rss_mb: float
     hwm_mb: float
     seconds: float
+    anon_mb: float = float("nan")
+    file_mb: float = float("nan")
 
 
 def feed_until(engine: Engine, microscope: Microscope, target: int, max_backlog: int, timeout_s: float) -> float:
@@ -367,8 +370,15 @@ def measure_memory(engine: Engine, microscope: Microscope, mark: int, max_backlo
     engine.wait_classified(microscope.written, timeout_s, "memory mark")
     engine.snapshot_now()
     time.sleep(2.0)
-    rss, hwm = rss_mb(engine.process.popen.pid)
-    return MemoryRow(engine.probe().classified, rss, hwm, seconds)
+    mem = rss_mb(engine.process.popen.pid)
+    return MemoryRow(
+        engine.probe().classified,
+        mem["VmRSS"],
+        mem["VmHWM"],
+        seconds,
+        mem.get("RssAnon", math.nan),
+        mem.get("RssFile", math.nan),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -531,10 +541,11 @@ def run(args: argparse.Namespace) -> int:
     if memory_rows:
         print()
         print("Engine resident memory")
-        print("| particles classified | RSS MB | peak RSS MB | feed s |")
-        print("|---:|---:|---:|---:|")
+        print("| particles classified | RSS MB | of which anonymous | of which files | peak RSS MB | feed s |")
+        print("|---:|---:|---:|---:|---:|---:|")
         for m in memory_rows:
-            print(f"| {m.particles} | {m.rss_mb:.0f} | {m.hwm_mb:.0f} | {m.seconds:.0f} |")
+            values = (m.particles, m.rss_mb, m.anon_mb, m.file_mb, m.hwm_mb, m.seconds)
+            print("| " + " | ".join(f"{v:.0f}" for v in values) + " |")
         if len(memory_rows) >= 2:
             growth = memory_rows[-1].rss_mb / memory_rows[0].rss_mb - 1.0
             print(
