@@ -221,12 +221,7 @@ def _concatenate(parts: Sequence[SimulatedParticles], order: npt.NDArray[np.int6
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(p, name) for p in parts])[order]
 
-    ctf = CtfParams(
-        **{
-            f.name: np.concatenate([getattr(p.ctf, f.name) for p in parts])[order]
-            for f in dataclasses.fields(CtfParams)
-        }
-    )
+    ctf = CtfParams.concatenate([p.ctf for p in parts]).take(order)
     names = [f.name for f in dataclasses.fields(SimulatedParticles) if f.name != "ctf"]
     return SimulatedParticles(ctf=ctf, **{name: cat(name) for name in names})
 

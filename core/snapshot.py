@@ -8,6 +8,7 @@ Class2D output, a cryoSPARC ``.cs`` and a PNG gallery. Conventions: classes are 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,23 @@ class OpticsGroup:
     amplitude_contrast: float
     image_pixel_size_angstrom: float
     image_size: int
+
+
+#: The per-particle array fields of :class:`ParticleAssignments` besides ``indices`` (and ``ctf``,
+#: ``micrograph_names``): each as long as ``indices``.
+PER_PARTICLE_ARRAYS: tuple[str, ...] = (
+    "stack_paths",
+    "optics_groups",
+    "class_index",
+    "psi_degrees",
+    "origin_x_angstrom",
+    "origin_y_angstrom",
+    "pmax",
+    "class_posterior",
+    "class_ess",
+    "n_significant",
+    "log_likelihood",
+)
 
 
 @dataclass(frozen=True)
@@ -61,19 +79,7 @@ class ParticleAssignments:
 
     def __post_init__(self) -> None:
         n = len(self.indices)
-        for name in (
-            "stack_paths",
-            "optics_groups",
-            "class_index",
-            "psi_degrees",
-            "origin_x_angstrom",
-            "origin_y_angstrom",
-            "pmax",
-            "class_posterior",
-            "class_ess",
-            "n_significant",
-            "log_likelihood",
-        ):
+        for name in PER_PARTICLE_ARRAYS:
             if len(getattr(self, name)) != n:
                 raise InputError(None, f"assignments: {name} has {len(getattr(self, name))} entries, not {n}")
         if len(self.ctf) != n:
@@ -81,6 +87,16 @@ class ParticleAssignments:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def take(self, index: npt.ArrayLike) -> ParticleAssignments:
+        """The particles at positions ``index`` (an integer array), in that order."""
+        idx = np.asarray(index, dtype=np.int64)
+        changes: dict[str, Any] = {name: np.asarray(getattr(self, name))[idx] for name in PER_PARTICLE_ARRAYS}
+        changes["indices"] = np.asarray(self.indices)[idx]
+        changes["ctf"] = self.ctf.take(idx)
+        if self.micrograph_names is not None:
+            changes["micrograph_names"] = np.asarray(self.micrograph_names)[idx]
+        return dataclasses.replace(self, **changes)
 
     def image_names(self) -> list[str]:
         """RELION ``rlnImageName`` of every particle."""
@@ -147,4 +163,4 @@ class ClassSnapshot:
         return counts / total if total > 0 else np.zeros_like(counts)
 
 
-__all__ = ["ClassSnapshot", "OpticsGroup", "ParticleAssignments"]
+__all__ = ["PER_PARTICLE_ARRAYS", "ClassSnapshot", "OpticsGroup", "ParticleAssignments"]

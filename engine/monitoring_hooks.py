@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,15 @@ from core.errors import InputError
 from core.particles import CtfParams
 from core.snapshot import ClassSnapshot, ParticleAssignments
 from monitoring.metrics import register_monitoring
-from monitoring.quality import OVERRIDE_VALUES, load_overrides, save_overrides, with_junk_scores
+from monitoring.quality import (
+    OVERRIDE_VALUES,
+    SESSION_OVERRIDES_FILE,
+    engine_class_order,
+    load_overrides,
+    overrides_for_snapshot,
+    save_overrides,
+    with_junk_scores,
+)
 from monitoring.snapshots import write_snapshot
 from monitoring.state import MonitoringState, SessionMonitor
 
@@ -59,27 +67,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: File of a session's class overrides, in its folder (``<data>/sessions/<name>/``).
-OVERRIDES_FILE = "class_overrides.json"
+OVERRIDES_FILE = SESSION_OVERRIDES_FILE
 #: ``override`` value of a ``set_class_override`` request that removes the user's override.
 CLEAR_OVERRIDE = "auto"
-
-
-def engine_class_order(snapshot: ClassSnapshot) -> list[int]:
-    """Engine class (0-based) of each snapshot class: ``order[i]`` is the engine class shown as ``i + 1``.
-
-    Read from ``snapshot.parameters["engine_class_of_snapshot_class"]`` (written by
-    ``engine.em.export``); the identity when it is absent or not a permutation of ``0..K-1``.
-    """
-    k = snapshot.n_classes
-    order = snapshot.parameters.get("engine_class_of_snapshot_class")
-    if isinstance(order, Sequence) and len(order) == k:
-        try:
-            values = [int(v) for v in order]
-        except (TypeError, ValueError):
-            values = []
-        if sorted(values) == list(range(k)):
-            return values
-    return list(range(k))
 
 
 def _placeholder(n: int, dtype: Any) -> np.ndarray:
@@ -116,29 +106,6 @@ def without_particle_table(snapshot: ClassSnapshot) -> ClassSnapshot:
         log_likelihood=_placeholder(n, np.float64),
     )
     return dataclasses.replace(snapshot, particles=particles)
-
-
-def overrides_for_snapshot(engine_overrides: Mapping[int, str], order: Sequence[int]) -> dict[int, str]:
-    """Overrides keyed by engine class number (1-based) → keyed by the snapshot's class number (1-based).
-
-    Parameters
-    ----------
-    engine_overrides
-        Engine class number (``engine class index + 1``) → ``"good"`` / ``"junk"``.
-    order
-        ``order[i]`` = engine class index shown as snapshot class ``i + 1`` (:func:`engine_class_order`).
-
-    Returns
-    -------
-    dict
-        Snapshot class number → value; overrides of classes the snapshot lacks are dropped.
-    """
-    snapshot_number = {engine: i + 1 for i, engine in enumerate(order)}
-    return {
-        snapshot_number[number - 1]: value
-        for number, value in engine_overrides.items()
-        if (number - 1) in snapshot_number
-    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -552,6 +552,51 @@ def score_snapshot(
     return with_junk_scores(snapshot, score_classes(snapshot, overrides, threshold=threshold))
 
 
+#: File of an engine session's class overrides, in its folder (``<data>/sessions/<name>/``).
+SESSION_OVERRIDES_FILE = "class_overrides.json"
+
+
+def engine_class_order(snapshot: ClassSnapshot) -> list[int]:
+    """Engine class (0-based) of each snapshot class: ``order[i]`` is the engine class shown as ``i + 1``.
+
+    Read from ``snapshot.parameters["engine_class_of_snapshot_class"]`` (written by
+    ``engine.em.export``); the identity when it is absent or not a permutation of ``0..K-1``.
+    """
+    k = snapshot.n_classes
+    order = snapshot.parameters.get("engine_class_of_snapshot_class")
+    if isinstance(order, Sequence) and not isinstance(order, str) and len(order) == k:
+        try:
+            values = [int(v) for v in order]
+        except (TypeError, ValueError):
+            values = []
+        if sorted(values) == list(range(k)):
+            return values
+    return list(range(k))
+
+
+def overrides_for_snapshot(engine_overrides: Mapping[int, str], order: Sequence[int]) -> dict[int, str]:
+    """Overrides keyed by engine class number (1-based) → keyed by the snapshot's class number (1-based).
+
+    Parameters
+    ----------
+    engine_overrides
+        Engine class number (``engine class index + 1``) → ``"good"`` / ``"junk"``.
+    order
+        ``order[i]`` = engine class index shown as snapshot class ``i + 1`` (:func:`engine_class_order`).
+
+    Returns
+    -------
+    dict
+        Snapshot class number → value; overrides of classes the snapshot lacks are dropped.
+    """
+    snapshot_number = {engine: i + 1 for i, engine in enumerate(order)}
+    return {
+        snapshot_number[number - 1]: value
+        for number, value in engine_overrides.items()
+        if (number - 1) in snapshot_number
+    }
+
+
 def load_overrides(path: str | os.PathLike[str]) -> dict[int, str]:
     """Read user overrides written by :func:`save_overrides`; an absent file means none.
 
@@ -600,15 +645,18 @@ __all__ = [
     "JUNK_SCORE_THRESHOLD",
     "OVERRIDE_VALUES",
     "RULES",
+    "SESSION_OVERRIDES_FILE",
     "EvidenceRule",
     "QualityReport",
     "class_features",
     "count_features",
     "density_centres_yx",
     "density_map",
+    "engine_class_order",
     "image_features",
     "load_overrides",
     "mask_radius_pixels",
+    "overrides_for_snapshot",
     "resolution_features",
     "save_overrides",
     "score_classes",

@@ -7,7 +7,8 @@ the status page, the gallery and ``/metrics`` show. The scores are those stored 
 they are computed from the class averages (``monitoring.quality.score_classes``). User overrides
 go on top: a snapshot of an engine session honours those set on the session
 (``<session>/class_overrides.json``, keyed by the engine's own class numbers and translated with
-``parameters["engine_class_of_snapshot_class"]`` as ``engine.monitoring_hooks`` does).
+``parameters["engine_class_of_snapshot_class"]`` by the engine's own
+``monitoring.quality.engine_class_order``).
 
 Then ``min_particles`` drops classes with fewer particles and ``max_resolution_angstrom`` drops
 classes whose resolution is worse (a larger number, or unknown). Empty classes are never kept.
@@ -25,14 +26,19 @@ import numpy.typing as npt
 
 from core.errors import InputError
 from core.snapshot import ClassSnapshot
-from monitoring.quality import JUNK_SCORE_THRESHOLD, OVERRIDE_VALUES, load_overrides, score_classes
+from monitoring.quality import (
+    JUNK_SCORE_THRESHOLD,
+    OVERRIDE_VALUES,
+    SESSION_OVERRIDES_FILE,
+    engine_class_order,
+    load_overrides,
+    overrides_for_snapshot,
+    score_classes,
+)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
-
-#: File of an engine session's class overrides (``engine.monitoring_hooks.OVERRIDES_FILE``).
-SESSION_OVERRIDES_FILE = "class_overrides.json"
 
 
 @dataclass(frozen=True)
@@ -101,21 +107,10 @@ def parse_class_numbers(text: str) -> list[int]:
 def engine_overrides_for_snapshot(engine_overrides: Mapping[int, str], snapshot: ClassSnapshot) -> dict[int, str]:
     """Overrides keyed by the engine's class number (1-based) → keyed by the snapshot's class number.
 
-    Uses ``snapshot.parameters["engine_class_of_snapshot_class"]`` (entry ``i`` is the engine
-    class, 0-based, shown as snapshot class ``i + 1``); the identity when it is absent or invalid.
+    The engine's own translation (:func:`monitoring.quality.overrides_for_snapshot` with
+    :func:`monitoring.quality.engine_class_order`).
     """
-    k = snapshot.n_classes
-    order = snapshot.parameters.get("engine_class_of_snapshot_class")
-    values: list[int] = []
-    if isinstance(order, Sequence) and not isinstance(order, str) and len(order) == k:
-        try:
-            values = [int(v) for v in order]
-        except (TypeError, ValueError):
-            values = []
-    if sorted(values) != list(range(k)):
-        values = list(range(k))
-    snapshot_number = {engine: i + 1 for i, engine in enumerate(values)}
-    return {snapshot_number[n - 1]: v for n, v in engine_overrides.items() if (n - 1) in snapshot_number}
+    return overrides_for_snapshot(engine_overrides, engine_class_order(snapshot))
 
 
 def session_overrides(snapshot_dir: str | os.PathLike[str], snapshot: ClassSnapshot) -> dict[int, str]:

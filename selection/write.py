@@ -62,28 +62,7 @@ def subset_snapshot(snapshot: ClassSnapshot, index: npt.ArrayLike) -> ClassSnaps
     index
         ``(m,)`` integer positions of the particles to keep, in the order to write them.
     """
-    idx = np.asarray(index, dtype=np.int64)
-    parts = snapshot.particles
-    changes: dict[str, Any] = {
-        name: np.asarray(getattr(parts, name))[idx]
-        for name in (
-            "stack_paths",
-            "indices",
-            "optics_groups",
-            "class_index",
-            "psi_degrees",
-            "origin_x_angstrom",
-            "origin_y_angstrom",
-            "pmax",
-            "class_posterior",
-            "class_ess",
-            "n_significant",
-            "log_likelihood",
-        )
-    }
-    changes["ctf"] = parts.ctf.take(idx)
-    changes["micrograph_names"] = None if parts.micrograph_names is None else np.asarray(parts.micrograph_names)[idx]
-    particles = dataclasses.replace(parts, **changes)
+    particles = snapshot.particles.take(index)
     counts = np.bincount(np.asarray(particles.class_index, dtype=np.int64), minlength=snapshot.n_classes)
     return dataclasses.replace(snapshot, particles=particles, particle_counts=counts.astype(np.int64))
 

@@ -13,6 +13,7 @@ from PIL import Image
 from snapshot_factory import COUNTS, make_snapshot
 
 import monitoring.snapshots as snapshots
+from core.snapshot import PER_PARTICLE_ARRAYS
 from monitoring.snapshots import LATEST_POINTER, read_latest, write_snapshot
 
 
@@ -66,3 +67,14 @@ def test_a_corrupt_pointer_is_reported(tmp_path: Path) -> None:
     (tmp_path / LATEST_POINTER).write_text('{"iteration": 3}')
     with pytest.raises(ValueError, match="not a valid snapshot pointer"):
         read_latest(tmp_path)
+
+
+def test_particle_assignments_take_keeps_every_per_particle_field_row_aligned() -> None:
+    parts = make_snapshot().particles
+    index = np.array([5, 0, 17, 5])
+    got = parts.take(index)
+    assert len(got) == 4
+    for name in ("indices", *PER_PARTICLE_ARRAYS):
+        assert list(np.asarray(getattr(got, name))) == [np.asarray(getattr(parts, name))[i] for i in index], name
+    np.testing.assert_array_equal(got.ctf.defocus_u_angstrom, parts.ctf.defocus_u_angstrom[index])
+    assert got.image_names() == [parts.image_names()[i] for i in index]
