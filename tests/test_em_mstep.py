@@ -196,3 +196,57 @@ def test_soft_accumulation_of_a_dense_posterior_equals_every_sample_as_a_weighte
     torch.testing.assert_close(a.numerator, b.numerator)
     torch.testing.assert_close(a.ctf2, b.ctf2)
     torch.testing.assert_close(a.counts, b.counts)
+
+
+def test_dense_accumulation_on_a_coarse_subgrid_equals_every_sample_as_a_weighted_pair() -> None:
+    # Adaptive marginalisation adds broad posteriors on every other rotation and a subset of the
+    # shifts (engine.em.significant): the same sums as each coarse sample added at its fine indices.
+    grid, samples, ctf, phases, _, r_count, _ = _setup(4)
+    n, t, k = samples.shape[0], len(phases), 3
+    n_orders = grid.n_angles // 2 + 1
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.tensor([0, 2, 3])  # the coarse shifts among the accumulator's
+    post = torch.rand(r_count // 2, len(rows), k, n, dtype=torch.float64, generator=gen) ** 3
+    post /= post.sum(dim=(0, 1, 2), keepdim=True)
+    alpha = torch.rand(n, dtype=torch.float64, generator=gen) + 0.5
+    spectra = data_spectra(samples, ctf, n_orders)
+    dense = OrderAccumulator.zeros(k, t, grid.n_rings, n_orders, grid.n_angles, r_count, "cpu", torch.float64)
+    dense.add_dense(spectra, samples, post, alpha, shift_rows=rows)
+    rot, sh, cls, part = (i.flatten() for i in torch.meshgrid(*(torch.arange(d) for d in post.shape), indexing="ij"))
+    pairs = OrderAccumulator.zeros(k, t, grid.n_rings, n_orders, grid.n_angles, r_count, "cpu", torch.float64)
+    pairs.add_pairs(spectra, samples, part, cls, rows[sh], 2 * rot, post.flatten(), alpha[part])
+    a, b = dense.to_stats(phases, grid.n_angles), pairs.to_stats(phases, grid.n_angles)
+    assert float(a.numerator.abs().max()) > 0
+    torch.testing.assert_close(a.numerator, b.numerator)
+    torch.testing.assert_close(a.ctf2, b.ctf2)
+    torch.testing.assert_close(a.counts, b.counts)
+    torch.testing.assert_close(a.power, b.power)
+
+
+def test_sparse_sample_accumulation_equals_the_samples_as_weighted_pairs() -> None:
+    # add_samples merges the rotations of one (class, shift, particle) before touching the sums.
+    grid, samples, ctf, phases, _, r_count, _ = _setup(6)
+    n, t, k = samples.shape[0], len(phases), 3
+    n_orders = grid.n_angles // 2 + 1
+    gen = torch.Generator().manual_seed(8)
+    m = 60
+    particle = torch.randint(0, n, (m,), generator=gen)
+    particle[:n] = torch.arange(n)  # every particle has samples
+    klass = torch.randint(0, k, (m,), generator=gen)
+    shift = torch.randint(0, t, (m,), generator=gen)
+    rotation = torch.randint(0, r_count, (m,), generator=gen)
+    klass[n : n + 4], shift[n : n + 4], particle[n : n + 4] = 1, 2, 0  # one triple with several rotations
+    weight = torch.rand(m, dtype=torch.float64, generator=gen)
+    weight /= torch.zeros(n, dtype=torch.float64).index_add_(0, particle, weight)[particle]
+    alpha = torch.rand(n, dtype=torch.float64, generator=gen) + 0.5
+    spectra = data_spectra(samples, ctf, n_orders)
+    sparse = OrderAccumulator.zeros(k, t, grid.n_rings, n_orders, grid.n_angles, r_count, "cpu", torch.float64)
+    sparse.add_samples(spectra, samples, particle, klass, shift, rotation, weight, alpha, chunk=7)
+    pairs = OrderAccumulator.zeros(k, t, grid.n_rings, n_orders, grid.n_angles, r_count, "cpu", torch.float64)
+    pairs.add_pairs(spectra, samples, particle, klass, shift, rotation, weight, alpha[particle])
+    a, b = sparse.to_stats(phases, grid.n_angles), pairs.to_stats(phases, grid.n_angles)
+    assert float(a.numerator.abs().max()) > 0
+    torch.testing.assert_close(a.numerator, b.numerator)
+    torch.testing.assert_close(a.ctf2, b.ctf2)
+    torch.testing.assert_close(a.counts, b.counts)
+    torch.testing.assert_close(a.power, b.power)

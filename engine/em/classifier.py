@@ -42,6 +42,7 @@ from engine.em.estep import (
     marginal_posteriors,
     ring_weights,
     score_chunk,
+    score_products,
 )
 from engine.em.fold import make_fold_plan
 from engine.em.geometry import Geometry, make_geometry
@@ -62,6 +63,7 @@ from engine.em.preprocess import radius_map, soft_circular_mask
 from engine.em.references import ClassMasks, apply_constraints, build_references
 from engine.em.reseed import reseed_empty_classes
 from engine.em.schedule import posterior_temperature, step_size
+from engine.em.significant import SampleWeights, adaptive_posteriors, make_coarse_grid
 from engine.em.state import ClassifierState, pack_state, unpack_state
 
 #: Classes whose prior falls below this fraction of 1/K are reseeded during online EM.
@@ -158,6 +160,9 @@ class Classifier:
         self.chunk_size = chunk_size
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(params.seed))
+        self.coarse_grid = make_coarse_grid(self.shifts, g.shift_step, self.cross_plan)
+        #: Marginalise over every sample instead of the significant ones (the exhaustive reference).
+        self.exhaustive_marginalisation = False
         # State
         self.stats: SufficientStats | None = None
         self.variance = math.inf
@@ -309,8 +314,11 @@ class Classifier:
         self.tau2 = ring_power(self.references).to(self.dtype)
 
     # ------------------------------------------------------------------ E-step
+    def _log_prior(self, dtype: torch.dtype) -> torch.Tensor:
+        return torch.log(self.class_priors().clamp(min=1e-6 / self.n_classes)).to(dtype)
+
     def _posteriors(self, scores: Any, temperature: float) -> Posteriors:
-        log_prior = torch.log(self.class_priors().clamp(min=1e-6 / self.n_classes)).to(scores.norm.dtype)
+        log_prior = self._log_prior(scores.norm.dtype)
         if self.force_max:
             return force_max_posteriors(scores, log_prior, temperature, self.params.per_particle_scale)
         return marginal_posteriors(scores, log_prior, temperature, self.params.per_particle_scale)
@@ -377,6 +385,25 @@ class Classifier:
         parts: list[Assignments] = []
         for _, samples, ctf in self._chunks(batch):
             spectra = data_spectra(samples, ctf, self.n_orders)
+            if not self.force_max and not self.exhaustive_marginalisation:
+                scores = score_products(
+                    bank, spectra[0], samples, ctf, weights, self.gemm_dtype, self.native_low_precision
+                )
+                if scores.products is None:
+                    raise RuntimeError("score_products returned no GEMM products")
+                post, sample_weights = adaptive_posteriors(
+                    scores.products,
+                    scores.norm,
+                    scores.power,
+                    self.coarse_grid,
+                    self._log_prior(scores.norm.dtype),
+                    temp,
+                    self.params.per_particle_scale,
+                )
+                parts.append(self._assignments(post))
+                if accumulator is not None:
+                    self._add_adaptive(accumulator, spectra, samples, sample_weights)
+                continue
             scores = score_chunk(
                 bank,
                 spectra[0],
@@ -396,6 +423,35 @@ class Classifier:
             else:
                 accumulator.add_posteriors(spectra, samples, post)
         return Assignments.concatenate(parts)
+
+    def _add_adaptive(
+        self,
+        accumulator: OrderAccumulator,
+        spectra: tuple[torch.Tensor, torch.Tensor],
+        samples: torch.Tensor,
+        weights: SampleWeights,
+    ) -> None:
+        """M-step sums of an adaptive E-step: coarse posteriors densely, fine samples sparsely."""
+        coarse = weights.coarse_particles
+        if len(coarse):
+            accumulator.add_dense(
+                (spectra[0].index_select(0, coarse), spectra[1].index_select(0, coarse)),
+                samples.index_select(0, coarse),
+                weights.coarse_posterior,
+                weights.alpha.index_select(0, coarse),
+                shift_rows=self.coarse_grid.coarse_shifts,
+            )
+        if len(weights.particle):
+            accumulator.add_samples(
+                spectra,
+                samples,
+                weights.particle,
+                weights.klass,
+                weights.shift,
+                weights.rotation,
+                weights.weight,
+                weights.alpha,
+            )
 
     def _reference_bank(self) -> ReferenceBank:
         """The shifted references laid out for the GEMMs, rebuilt only when the classes changed."""

@@ -258,10 +258,43 @@ def score_chunk(
         # Only the best rotation's shift is needed: recomputed later from the GEMM result.
         products = low_precision_bmm(bank.cross, pmat, gemm_dtype, native_low_precision, workspace)
         corr_max, corr_argmax = max_over_shifts(products, bank.cross_plan, t, track_argmax=False)
-    c2 = torch.fft.rfft(w[None, :, None] * ctf * ctf, dim=-1)
-    norm = folded_correlation(bank.norm, particle_matrix(c2, bank.norm_plan), bank.norm_plan)
-    power = (w[None, :, None] * (samples.real**2 + samples.imag**2)).sum(dim=(1, 2))
+    norm, power = norm_and_power(bank, samples, ctf, w)
     return ChunkScores(corr, corr_max, corr_argmax, norm, power, products, bank.cross_plan)
+
+
+def score_products(
+    bank: ReferenceBank,
+    spectrum: torch.Tensor,
+    samples: torch.Tensor,
+    ctf: torch.Tensor,
+    ring_weights: torch.Tensor,
+    gemm_dtype: torch.dtype | None = None,
+    native_low_precision: bool = False,
+) -> ChunkScores:
+    """The folded GEMM of a chunk without any rotation transform (adaptive marginalisation,
+    :mod:`engine.em.significant`, transforms only the samples it needs).
+
+    Parameters as in :func:`score_chunk`; the result has ``products`` (valid until the bank's
+    workspace is reused by the next chunk), ``norm`` and ``power``, and neither ``corr`` nor
+    ``corr_max``.
+    """
+    w = ring_weights.to(ctf.dtype)
+    spec = spectrum[..., : bank.cross_plan.n_orders] * (2.0 * w)[None, :, None]
+    pmat = particle_matrix(spec, bank.cross_plan)
+    workspace = bank.buffer((bank.cross_plan.n_bins, bank.cross.shape[1], pmat.shape[-1]))
+    products = low_precision_bmm(bank.cross, pmat, gemm_dtype, native_low_precision, workspace)
+    norm, power = norm_and_power(bank, samples, ctf, w)
+    return ChunkScores(None, None, None, norm, power, products, bank.cross_plan)
+
+
+def norm_and_power(
+    bank: ReferenceBank, samples: torch.Tensor, ctf: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R, K, B)`` norm terms ``⟨C², |R_ψ A_k|²⟩_ω`` and ``(B,)`` powers ``‖X‖²_ω`` (``weights``: ``ω_r``)."""
+    c2 = torch.fft.rfft(weights[None, :, None] * ctf * ctf, dim=-1)
+    norm = folded_correlation(bank.norm, particle_matrix(c2, bank.norm_plan), bank.norm_plan)
+    power = (weights[None, :, None] * (samples.real**2 + samples.imag**2)).sum(dim=(1, 2))
+    return norm, power
 
 
 @dataclass(frozen=True)
@@ -387,6 +420,8 @@ __all__ = [
     "build_reference_bank",
     "force_max_posteriors",
     "marginal_posteriors",
+    "norm_and_power",
     "ring_weights",
     "score_chunk",
+    "score_products",
 ]

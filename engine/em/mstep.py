@@ -277,32 +277,124 @@ class OrderAccumulator:
         post = posteriors.sample_posterior
         if post is None:
             raise ValueError("a marginalising M-step needs the sample posteriors")
+        alpha = posteriors.best_scale.gather(0, posteriors.class_weights.argmax(dim=0)[None])[0]  # (B,)
+        self.add_dense(spectra, samples, post, alpha)
+
+    def add_dense(
+        self,
+        spectra: tuple[torch.Tensor, torch.Tensor],
+        samples: torch.Tensor,
+        post: torch.Tensor,
+        alpha: torch.Tensor,
+        shift_rows: torch.Tensor | None = None,
+    ) -> None:
+        """Add posteriors over a regular grid of poses, as GEMMs over the particles.
+
+        Parameters
+        ----------
+        spectra, samples
+            ``data_spectra`` and polar samples of the ``B`` particles.
+        post
+            ``(R', T', K, B)`` posterior of each (rotation, shift, class) sample, summing to one per
+            particle. The rotations are ``ψ_l = 2π·l/R'``: every rotation (``R' = R``) or every
+            ``R/R'``-th one.
+        alpha
+            ``(B,)`` per-particle scale.
+        shift_rows
+            ``(T',)`` int64 indices of the ``T'`` shifts among the accumulator's (default: all).
+        """
         cx, c2 = spectra
         r_count, t, k, b = post.shape
-        alpha = posteriors.best_scale.gather(0, posteriors.class_weights.argmax(dim=0)[None])[0]  # (B,)
-        # γ̂_j = Σ_l γ_l e^{−2πi j l/R} for j = 0..R−1 (torch's FFT sign); order m needs γ̂_{m mod R}.
+        # γ̂_j = Σ_l γ_l e^{−2πi j l/R'} for j = 0..R'−1 (torch's FFT sign); order m needs γ̂_{m mod R'}.
         # Rows of U are (class, shift). Orders sharing a residue j share γ̂_j, so one batched GEMM
-        # over j takes every full run of R orders at once, and a second one the remaining orders:
+        # over j takes every full run of R' orders at once, and a second one the remaining orders:
         # the (orders × KT × B) tensor of γ̂ picked per order is never formed.
         by_class = post.to(self.power.dtype).permute(0, 2, 1, 3).reshape(r_count, k * t, b)
-        spec = torch.fft.fft(by_class, dim=0).to(self.numerator.dtype)  # (R, KT, B)
+        spec = torch.fft.fft(by_class, dim=0).to(self.numerator.dtype)  # (R', KT', B)
         n_orders, n1 = cx.shape[-1], cx.shape[1]
         y = (cx * alpha.to(cx.dtype)[:, None, None]).to(spec.dtype)  # (B, N+1, M+1)
         n_full, rest = divmod(n_orders, r_count)
+        if shift_rows is None:
+            target = self.numerator
+        else:
+            target = torch.zeros(k * t, n1, n_orders, dtype=self.numerator.dtype, device=self.numerator.device)
         if n_full:
             full = y[..., : n_full * r_count].reshape(b, n1, n_full, r_count).permute(3, 0, 2, 1)
             out = torch.bmm(spec, full.reshape(r_count, b, n_full * n1)).reshape(r_count, k * t, n_full, n1)
-            self.numerator[..., : n_full * r_count] += out.permute(1, 3, 2, 0).reshape(k * t, n1, n_full * r_count)
+            target[..., : n_full * r_count] += out.permute(1, 3, 2, 0).reshape(k * t, n1, n_full * r_count)
         if rest:
-            tail = y[..., n_full * r_count :].permute(2, 0, 1)  # (rest, B, N+1): orders n_full·R + j
-            self.numerator[..., n_full * r_count :] += torch.bmm(spec[:rest], tail).permute(1, 2, 0)
+            tail = y[..., n_full * r_count :].permute(2, 0, 1)  # (rest, B, N+1): orders n_full·R' + j
+            target[..., n_full * r_count :] += torch.bmm(spec[:rest], tail).permute(1, 2, 0)
+        if shift_rows is not None:
+            rows = (torch.arange(k, device=post.device)[:, None] * self.n_shifts + shift_rows[None, :]).flatten()
+            torch.view_as_real(self.numerator).index_add_(0, rows, torch.view_as_real(target))
         m2 = torch.arange(c2.shape[-1], device=post.device)
-        spec2 = torch.fft.fft(post.to(self.power.dtype).sum(dim=1), dim=0).to(self.numerator.dtype)  # (R, K, B)
+        spec2 = torch.fft.fft(post.to(self.power.dtype).sum(dim=1), dim=0).to(self.numerator.dtype)  # (R', K, B)
         gamma2 = spec2[(2 * m2) % r_count]  # (Q/4+1, K, B)
         y2 = (c2 * (alpha * alpha).to(c2.dtype)[:, None, None]).permute(2, 0, 1)
         self.ctf2 += torch.bmm(gamma2, y2).permute(1, 2, 0)
-        self.counts += posteriors.class_weights.sum(dim=1).to(self.counts.dtype)
+        self.counts += post.sum(dim=(0, 1, 3)).to(self.counts.dtype)
         self.add_power(samples, torch.ones(b, dtype=self.power.dtype, device=samples.device))
+
+    def add_samples(
+        self,
+        spectra: tuple[torch.Tensor, torch.Tensor],
+        samples: torch.Tensor,
+        particle: torch.Tensor,
+        klass: torch.Tensor,
+        shift: torch.Tensor,
+        rotation: torch.Tensor,
+        weight: torch.Tensor,
+        alpha: torch.Tensor,
+        chunk: int = 1024,
+    ) -> None:
+        """Add a sparse posterior: individual (particle, class, shift, rotation) samples.
+
+        Samples of one (class, shift, particle) share the particle's spectrum, so their rotations
+        are summed into one weight per order first, ``W(m) = Σ_l w·α·e^{−i·m·ψ_l}``; the ``C²``
+        weights likewise per (class, particle). Each particle's weights must sum to one.
+
+        Parameters
+        ----------
+        spectra, samples
+            ``data_spectra`` and polar samples of the chunk's ``B`` particles.
+        particle, klass, shift, rotation
+            ``(P,)`` int64 sample indices (shift and rotation on the accumulator's grids).
+        weight
+            ``(P,)`` posterior of each sample.
+        alpha
+            ``(B,)`` per-particle scale.
+        chunk
+            (class, shift, particle) triples handled at a time.
+        """
+        cx, c2 = spectra
+        b = samples.shape[0]
+        rdtype = self.power.dtype
+        device = self.numerator.device
+        a = alpha.to(rdtype)[particle]
+        triple, where = torch.unique((klass * self.n_shifts + shift) * b + particle, return_inverse=True)
+        phase = self._rotation_phases(rotation, cx.shape[-1], 1) * (weight.to(rdtype) * a)[:, None]  # (P, M+1)
+        w_order = torch.zeros(len(triple), cx.shape[-1], dtype=cx.dtype, device=device)
+        torch.view_as_real(w_order).index_add_(0, where, torch.view_as_real(phase))
+        row = torch.div(triple, b, rounding_mode="floor")
+        owner = triple % b
+        for start in range(0, len(triple), chunk):
+            sl = slice(start, start + chunk)
+            values = self._buffer("num", (len(owner[sl]), *cx.shape[1:]), cx.dtype)
+            torch.index_select(cx, 0, owner[sl], out=values)
+            values.mul_(w_order[sl][:, None, :])
+            torch.view_as_real(self.numerator).index_add_(0, row[sl], torch.view_as_real(values))
+        pair, where2 = torch.unique(klass * b + particle, return_inverse=True)
+        phase2 = self._rotation_phases(rotation, c2.shape[-1], 2) * (weight.to(rdtype) * a * a)[:, None]
+        w2 = torch.zeros(len(pair), c2.shape[-1], dtype=c2.dtype, device=device)
+        torch.view_as_real(w2).index_add_(0, where2, torch.view_as_real(phase2))
+        values2 = c2.index_select(0, pair % b) * w2[:, None, :]
+        torch.view_as_real(self.ctf2).index_add_(
+            0, torch.div(pair, b, rounding_mode="floor"), torch.view_as_real(values2)
+        )
+        self.counts.index_add_(0, klass, weight.to(rdtype))
+        per_particle = torch.zeros(b, dtype=rdtype, device=device).index_add_(0, particle, weight.to(rdtype))
+        self.add_power(samples, per_particle)
 
     def to_stats(self, phases: torch.Tensor, n_angles: int) -> SufficientStats:
         """Class-frame statistics: ``B_k = Σ_t U_kt·conj(phase_t)`` in polar space, ``D_k``.
