@@ -17,6 +17,7 @@ from em_synthetic import SyntheticSet, best_rotational_correlation, make_particl
 
 from core.config import Class2DParams
 from core.snapshot import ClassSnapshot
+from engine.em import driver
 from engine.em.classifier import Classifier, TensorBatch
 from engine.em.driver import BatchList, ClassificationResult, Progress, classify_batches
 from engine.em.schedule import posterior_temperature, step_size
@@ -143,6 +144,29 @@ def test_deterministic_on_cpu_for_a_seed(data: SyntheticSet) -> None:
     assert torch.equal(a.classifier.class_averages(), b.classifier.class_averages())
     c = classify_batches(sub, _params(n_classes=4, online_em_iterations=3, batch_size_per_class=20, seed=5))
     assert not torch.equal(a.classifier.class_averages(), c.classifier.class_averages())
+
+
+def test_particles_prepared_once_give_the_same_classification(
+    data: SyntheticSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The driver keeps every prepared particle when they fit in its budget; without the budget
+    # each mini-batch is read and prepared again. Both must classify identically.
+    params = _params(n_classes=4, online_em_iterations=3, batch_size_per_class=20, force_max_over_poses=False)
+    sub = data.batch.take(np.arange(120))
+    kept = classify_batches(sub, params)
+    calls: list[object] = []
+    original = driver.prepare_all
+
+    def no_budget(source: object, clf: Classifier, chunk: int) -> object:
+        calls.append(original(source, clf, chunk, budget_bytes=0))  # type: ignore[arg-type]
+        return calls[-1]
+
+    monkeypatch.setattr(driver, "prepare_all", no_budget)
+    again = classify_batches(sub, params)
+    assert calls == [None]
+    assert torch.equal(kept.assignments.class_index, again.assignments.class_index)
+    assert torch.equal(kept.assignments.psi_degrees, again.assignments.psi_degrees)
+    torch.testing.assert_close(kept.classifier.class_averages(), again.classifier.class_averages())
 
 
 def test_state_dict_round_trip_gives_identical_results(data: SyntheticSet, tmp_path: Path) -> None:

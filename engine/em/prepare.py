@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import torch
 
 from core.errors import InputError
-from engine.em.batch import BatchLike, TensorBatch
+from core.particles import ParticleBatch
+from engine.em.batch import BatchLike, PreparedBatch, TensorBatch
 from engine.em.ctf import CtfTensors, ctf_basis, relion_ctf
 from engine.em.geometry import Geometry
 from engine.em.polar import PolarGrid, image_to_polar
@@ -48,7 +49,7 @@ class ParticlePreparer:
         self._fy = fy[:, : geometry.n_angles // 2].to(dtype).contiguous()
         self._basis = ctf_basis(self._fx, self._fy)
 
-    def tensors(self, batch: BatchLike) -> TensorBatch:
+    def tensors(self, batch: ParticleBatch | TensorBatch) -> TensorBatch:
         """``batch`` as tensors on the device, after checking its box and pixel size.
 
         Raises
@@ -86,7 +87,22 @@ class ParticlePreparer:
         return samples, self.ctf(ctf)
 
     def chunks(self, batch: BatchLike, size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-        """``(slice, samples, ctf)`` of ``batch`` in chunks of ``size`` particles."""
+        """``(slice, samples, ctf)`` of ``batch`` in chunks of ``size`` particles.
+
+        Raises
+        ------
+        InputError
+            If a ``PreparedBatch`` was prepared for another polar grid.
+        """
+        if isinstance(batch, PreparedBatch):
+            shape = (self.grid.n_rings + 1, self.grid.n_angles)
+            if tuple(batch.samples.shape[1:]) != shape or tuple(batch.ctf.shape[1:]) != shape:
+                got = tuple(batch.samples.shape[1:])
+                raise InputError(None, f"prepared particles of shape {got}, expected {shape}")
+            for start in range(0, len(batch), size):
+                sl = slice(start, min(start + size, len(batch)))
+                yield sl, batch.samples[sl].to(self.device), batch.ctf[sl].to(self.device)
+            return
         tb = self.tensors(batch)
         for start in range(0, len(tb), size):
             sl = slice(start, min(start + size, len(tb)))
