@@ -442,6 +442,8 @@ class EngineService:
                 "queue_depth": self.worker.queue_depth(),
                 "latency": self.worker.latency_quantiles(),
                 "worker_busy_s": self.worker.busy_seconds,
+                "heap_trims": self.worker.heap.trims,
+                "heap_trim_s": self.worker.heap.seconds,
                 "sessions": len(self._all_sessions()),
                 "broken_sessions": dict(self.broken_sessions),
             },

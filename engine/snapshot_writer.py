@@ -11,10 +11,7 @@ snapshots older than the newest ``keep`` are deleted (``latest.json`` always nam
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
-import gc
 import logging
 import queue
 import threading
@@ -28,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from core.snapshot import ClassSnapshot, ParticleAssignments
+from engine.heap import trim_heap
 from engine.metrics import EngineMetrics
 from engine.session import Session
 
@@ -60,21 +58,6 @@ class SnapshotRecord:
     seconds: float
     #: particles per class (engine class numbers, not the snapshot's size order)
     class_counts: list[int]
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by a big snapshot back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Writing a snapshot of 10⁵ particles allocates and frees hundreds of MB (tables, strings); without
-    this the allocator keeps the pages and the engine's resident size ratchets up with every
-    snapshot, although nothing is held.
-    """
-    gc.collect()
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def prune_snapshots(snapshot_dir: Path, newest: int, keep: int) -> int:
@@ -209,7 +192,9 @@ class SnapshotWriter:
             except Exception:
                 log.exception("session %s: a snapshot listener failed", session.name)
         del particles, snapshot
-        release_freed_memory()
+        # The tables of a big snapshot (10⁵ particles: hundreds of MB, allocated and freed here)
+        # would otherwise stay in this thread's malloc arena, and the resident size would ratchet up.
+        trim_heap(collect=True)
 
 
 __all__ = [
@@ -219,5 +204,4 @@ __all__ = [
     "SnapshotWrite",
     "SnapshotWriter",
     "prune_snapshots",
-    "release_freed_memory",
 ]

@@ -9,7 +9,10 @@ device. Each round it serves the sessions in turn:
    it arrives);
 3. checkpoints and snapshots fall due every N particles or T seconds, or on request;
 4. only when no session has anything to fold, one revisit step (E-step only) re-judges already
-   folded particles.
+   folded particles;
+5. after a checkpoint, and in a round with nothing to fold, freed heap memory is handed back to the
+   OS (:class:`engine.heap.HeapTrimmer`, at most once per ``heap_trim_seconds``), so that the
+   engine's resident size follows what it holds rather than the high-water mark of the last burst.
 
 The server thread calls :meth:`Worker.notify` after each durable append; control requests
 (snapshot, checkpoint) are queued and served between steps. :meth:`Worker.stop` folds what is
@@ -34,6 +37,7 @@ import torch
 from core.snapshot import ClassSnapshot, ParticleAssignments
 from engine.classifier_port import ClassifierFactory
 from engine.folding import Phase, SessionFolder
+from engine.heap import HeapTrimmer
 from engine.journal import JournalSlice
 from engine.metrics import EngineMetrics
 from engine.session import Session
@@ -67,6 +71,9 @@ class WorkerConfig:
         engine folding 2,000 particles every few seconds would otherwise write them back to back.
     revisit
         Whether idle time is used to re-judge cached particles.
+    heap_trim_seconds
+        Shortest interval between two trims of the heap (:mod:`engine.heap`) after checkpoints
+        and in rounds with nothing to fold; 0 disables them.
     """
 
     max_step_particles: int = 2048
@@ -77,6 +84,7 @@ class WorkerConfig:
     snapshot_seconds: float = 30.0
     snapshot_min_seconds: float = 10.0
     revisit: bool = True
+    heap_trim_seconds: float = 10.0
 
 
 def _due(done: int, every: int, elapsed_s: float, seconds: float) -> bool:
@@ -114,6 +122,7 @@ class Worker:
         self.busy_seconds = 0.0
         #: file → classified latencies (s) of the most recently folded particles
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
+        self.heap = HeapTrimmer(config.heap_trim_seconds)
 
     # ------------------------------------------------------------------ called from other threads
 
@@ -200,13 +209,17 @@ class Worker:
     def _round(self) -> bool:
         """One pass over the sessions; whether anything was done."""
         worked = self._serve_requests()
+        folded = False
         for folder in self.folders():
             if self._stopping.is_set():
                 break
             if folder.has_work():
                 self._step(folder)
-                worked = True
+                folded = True
             self._cadence(folder)
+        if not folded and not self._stopping.is_set():
+            self.heap.maybe_trim()  # nothing to fold: return what the last steps and writes freed
+        worked = worked or folded
         if not worked and self.config.revisit and not self._stopping.is_set():
             for folder in self.folders():
                 if folder.wants_revisit():
@@ -224,6 +237,7 @@ class Worker:
             return
         seconds = time.monotonic() - start
         self.busy_seconds += seconds
+        self.heap.note_work()
         self._observe(part, seconds)
 
     def _observe(self, part: JournalSlice, seconds: float) -> None:
@@ -242,6 +256,7 @@ class Worker:
             folder.fail(exc)
             return
         self.busy_seconds += time.monotonic() - start
+        self.heap.note_work()
         self.metrics.particles_revisited.inc(n)
 
     def _cadence(self, folder: SessionFolder) -> None:
@@ -287,6 +302,8 @@ class Worker:
         except Exception:
             log.exception("session %s: checkpoint failed (the previous one stays)", folder.name)
             return
+        self.heap.note_work()
+        self.heap.maybe_trim()
         if size:
             log.info(
                 "session %s: checkpoint at %d particles (%.1f MB, %.2f s)",

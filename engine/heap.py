@@ -1,0 +1,140 @@
+"""Handing heap memory that the engine has freed back to the operating system (glibc ``malloc_trim``).
+
+CPython, NumPy and torch take their large temporaries from the C allocator. glibc keeps what is
+freed inside its arenas (one per thread that allocates) for reuse, so after a burst — a snapshot of
+10⁵ particles, a checkpoint, the steps of a busy period — the engine's resident size stays near the
+burst's high-water mark although nothing is held any more. ``malloc_trim(0)`` returns the free
+pages of every arena to the kernel (``madvise(MADV_DONTNEED)``; the next allocation that needs them
+gets fresh zero pages). C libraries without it (musl, macOS, Windows) make every trim here a no-op,
+logged once at debug level.
+
+:class:`HeapTrimmer` rate-limits the trims of one thread: the worker trims after a checkpoint and
+when it has nothing to fold, at most once per interval and only if it did anything since the last.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+#: ``malloc_trim(pad) -> int`` of the C library (1: memory was released).
+MallocTrim = Callable[[int], int]
+
+
+@functools.cache
+def malloc_trim_function() -> MallocTrim | None:
+    """The C library's ``malloc_trim``, or ``None`` where there is none (looked up once).
+
+    Returns
+    -------
+    callable or None
+        ``malloc_trim(pad)``; ``pad`` bytes are left untrimmed at the top of the main heap.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError, TypeError) as exc:
+        log.debug("no malloc_trim in the C library (%s): freed heap is not handed back to the OS", exc)
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim  # type: ignore[no-any-return]
+
+
+def trim_heap(*, collect: bool = False) -> bool:
+    """Hand the free pages of every malloc arena back to the OS now.
+
+    Parameters
+    ----------
+    collect
+        First run a full garbage collection (``gc.collect()``), so that unreachable cycles holding
+        big arrays are freed before the trim. Costs tens of ms in a large process.
+
+    Returns
+    -------
+    bool
+        Whether the C library has ``malloc_trim`` (the trim ran); ``False`` means a no-op.
+    """
+    if collect:
+        gc.collect()
+    trim = malloc_trim_function()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+class HeapTrimmer:
+    """Trims the heap (:func:`trim_heap`) at most once per ``min_interval_s``, and only after work.
+
+    The owner calls :meth:`note_work` after anything that allocates a lot (a step, a checkpoint)
+    and :meth:`maybe_trim` where a trim is welcome; an engine that stays idle is not trimmed again
+    and again.
+
+    Parameters
+    ----------
+    min_interval_s
+        Shortest time between two trims by :meth:`maybe_trim`, seconds; 0 or less disables
+        :meth:`maybe_trim` (explicit :meth:`trim` calls still trim).
+    clock
+        Monotonic seconds.
+    trim
+        The trim itself (default :func:`trim_heap`); returns whether it could trim.
+    """
+
+    def __init__(
+        self,
+        min_interval_s: float = 10.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        trim: Callable[[], bool] = trim_heap,
+    ) -> None:
+        self.min_interval_s = float(min_interval_s)
+        self._clock = clock
+        self._trim = trim
+        self._last = clock()
+        self._worked = False
+        #: trims done, and the seconds they took
+        self.trims = 0
+        self.seconds = 0.0
+
+    def note_work(self) -> None:
+        """Something allocated and freed memory since the last trim: the next :meth:`maybe_trim` may trim."""
+        self._worked = True
+
+    def trim(self) -> bool:
+        """Trim now; returns whether the C library could."""
+        start = self._clock()
+        done = self._trim()
+        end = self._clock()
+        self._last = end
+        self._worked = False
+        if done:
+            self.trims += 1
+            self.seconds += end - start
+            ms = 1e3 * (end - start)
+            log.debug("heap trimmed in %.1f ms (%d trims, %.2f s in all)", ms, self.trims, self.seconds)
+        return done
+
+    def maybe_trim(self) -> bool:
+        """Trim if there was work since the last trim and that was at least ``min_interval_s`` ago.
+
+        Returns
+        -------
+        bool
+            Whether it trimmed.
+        """
+        if not self._worked or self.min_interval_s <= 0 or self._clock() - self._last < self.min_interval_s:
+            return False
+        return self.trim()
+
+
+__all__ = ["HeapTrimmer", "MallocTrim", "malloc_trim_function", "trim_heap"]
