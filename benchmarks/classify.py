@@ -352,7 +352,7 @@ def comparison_rows(
     skip_relion: bool,
     relion_iterations: int,
     otf2d_extra: Sequence[str],
-    cuda: bool,
+    devices: Sequence[str],
 ) -> list[Row]:
     """Simulate one session, classify it with otf2d (and RELION), score both against the truth."""
     cfg = SimulationConfig(n_particles=n_particles, n_micrographs=max(1, n_particles // 100), snr=snr, seed=11)
@@ -362,11 +362,11 @@ def comparison_rows(
     diameter = particle_diameter_angstrom(summary)
     rows = []
     # cryoSPARC's default for K <= 20 is marginalisation; the force-max row shows the other mode's cost.
-    runs: list[tuple[str, str, list[str]]] = [("cpu", "default O-EM", [])]
-    if k <= 20:
-        runs.append(("cpu", "O-EM force-max", ["--force-max"]))
-    if cuda:
-        runs.append(("cuda", "default O-EM", []))
+    runs: list[tuple[str, str, list[str]]] = []
+    for device in devices:
+        runs.append((device, "default O-EM", []))
+        if k <= 20:
+            runs.append((device, "O-EM force-max", ["--force-max"]))
     for device, label, flags in runs:
         job = f"otf2d_{device}" + ("_force_max" if flags else "")
         cmd = otf2d_command(summary, k, diameter, threads, device, [*otf2d_extra, *flags], job)
@@ -529,6 +529,19 @@ def target_lines(rows: Sequence[Row]) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
+def devices_to_run(spec: str) -> list[str]:
+    """The devices of ``--devices``: ``auto`` is the CPU, plus CUDA when torch sees a GPU."""
+    if spec == "auto":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    unknown = sorted(set(devices) - {"cpu", "cuda"})
+    if unknown or not devices:
+        raise SystemExit(f"--devices {spec!r}: expected 'auto' or a comma-separated list of cpu, cuda")
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise SystemExit("--devices names cuda, but torch sees no CUDA device here")
+    return devices
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The benchmark's options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -547,6 +560,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--relion-particles", type=int, default=None, help="particles of the RELION session")
     parser.add_argument("--relion-classes", type=int, default=None, help="K of the RELION comparison")
     parser.add_argument("--snr", type=float, default=0.1, help="SNR of the RELION session (default 0.1)")
+    parser.add_argument(
+        "--devices",
+        default="auto",
+        help="where otf2d runs: 'cpu', 'cuda' or 'cpu,cuda' (default auto: the CPU, and CUDA when torch sees a GPU)",
+    )
     return parser.parse_args(argv)
 
 
@@ -567,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     k_c = args.relion_classes or (3 if quick else DEFAULT_RELION_CLASSES)
     relion_iterations = 2 if quick else RELION_ITERATIONS
     otf2d_extra = ["--online-em-iterations", "2", "--batch-per-class", "20"] if quick else []
-    cuda = torch.cuda.is_available()
+    devices = devices_to_run(args.devices)
+    cuda = "cuda" in devices
 
     started = time.perf_counter()
     print(
@@ -578,7 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     batch = simulated_batch(out / "throughput", n_t, seed=3)
-    rows = throughput_rows(batch, ks, torch.device("cpu"), repeats, n_native, threads)
+    rows: list[Row] = []
+    if "cpu" in devices:
+        rows += throughput_rows(batch, ks, torch.device("cpu"), repeats, n_native, threads)
     if cuda:
         rows += throughput_rows(batch, ks, torch.device("cuda"), repeats, n_t, threads)
     rows += comparison_rows(
@@ -590,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_relion=args.skip_relion,
         relion_iterations=relion_iterations,
         otf2d_extra=otf2d_extra,
-        cuda=cuda,
+        devices=devices,
     )
     print()
     print(render_table(rows))
