@@ -28,6 +28,11 @@ or junk (kept in the session folder, applied to every later snapshot, kept acros
 CPU threads: ``--threads N`` sets torch's intra-op threads (default one per core). On a small
 machine that also runs the streamer, one thread avoids OpenMP oversubscription, which can make
 classification steps tens of times slower.
+
+Memory: blocks of ``--mmap-threshold-mb`` (default 4) and more are mapped on their own and handed
+back to the OS when freed, so the heap does not fragment under the steps' large tensors and the
+engine's size stays flat however many particles it has seen (:mod:`engine.heap`); 0 keeps the C
+library's own (dynamic) threshold, and a ``MALLOC_MMAP_THRESHOLD_`` in the environment wins.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from core.config import Class2DParams, VerdictConfig, load_config
 from core.errors import ConfigError
+from engine.heap import MAX_MMAP_THRESHOLD_BYTES, set_mmap_threshold
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -54,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Port of the status page and /metrics when ``--http-port`` is not given (deploy/ scrapes it).
 DEFAULT_HTTP_PORT = 8001
+#: Default of ``--mmap-threshold-mb`` (measured in :mod:`engine.heap`).
+DEFAULT_MMAP_THRESHOLD_MB = 4.0
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +97,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="CPU threads of the tensor math (default: torch's, one per core); on a small machine shared with "
         "the streamer, 1 avoids oversubscription",
+    )
+    parser.add_argument(
+        "--mmap-threshold-mb",
+        type=float,
+        default=DEFAULT_MMAP_THRESHOLD_MB,
+        help="allocations of this many MB or more get their own mapping, returned to the OS when freed, so "
+        "the heap does not fragment (default %(default)g; 0: the C library's dynamic threshold)",
     )
     parser.add_argument(
         "--http-port",
@@ -159,6 +175,20 @@ def start_status_server(
     return server
 
 
+def apply_mmap_threshold(threshold_mb: float) -> None:
+    """Fix the C library's mmap threshold at ``threshold_mb`` (0: leave it; see :mod:`engine.heap`)."""
+    limit_mb = MAX_MMAP_THRESHOLD_BYTES / 2**20
+    if not 0 <= threshold_mb <= limit_mb:
+        raise ConfigError(None, f"--mmap-threshold-mb must be 0 .. {limit_mb:g}, got {threshold_mb:g}")
+    if threshold_mb == 0:
+        return
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        log.info("MALLOC_MMAP_THRESHOLD_ is set in the environment: --mmap-threshold-mb is not applied")
+        return
+    if not set_mmap_threshold(max(1, round(threshold_mb * 2**20))):
+        log.info("the C library has no mallopt: --mmap-threshold-mb is not applied")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the engine until SIGTERM / SIGINT; returns 0 after a clean stop."""
     if args.metrics_port is not None and args.metrics_port == http_port(args) and args.metrics_port != 0:
@@ -169,6 +199,7 @@ def main(args: argparse.Namespace) -> int:
         )
     if args.threads is not None and args.threads < 1:
         raise ConfigError(None, f"--threads must be >= 1, got {args.threads}")
+    apply_mmap_threshold(args.mmap_threshold_mb)
     import torch
     import zmq
 

@@ -1,4 +1,5 @@
-"""Handing heap memory that the engine has freed back to the operating system (glibc ``malloc_trim``).
+"""Handing heap memory that the engine has freed back to the operating system (glibc ``malloc_trim``),
+and keeping big tensors out of the heap (glibc ``mallopt(M_MMAP_THRESHOLD)``).
 
 CPython, NumPy and torch take their large temporaries from the C allocator. glibc keeps what is
 freed inside its arenas (one per thread that allocates) for reuse, so after a burst — a snapshot of
@@ -10,6 +11,30 @@ logged once at debug level.
 
 :class:`HeapTrimmer` rate-limits the trims of one thread: the worker trims after a checkpoint and
 when it has nothing to fold, at most once per interval and only if it did anything since the last.
+
+Trimming returns whole free pages only. On a CPU engine the E- and M-steps allocate and free tensors
+of megabytes thousands of times a minute, between the small, long-lived allocations of Python,
+SQLite and ZeroMQ; glibc's *dynamic* mmap threshold (it rises to the size of each large block
+freed, up to 32 MB) soon serves all of them from the heap, which fragments. :func:`set_mmap_threshold`
+fixes the threshold (``mallopt(M_MMAP_THRESHOLD)``), so blocks of at least that size are mapped on
+their own and returned to the OS when freed. Measured with ``benchmarks/stream.py`` (2 cores,
+K = 50, RSS as the median over 10 s, 2026-12-04):
+
+======================  ============================  =============================  =================
+threshold               RSS at 20k / 100k / 200k MB   growth 20k → 200k              feed 100k → 200k
+======================  ============================  =============================  =================
+glibc's dynamic one     714 / 826 / 861               +20.6 % (+17 to +22 %, 3 runs)  62 s
+16 MiB                  691 / 774 / 845               +22.3 %                        74 s
+4 MiB (the engine's)    633 / 704 / 730, 630/682/687  +15.4 %, +8.9 %                84 s, 91 s
+1 MiB                   605 / 697 / 719               +18.8 %                        95 s
+======================  ============================  =============================  =================
+
+4 MiB holds 15-20 % less, for page faults that cost about a quarter of the particles per second
+of a saturated engine (not of one that keeps up: 750/s still did). In every setting the growth
+happens in the first ~100k particles (100k → 200k: +2 to +4 %), also without periodic snapshots
+(4 MiB: 608 / 697 / 713 MB), and the engine holds nothing per particle in memory: the heap
+settles into its working set. On CUDA, where the step tensors live on the GPU, the engine grew
++2.8 % from 20k to 200k.
 """
 
 from __future__ import annotations
@@ -26,6 +51,10 @@ log = logging.getLogger(__name__)
 
 #: ``malloc_trim(pad) -> int`` of the C library (1: memory was released).
 MallocTrim = Callable[[int], int]
+#: ``mallopt`` parameter number of the mmap threshold (glibc's ``malloc.h``).
+M_MMAP_THRESHOLD = -3
+#: The largest mmap threshold glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``).
+MAX_MMAP_THRESHOLD_BYTES = 32 * 2**20
 
 
 @functools.cache
@@ -46,7 +75,50 @@ def malloc_trim_function() -> MallocTrim | None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim  # type: ignore[no-any-return]
+    return trim
+
+
+@functools.cache
+def _mallopt_function() -> Callable[[int, int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError) as exc:
+        log.debug("no mallopt in the C library (%s): the mmap threshold stays as it is", exc)
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return mallopt
+
+
+def set_mmap_threshold(threshold_bytes: int) -> bool:
+    """Serve allocations of at least ``threshold_bytes`` with their own ``mmap`` (glibc ``mallopt``).
+
+    A fixed threshold also switches off glibc's dynamic one. Call it once, early: it applies to
+    the whole process. Set the environment variable ``MALLOC_MMAP_THRESHOLD_`` instead to choose
+    it without code; this function is then not needed.
+
+    Parameters
+    ----------
+    threshold_bytes
+        1 to :data:`MAX_MMAP_THRESHOLD_BYTES`.
+
+    Returns
+    -------
+    bool
+        Whether the C library took it (``False`` where there is no ``mallopt``: musl, macOS).
+
+    Raises
+    ------
+    ValueError
+        If ``threshold_bytes`` is outside 1 .. :data:`MAX_MMAP_THRESHOLD_BYTES`.
+    """
+    if not 1 <= threshold_bytes <= MAX_MMAP_THRESHOLD_BYTES:
+        raise ValueError(f"mmap threshold must be 1 .. {MAX_MMAP_THRESHOLD_BYTES} bytes, got {threshold_bytes}")
+    mallopt = _mallopt_function()
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold_bytes)))
 
 
 def trim_heap(*, collect: bool = False) -> bool:
@@ -137,4 +209,12 @@ class HeapTrimmer:
         return self.trim()
 
 
-__all__ = ["HeapTrimmer", "MallocTrim", "malloc_trim_function", "trim_heap"]
+__all__ = [
+    "MAX_MMAP_THRESHOLD_BYTES",
+    "M_MMAP_THRESHOLD",
+    "HeapTrimmer",
+    "MallocTrim",
+    "malloc_trim_function",
+    "set_mmap_threshold",
+    "trim_heap",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,10 +17,12 @@ import torch
 from engine_helpers import make_batch
 
 from core.config import Class2DParams
+from core.errors import ConfigError
 from core.particles import ParticleBatch
 from core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
 from engine import heap
-from engine.heap import HeapTrimmer, malloc_trim_function, trim_heap
+from engine.cli import apply_mmap_threshold
+from engine.heap import MAX_MMAP_THRESHOLD_BYTES, HeapTrimmer, malloc_trim_function, set_mmap_threshold, trim_heap
 from engine.journal import ASSIGNMENT_COLUMNS
 from engine.metrics import EngineMetrics
 from engine.session import Session
@@ -220,3 +223,61 @@ def test_the_worker_trims_once_it_has_nothing_to_fold_and_not_again_while_idle(t
         assert worker.stop(drain_timeout_s=5)
         session.journal.close()
     assert worker.heap.trims == len(pending_at_trim) >= 1
+
+
+_MMAP_PROBE = """
+import ctypes, sys
+from pathlib import Path
+from engine.heap import set_mmap_threshold
+
+def anon():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fixed":
+    assert set_mmap_threshold(1 << 20)
+size, count = 3 << 19, 40  # 1.5 MiB blocks: above the fixed threshold, below glibc's dynamic one once raised
+warm = libc.malloc(16 << 20)  # freeing a 16 MiB mapping raises glibc's dynamic threshold to 16 MiB
+libc.free(warm)
+before = anon()
+blocks = [libc.malloc(size) for _ in range(count)]
+pin = libc.malloc(4096)  # a small live block above them keeps the heap from shrinking at free()
+for b in blocks:
+    ctypes.memset(b, 1, size)
+for b in blocks:
+    libc.free(b)
+print((anon() - before) / (size * count))
+"""
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "fixed"])
+def test_a_fixed_mmap_threshold_returns_big_blocks_at_free(mode: str) -> None:
+    if _glibc() is None:
+        pytest.skip("needs Linux with glibc (mallopt and /proc/self/status)")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", _MMAP_PROBE, mode], capture_output=True, text=True, cwd=root, timeout=60, check=True
+    )
+    kept = float(done.stdout.strip())  # share of the freed blocks still resident
+    if mode == "dynamic":
+        assert kept > 0.5  # glibc's raised threshold put them in the heap, which keeps them
+    else:
+        assert kept < 0.1  # each had its own mapping, gone at free()
+
+
+def test_mmap_threshold_bounds() -> None:
+    for bad in (0, -1, MAX_MMAP_THRESHOLD_BYTES + 1):
+        with pytest.raises(ValueError, match="mmap threshold"):
+            set_mmap_threshold(bad)
+
+
+def test_engine_rejects_a_bad_mmap_threshold() -> None:
+    with pytest.raises(ConfigError, match="--mmap-threshold-mb"):
+        apply_mmap_threshold(-1.0)
+    with pytest.raises(ConfigError, match="--mmap-threshold-mb"):
+        apply_mmap_threshold(64.0)
