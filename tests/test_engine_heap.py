@@ -58,6 +58,7 @@ def test_trim_returns_freed_arena_pages_to_the_os() -> None:
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
+    trim_heap()  # free pages left resident by earlier tests would otherwise take the blocks without growing RSS
     before = _rss_anon_bytes()
     blocks = [libc.malloc(BLOCK) for _ in range(N_BLOCKS)]
     pin = libc.malloc(BLOCK)  # allocated last: it keeps the freed blocks below it from being trimmed at free()
