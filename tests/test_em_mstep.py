@@ -38,6 +38,15 @@ def _setup(seed: int = 0) -> tuple[PolarGrid, torch.Tensor, torch.Tensor, torch.
     return grid, samples, ctf, phases, refs, g.n_rotations, g.angles_per_rotation
 
 
+def _assert_same_sums(a: OrderAccumulator, b: OrderAccumulator, *, power: bool = True) -> None:
+    """The M-step sums of two accumulators agree (``power``: the data power too)."""
+    torch.testing.assert_close(a.numerator, b.numerator)
+    torch.testing.assert_close(a.ctf2, b.ctf2)
+    torch.testing.assert_close(a.counts, b.counts)
+    if power:
+        torch.testing.assert_close(a.power, b.power)
+
+
 def test_noise_from_statistics_equals_the_direct_residual() -> None:
     grid, samples, ctf, phases, refs, r_count, c = _setup()
     acc = OrderAccumulator.zeros(
@@ -99,10 +108,7 @@ def test_soft_accumulation_with_one_hot_posteriors_equals_hard_pairs() -> None:
         torch.ones(n, dtype=torch.float64),
     )
     a, b = soft.to_stats(phases, grid.n_angles), hard.to_stats(phases, grid.n_angles)
-    torch.testing.assert_close(a.numerator, b.numerator)
-    torch.testing.assert_close(a.ctf2, b.ctf2)
-    torch.testing.assert_close(a.counts, b.counts)
-    torch.testing.assert_close(a.power, b.power)
+    _assert_same_sums(a, b)
 
 
 def test_wiener_average_of_aligned_clean_data_is_the_reference() -> None:
@@ -193,9 +199,7 @@ def test_soft_accumulation_of_a_dense_posterior_equals_every_sample_as_a_weighte
     hard = OrderAccumulator.zeros(k, t, grid.n_rings, n_orders, grid.n_angles, r_count, "cpu", torch.float64)
     hard.add_pairs(spectra, samples, part, cls, sh, rot, post.flatten(), alpha[part])
     a, b = soft.to_stats(phases, grid.n_angles), hard.to_stats(phases, grid.n_angles)
-    torch.testing.assert_close(a.numerator, b.numerator)
-    torch.testing.assert_close(a.ctf2, b.ctf2)
-    torch.testing.assert_close(a.counts, b.counts)
+    _assert_same_sums(a, b, power=False)
 
 
 def test_dense_accumulation_on_a_coarse_subgrid_equals_every_sample_as_a_weighted_pair() -> None:
@@ -217,10 +221,7 @@ def test_dense_accumulation_on_a_coarse_subgrid_equals_every_sample_as_a_weighte
     pairs.add_pairs(spectra, samples, part, cls, rows[sh], 2 * rot, post.flatten(), alpha[part])
     a, b = dense.to_stats(phases, grid.n_angles), pairs.to_stats(phases, grid.n_angles)
     assert float(a.numerator.abs().max()) > 0
-    torch.testing.assert_close(a.numerator, b.numerator)
-    torch.testing.assert_close(a.ctf2, b.ctf2)
-    torch.testing.assert_close(a.counts, b.counts)
-    torch.testing.assert_close(a.power, b.power)
+    _assert_same_sums(a, b)
 
 
 def test_sparse_sample_accumulation_equals_the_samples_as_weighted_pairs() -> None:
@@ -246,7 +247,4 @@ def test_sparse_sample_accumulation_equals_the_samples_as_weighted_pairs() -> No
     pairs.add_pairs(spectra, samples, particle, klass, shift, rotation, weight, alpha[particle])
     a, b = sparse.to_stats(phases, grid.n_angles), pairs.to_stats(phases, grid.n_angles)
     assert float(a.numerator.abs().max()) > 0
-    torch.testing.assert_close(a.numerator, b.numerator)
-    torch.testing.assert_close(a.ctf2, b.ctf2)
-    torch.testing.assert_close(a.counts, b.counts)
-    torch.testing.assert_close(a.power, b.power)
+    _assert_same_sums(a, b)

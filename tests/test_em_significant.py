@@ -153,3 +153,19 @@ def test_adaptive_and_exhaustive_steps_build_the_same_classes(trained: tuple[Cla
     diff = (adaptive_stats.numerator - exact_stats.numerator).norm() / exact_stats.numerator.norm()
     assert float(diff) < 0.05, f"class sums differ by {float(diff):.3f}"
     torch.testing.assert_close(adaptive_stats.counts, exact_stats.counts, rtol=0.05, atol=1.0)
+
+
+def test_unrefined_poses_leave_the_class_sums_unchanged(trained: tuple[Classifier, TensorBatch]) -> None:
+    # otf2d classify skips the pose hill climb in its online-EM batches: only the poses may differ.
+    clf, batch = trained
+    refined, refined_stats = clf.expect(batch, temperature=1.0)
+    plain, plain_stats = clf.expect(batch, temperature=1.0, refine_poses=False)
+    assert refined_stats is not None and plain_stats is not None
+    assert torch.equal(refined_stats.numerator, plain_stats.numerator)
+    assert torch.equal(refined_stats.ctf2, plain_stats.ctf2)
+    assert torch.equal(refined_stats.counts, plain_stats.counts)
+    assert torch.equal(refined.class_index, plain.class_index)
+    assert torch.equal(refined.class_posterior, plain.class_posterior)
+    # the climb starts from the unrefined pose and only moves uphill
+    assert bool((refined.log_likelihood >= plain.log_likelihood - 1e-9).all())
+    assert bool((refined.log_likelihood > plain.log_likelihood + 1e-6).any())  # and it does move some

@@ -328,7 +328,12 @@ class Classifier:
         return assignments_from_posteriors(post, self.shifts, g.rotation_step_degrees, g.internal_pixel_angstrom)
 
     def expect(
-        self, batch: BatchLike, *, accumulate: bool = True, temperature: float | None = None
+        self,
+        batch: BatchLike,
+        *,
+        accumulate: bool = True,
+        temperature: float | None = None,
+        refine_poses: bool = True,
     ) -> tuple[Assignments, SufficientStats | None]:
         """E-step of a batch against the current classes.
 
@@ -347,7 +352,7 @@ class Classifier:
             Assignments of every particle, and the statistics (``None`` unless ``accumulate``).
         """
         acc = self.new_accumulator() if accumulate else None
-        assignments = self.accumulate(batch, acc, temperature=temperature)
+        assignments = self.accumulate(batch, acc, temperature=temperature, refine_poses=refine_poses)
         return assignments, None if acc is None else self.statistics(acc)
 
     def new_accumulator(self) -> OrderAccumulator:
@@ -373,9 +378,18 @@ class Classifier:
         return accumulator.to_stats(self.phases, self.geometry.n_angles)
 
     def accumulate(
-        self, batch: BatchLike, accumulator: OrderAccumulator | None, *, temperature: float | None = None
+        self,
+        batch: BatchLike,
+        accumulator: OrderAccumulator | None,
+        *,
+        temperature: float | None = None,
+        refine_poses: bool = True,
     ) -> Assignments:
-        """E-step of ``batch``, adding its sums to ``accumulator`` (none: assignments only)."""
+        """E-step of ``batch``, adding its sums to ``accumulator`` (none: assignments only).
+
+        ``refine_poses=False`` skips the fine-grid pose refinement of adaptive marginalisation
+        (:func:`engine.em.significant.adaptive_posteriors`) for a caller that discards the poses.
+        """
         if self.references is None or self.sigma2 is None:
             raise InputError(None, "the classifier has no classes yet: call initialise() first")
         g = self.geometry
@@ -399,6 +413,7 @@ class Classifier:
                     self._log_prior(scores.norm.dtype),
                     temp,
                     self.params.per_particle_scale,
+                    refine_poses=refine_poses or self.params.per_particle_scale,
                 )
                 parts.append(self._assignments(post))
                 if accumulator is not None:
@@ -433,7 +448,11 @@ class Classifier:
     ) -> None:
         """M-step sums of an adaptive E-step: coarse posteriors densely, fine samples sparsely."""
         coarse = weights.coarse_particles
-        if len(coarse):
+        if len(coarse) == len(samples):  # every particle stayed coarse (early iterations): no copies
+            accumulator.add_dense(
+                spectra, samples, weights.coarse_posterior, weights.alpha, shift_rows=self.coarse_grid.coarse_shifts
+            )
+        elif len(coarse):
             accumulator.add_dense(
                 (spectra[0].index_select(0, coarse), spectra[1].index_select(0, coarse)),
                 samples.index_select(0, coarse),
@@ -535,15 +554,16 @@ class Classifier:
         return apply_constraints(images, self.masks, self.params.clamp_solvent, self.params.non_negativity)
 
     # ------------------------------------------------------------------ driver-level operations
-    def step(self, batch: BatchLike, *, reseed: bool | None = None) -> Assignments:
+    def step(self, batch: BatchLike, *, reseed: bool | None = None, refine_poses: bool = True) -> Assignments:
         """One online-EM iteration on ``batch``: E-step, online update, M-step.
 
         Initialises from ``batch`` first if there are no classes yet. Reseeding defaults to on
-        during the first ``online_em_iterations`` iterations.
+        during the first ``online_em_iterations`` iterations. ``refine_poses=False``: the returned
+        poses are not refined on the fine grid (see :meth:`accumulate`); the classes are the same.
         """
         if not self.initialised:
             self.initialise(batch)
-        assignments, stats = self.expect(batch)
+        assignments, stats = self.expect(batch, refine_poses=refine_poses)
         assert stats is not None
         self.update(stats)
         do_reseed = self.iteration < self.params.online_em_iterations if reseed is None else reseed

@@ -199,7 +199,8 @@ def classify_batches(
     report("init", 0, 0)
     seen = 0
     for it in range(params.online_em_iterations):
-        clf.step(minibatch())
+        # the batch's poses are not kept (the final pass assigns every particle): skip refining them
+        clf.step(minibatch(), refine_poses=False)
         seen += batch_size
         report("online", it + 1, seen)
     if params.align_filaments_vertically:

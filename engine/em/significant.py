@@ -25,7 +25,10 @@ more than the GEMM that scored it. RELION avoids this with adaptive oversampling
 
 Every particle's reported pose is refined on the fine grid by a hill climb (27 samples a round,
 at most ``REFINE_ROUNDS``) from the best coarse sample of its most probable class, so poses keep the
-fine sampling whichever posterior was used.
+fine sampling whichever posterior was used. The climb changes the reported pose only (and the
+per-particle scale's ``alpha``, when that is on), never the posterior that the M-step sums: a caller
+that discards the poses (the online-EM batches of ``otf2d classify``, whose particles the final
+pass assigns again) skips it with ``refine_poses=False``.
 
 The M-step takes the coarse posteriors as dense tensors (:meth:`OrderAccumulator.add_posteriors`
 with ``shift_rows``) and the fine samples as a sparse list (:meth:`OrderAccumulator.add_samples`).
@@ -201,6 +204,7 @@ def adaptive_posteriors(
     log_prior: torch.Tensor,
     temperature: float,
     per_particle_scale: bool,
+    refine_poses: bool = True,
 ) -> tuple[Posteriors, SampleWeights]:
     """Coarse-to-fine marginalising E-step of a chunk (see the module docstring).
 
@@ -220,6 +224,10 @@ def adaptive_posteriors(
         Posterior temperature (≥ 1).
     per_particle_scale
         Optimise a scale per sample.
+    refine_poses
+        Hill-climb each particle's pose on the fine grid. Without it the pose is the best sample
+        scored (the best coarse one, or the best of the fine region); the class posteriors and the
+        M-step weights are the same either way when ``per_particle_scale`` is off.
 
     Returns
     -------
@@ -296,7 +304,7 @@ def adaptive_posteriors(
     at_t = best_shift[top_class, particles]
     at_ll = torch.full((b,), -math.inf, dtype=reg_ll.dtype, device=device)
     active = particles  # particles whose best sample moved in the last round
-    for _ in range(REFINE_ROUNDS):
+    for _ in range(REFINE_ROUNDS if refine_poses else 0):
         n_active = len(active)
         cand_r = ((at_r[active][:, None, None] + offsets[None, :, None]) % r_count).expand(n_active, *shape[1:])
         cand_t = grid.fine_neighbours[at_t[active]][:, None, :].expand(n_active, *shape[1:])
@@ -355,7 +363,7 @@ def adaptive_posteriors(
     kept = torch.zeros(b, dtype=used_post.dtype, device=device).index_add_(0, used_b, used_post)
     weights = SampleWeights(
         coarse_particles=coarse_particles,
-        coarse_posterior=post.index_select(3, coarse_particles),
+        coarse_posterior=post if len(coarse_particles) == b else post.index_select(3, coarse_particles),
         particle=used_b,
         klass=reg_k[used],
         shift=reg_t[used],
