@@ -38,6 +38,7 @@ Usage::
 
     .venv/bin/python benchmarks/classify.py                         # the full run (~15-20 min)
     .venv/bin/python benchmarks/classify.py --quick --skip-relion   # smoke run (~1 min)
+    .venv/bin/python benchmarks/classify.py --devices cuda --skip-relion   # a GPU machine's CUDA rows (~1 min)
     .venv/bin/python benchmarks/classify.py --relion-particles 1000 --relion-classes 10 --out /tmp/bench
 """
 
