@@ -20,14 +20,14 @@ fixes the threshold (``mallopt(M_MMAP_THRESHOLD)``), so blocks of at least that 
 their own and returned to the OS when freed. Measured with ``benchmarks/stream.py`` (2 cores,
 K = 50, RSS as the median over 10 s, 2026-12-04):
 
-======================  ============================  =============================  =================
-threshold               RSS at 20k / 100k / 200k MB   growth 20k → 200k              feed 100k → 200k
-======================  ============================  =============================  =================
+======================  ============================  ==============================  =================
+threshold               RSS at 20k / 100k / 200k MB   growth 20k → 200k               feed 100k → 200k
+======================  ============================  ==============================  =================
 glibc's dynamic one     714 / 826 / 861               +20.6 % (+17 to +22 %, 3 runs)  62 s
-16 MiB                  691 / 774 / 845               +22.3 %                        74 s
-4 MiB (the engine's)    633 / 704 / 730, 630/682/687  +15.4 %, +8.9 %                84 s, 91 s
-1 MiB                   605 / 697 / 719               +18.8 %                        95 s
-======================  ============================  =============================  =================
+16 MiB                  691 / 774 / 845               +22.3 %                         74 s
+4 MiB (the engine's)    633 / 704 / 730, 630/682/687  +15.4 %, +8.9 %                 84 s, 91 s
+1 MiB                   605 / 697 / 719               +18.8 %                         95 s
+======================  ============================  ==============================  =================
 
 4 MiB holds 15-20 % less, for page faults that cost about a quarter of the particles per second
 of a saturated engine (not of one that keeps up: 750/s still did). In every setting the growth
@@ -57,6 +57,18 @@ M_MMAP_THRESHOLD = -3
 MAX_MMAP_THRESHOLD_BYTES = 32 * 2**20
 
 
+def _libc_function(name: str, argtypes: list[type], restype: type, missing: str) -> Callable[..., int] | None:
+    """The C library's function ``name`` with its signature, or ``None`` (logged: ``missing``)."""
+    try:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, AttributeError, TypeError) as exc:
+        log.debug("no %s in the C library (%s): %s", name, exc, missing)
+        return None
+    function.argtypes = argtypes
+    function.restype = restype
+    return function
+
+
 @functools.cache
 def malloc_trim_function() -> MallocTrim | None:
     """The C library's ``malloc_trim``, or ``None`` where there is none (looked up once).
@@ -66,29 +78,12 @@ def malloc_trim_function() -> MallocTrim | None:
     callable or None
         ``malloc_trim(pad)``; ``pad`` bytes are left untrimmed at the top of the main heap.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError) as exc:
-        log.debug("no malloc_trim in the C library (%s): freed heap is not handed back to the OS", exc)
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
+    return _libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int, "freed heap is not handed back to the OS")
 
 
 @functools.cache
 def _mallopt_function() -> Callable[[int, int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError) as exc:
-        log.debug("no mallopt in the C library (%s): the mmap threshold stays as it is", exc)
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
+    return _libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int, "the mmap threshold stays as it is")
 
 
 def set_mmap_threshold(threshold_bytes: int) -> bool:

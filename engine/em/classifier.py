@@ -448,16 +448,15 @@ class Classifier:
     ) -> None:
         """M-step sums of an adaptive E-step: coarse posteriors densely, fine samples sparsely."""
         coarse = weights.coarse_particles
-        if len(coarse) == len(samples):  # every particle stayed coarse (early iterations): no copies
+        if len(coarse):
+            # every particle stayed coarse (early iterations): the chunk's tensors, without copies
+            every = len(coarse) == len(samples)
+            pick = (lambda x: x) if every else (lambda x: x.index_select(0, coarse))
             accumulator.add_dense(
-                spectra, samples, weights.coarse_posterior, weights.alpha, shift_rows=self.coarse_grid.coarse_shifts
-            )
-        elif len(coarse):
-            accumulator.add_dense(
-                (spectra[0].index_select(0, coarse), spectra[1].index_select(0, coarse)),
-                samples.index_select(0, coarse),
+                (pick(spectra[0]), pick(spectra[1])),
+                pick(samples),
                 weights.coarse_posterior,
-                weights.alpha.index_select(0, coarse),
+                pick(weights.alpha),
                 shift_rows=self.coarse_grid.coarse_shifts,
             )
         if len(weights.particle):
