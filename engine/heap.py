@@ -17,24 +17,23 @@ of megabytes thousands of times a minute, between the small, long-lived allocati
 SQLite and ZeroMQ; glibc's *dynamic* mmap threshold (it rises to the size of each large block
 freed, up to 32 MB) soon serves all of them from the heap, which fragments. :func:`set_mmap_threshold`
 fixes the threshold (``mallopt(M_MMAP_THRESHOLD)``), so blocks of at least that size are mapped on
-their own and returned to the OS when freed. Measured with ``benchmarks/stream.py`` (2 cores,
-K = 50, RSS as the median over 10 s, 2026-12-04):
+their own and returned to the OS when freed. Measured with ``benchmarks/stream.py --rates ""
+--memory-marks 20000,100000,200000 [--mmap-threshold-mb 0]`` (2 cores, K = 50, RSS as the median
+over 10 s, 2026-12-04):
 
-======================  ============================  ==============================  =================
-threshold               RSS at 20k / 100k / 200k MB   growth 20k → 200k               feed 100k → 200k
-======================  ============================  ==============================  =================
-glibc's dynamic one     714 / 826 / 861               +20.6 % (+17 to +22 %, 3 runs)  62 s
-16 MiB                  691 / 774 / 845               +22.3 %                         74 s
-4 MiB (the engine's)    633 / 704 / 730, 630/682/687  +15.4 %, +8.9 %                 84 s, 91 s
-1 MiB                   605 / 697 / 719               +18.8 %                         95 s
-======================  ============================  ==============================  =================
+======================  ============================  =================  =================
+threshold               RSS at 20k / 100k / 200k MB   growth 20k → 200k  feed 100k → 200k
+======================  ============================  =================  =================
+glibc's dynamic one     569 / 695 / 732               +28.6 %            72 s
+4 MiB (the engine's)    550 / 569 / 580               +5.4 %             86 s
+======================  ============================  =================  =================
 
-4 MiB holds 15-20 % less, for page faults that cost about a quarter of the particles per second
-of a saturated engine (not of one that keeps up: 750/s still did). In every setting the growth
-happens in the first ~100k particles (100k → 200k: +2 to +4 %), also without periodic snapshots
-(4 MiB: 608 / 697 / 713 MB), and the engine holds nothing per particle in memory: the heap
-settles into its working set. On CUDA, where the step tensors live on the GPU, the engine grew
-+2.8 % from 20k to 200k.
+4 MiB holds a fifth less at 200k particles and keeps it flat, for page faults that cost a saturated
+engine about a sixth of its particles per second (not one that keeps up: 750/s still did).
+``--mmap-threshold-mb 0`` restores glibc's behaviour. (Earlier measurements of every threshold
+also grew by 70-100 MB in the first 100k particles: that was the E-step keeping one GEMM buffer per
+chunk width, fixed in :class:`engine.em.estep.GemmWorkspace`, not the allocator.) On CUDA, where
+the step tensors live on the GPU, the engine's RSS grew +2.8 % from 20k to 200k.
 """
 
 from __future__ import annotations

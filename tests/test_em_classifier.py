@@ -20,6 +20,7 @@ from core.snapshot import ClassSnapshot
 from engine.em import driver
 from engine.em.classifier import Classifier, TensorBatch
 from engine.em.driver import BatchList, ClassificationResult, Progress, classify_batches
+from engine.em.estep import GemmWorkspace
 from engine.em.schedule import posterior_temperature, step_size
 
 BOX, PIXEL, STEP = 32, 3.0, 15.0
@@ -216,6 +217,45 @@ def test_higher_icuf_flattens_early_posteriors(data: SyntheticSet) -> None:
     a, b = low.assign(batch), high.assign(batch)
     assert float(b.class_ess.mean()) > float(a.class_ess.mean())
     assert float(b.pmax.mean()) < float(a.pmax.mean())
+
+
+@pytest.mark.parametrize("force_max", [True, False])
+def test_batches_of_every_size_share_one_gemm_workspace(data: SyntheticSet, force_max: bool) -> None:
+    # A streaming engine folds batches of any size, so the last chunk of each batch has a new
+    # width. The E-step's GEMM results must reuse one block (it once kept a block per width, and
+    # the engine's memory grew with every new batch size), and reusing it must not change results.
+    params = _params(n_classes=4, force_max_over_poses=force_max)
+    clf = Classifier(params, BOX, PIXEL, chunk_size=16)
+    twin = Classifier(params, BOX, PIXEL, chunk_size=16)
+    first = data.batch.take(np.arange(120))
+    clf.initialise(first)
+    twin.initialise(first)
+    clf.assign(data.batch.take(np.arange(16)))  # one full chunk: the widest block
+    widest = clf._reference_bank().workspace.nbytes
+    assert widest > 0
+    for n in (3, 7, 11, 5, 13, 9, 37):
+        clf.assign(data.batch.take(np.arange(200, 200 + n)))
+        assert clf._reference_bank().workspace.nbytes == widest
+    clf.step(data.batch.take(np.arange(120, 163)))  # new classes: a new bank over the same block
+    twin.step(data.batch.take(np.arange(120, 163)))
+    assert clf._reference_bank().workspace.nbytes == widest
+    batch = data.batch.take(np.arange(250, 271))
+    a, b = clf.assign(batch), twin.assign(batch)
+    assert torch.equal(a.class_index, b.class_index)
+    assert torch.equal(a.psi_degrees, b.psi_degrees)
+    assert torch.equal(a.pmax, b.pmax)
+
+
+def test_gemm_workspace_views_one_block() -> None:
+    ws = GemmWorkspace()
+    small = ws.view((2, 3, 4), torch.float32, torch.device("cpu"))
+    assert small.shape == (2, 3, 4) and small.is_contiguous() and ws.nbytes == 24 * 4
+    big = ws.view((2, 3, 10), torch.float32, torch.device("cpu"))
+    assert ws.nbytes == 60 * 4
+    again = ws.view((2, 3, 4), torch.float32, torch.device("cpu"))
+    assert again.is_contiguous() and again.data_ptr() == big.data_ptr() and ws.nbytes == 60 * 4
+    double = ws.view((2, 3, 4), torch.float64, torch.device("cpu"))
+    assert double.dtype == torch.float64 and ws.nbytes == 24 * 8
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

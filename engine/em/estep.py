@@ -55,6 +55,33 @@ PAIR_THRESHOLD = 1e-3
 MAX_PAIRS_PER_PARTICLE = 8
 
 
+class GemmWorkspace:
+    """One reusable block for the GEMM results of the E-step's chunks, whatever their widths.
+
+    :meth:`view` returns the block's first elements shaped as asked (contiguous), growing the
+    block when a larger shape is asked for. One block per shape would keep a block for every
+    width the last chunk of a batch has ever had: a streaming engine folds batches of every size,
+    and its memory grew by a 5-40 MB block per new width (hundreds of MB over a session).
+    """
+
+    def __init__(self) -> None:
+        self._flat: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return 0 if self._flat is None else self._flat.numel() * self._flat.element_size()
+
+    def view(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A ``shape`` tensor of ``dtype`` on ``device`` over the block (its contents are undefined)."""
+        n = math.prod(shape)
+        flat = self._flat
+        if flat is None or flat.dtype != dtype or flat.device != device or flat.numel() < n:
+            self._flat = flat = None  # the old block is freed before the new one is taken
+            self._flat = flat = torch.empty(n, dtype=dtype, device=device)
+        return flat[:n].view(shape)
+
+
 @dataclass(frozen=True)
 class ReferenceBank:
     """Everything the E-step needs from the current classes, built once per batch.
@@ -78,17 +105,14 @@ class ReferenceBank:
     norm_plan: FoldPlan
     n_classes: int
     n_shifts: int
-    workspace: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    workspace: GemmWorkspace = field(default_factory=GemmWorkspace, compare=False, repr=False)
 
     def buffer(self, shape: tuple[int, ...]) -> torch.Tensor:
         """A buffer of ``shape`` for GEMM results (float64 for a float64 bank, else float32) on the
-        bank's device, kept for reuse: large temporaries are costly to allocate on CPUs."""
+        bank's device, kept for reuse: large temporaries are costly to allocate on CPUs. The
+        buffer of the previous call is overwritten."""
         dtype = torch.float64 if self.cross.dtype == torch.float64 else torch.float32
-        buf = self.workspace.get(shape)
-        if buf is None or buf.dtype != dtype:
-            buf = torch.empty(shape, dtype=dtype, device=self.norm.device)
-            self.workspace[shape] = buf
-        return buf
+        return self.workspace.view(shape, dtype, self.norm.device)
 
 
 def build_reference_bank(
@@ -145,7 +169,7 @@ def build_reference_bank(
         norm_plan,
         k,
         t,
-        workspace={} if reuse is None else reuse.workspace,
+        workspace=GemmWorkspace() if reuse is None else reuse.workspace,
     )
 
 
@@ -415,6 +439,7 @@ __all__ = [
     "MAX_PAIRS_PER_PARTICLE",
     "PAIR_THRESHOLD",
     "ChunkScores",
+    "GemmWorkspace",
     "Posteriors",
     "ReferenceBank",
     "build_reference_bank",
