@@ -14,6 +14,11 @@ Names (prefix ``otf2d_``; counters are exposed with ``_total``):
 ``otf2d_checkpoint_age_seconds``            gauge      since the oldest session's last checkpoint
 ``otf2d_snapshot_timestamp_seconds``        gauge      unix time of the newest snapshot written
 ``otf2d_snapshot_age_seconds``              gauge      since the newest snapshot (+Inf before one)
+``otf2d_device_memory_bytes{kind}``         gauge      GPU memory of torch, kind ∈ allocated, reserved
+                                                       (CUDA engines only)
+``process_*``                               various    the process collector of prometheus-client:
+                                                       ``process_resident_memory_bytes``, CPU seconds,
+                                                       open file descriptors (Linux)
 ==========================================  =========  ================================================
 """
 
@@ -21,9 +26,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
 #: ``reason`` label values of ``otf2d_particles_rejected_total``.
 REJECT_REASONS: tuple[str, ...] = ("invalid", "inconsistent", "duplicate")
@@ -80,6 +85,10 @@ class EngineMetrics:
         self.snapshot_age = Gauge("otf2d_snapshot_age_seconds", "Seconds since the newest snapshot", registry=r)
         self._last_snapshot_time = 0.0
         self.snapshot_age.set_function(self._snapshot_age)
+        self.device_memory = Gauge(
+            "otf2d_device_memory_bytes", "GPU memory held by torch (CUDA engines only), by kind", ["kind"], registry=r
+        )
+        ProcessCollector(registry=r)
 
     def _snapshot_age(self) -> float:
         stamp = self._last_snapshot_time
@@ -94,6 +103,18 @@ class EngineMetrics:
         """Compute the queue depth and the checkpoint age at scrape time from these callables."""
         self.queue_depth.set_function(queue_depth)
         self.checkpoint_age.set_function(checkpoint_age)
+
+    def bind_device_memory(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """Read ``otf2d_device_memory_bytes`` at scrape time from ``read()`` (kind → bytes).
+
+        Only the kinds ``read()`` returns now are exposed: none for a CPU engine.
+        """
+
+        def reader(kind: str) -> Callable[[], float]:
+            return lambda: float(read().get(kind, math.nan))
+
+        for kind in read():
+            self.device_memory.labels(kind).set_function(reader(kind))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> Callable[[], None]:
         """Serve ``/metrics`` on ``addr:port`` in a background thread; returns a function that stops it."""

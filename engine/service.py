@@ -56,6 +56,7 @@ from core.wire import (
 from engine.classifier_port import ClassifierFactory
 from engine.folding import Phase
 from engine.journal import AppendOutcome
+from engine.memory import device_memory_bytes, memory_status
 from engine.metrics import EngineMetrics
 from engine.session import SESSION_OPTIONS, Session, find_sessions, merge_params, params_to_dict
 from engine.snapshot_writer import SnapshotWrite, SnapshotWriter
@@ -151,6 +152,7 @@ class EngineService:
         self.snapshots = SnapshotWriter(snapshot_write, self.metrics, keep=config.keep_snapshots)
         self.worker = Worker(config.worker, factory, device, self.metrics, self.snapshots)
         self.metrics.bind(self.worker.queue_depth, self.worker.checkpoint_age)
+        self.metrics.bind_device_memory(lambda: device_memory_bytes(device))
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._closing = False
@@ -444,6 +446,7 @@ class EngineService:
                 "worker_busy_s": self.worker.busy_seconds,
                 "heap_trims": self.worker.heap.trims,
                 "heap_trim_s": self.worker.heap.seconds,
+                "memory": memory_status(self.device),
                 "sessions": len(self._all_sessions()),
                 "broken_sessions": dict(self.broken_sessions),
             },

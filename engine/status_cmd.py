@@ -5,9 +5,10 @@ Example usage:
     otf2d status --engine tcp://gpu-node:5555
     otf2d status --engine tcp://gpu-node:5555 --session grid3 --json
 
-Prints one line per session (phase, particles journaled / classified, queue, last snapshot; then
-the grid verdict, junk fraction and views once the session has a snapshot) or, with ``--json``,
-the whole status reply. Exits 2 when the engine does not answer in time.
+Prints the engine's line (device, uptime, queue, latency, memory), then one line per session
+(phase, particles journaled / classified, queue, last snapshot; then the grid verdict, junk
+fraction and views once the session has a snapshot) or, with ``--json``, the whole status reply.
+Exits 2 when the engine does not answer in time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the full reply as JSON")
 
 
+def memory_text(memory: dict[str, Any]) -> str:
+    """``", memory 580 MB (peak 865 MB), GPU 1.2 GB reserved"`` from the ``memory`` status entry."""
+
+    def size(n: float) -> str:
+        return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+    text = ""
+    if "resident_bytes" in memory:
+        text += f", memory {size(memory['resident_bytes'])}"
+        if "peak_resident_bytes" in memory:
+            text += f" (peak {size(memory['peak_resident_bytes'])})"
+    if "device_reserved_bytes" in memory:
+        text += f", GPU {size(memory['device_reserved_bytes'])} reserved"
+    return text
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines of a status reply."""
     engine = status.get("engine", {})
@@ -37,6 +54,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"engine {engine.get('endpoint', '?')} on {engine.get('device', '?')}, up {engine.get('uptime_s', 0):.0f} s, "
         f"{engine.get('sessions', 0)} session(s), queue {engine.get('queue_depth', 0)}"
         + (f", latency p95 {p95:.2f} s" if p95 is not None else "")
+        + memory_text(engine.get("memory") or {})
     ]
     now = time.time()
     for name, s in sorted(status.get("sessions", {}).items()):
@@ -69,4 +87,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_args", "format_status", "main"]
+__all__ = ["add_args", "format_status", "main", "memory_text"]

@@ -33,7 +33,8 @@ RULES = PROMETHEUS / "rules" / "otf2d.rules.yml"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 DATASOURCE_FILE = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 NEEDS_PROMTOOL = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) is absent")
-METRIC = re.compile(r"\b(otf2d_[A-Za-z0-9_]+)")
+#: Metric names of otf2d, and of the process collector the engine registers (``process_…``).
+METRIC = re.compile(r"\b((?:otf2d|process)_[A-Za-z0-9_]+)")
 RECORDED = re.compile(r"\b(otf2d:[A-Za-z0-9_:]+)")
 #: Grafana variables replaced by sample values before an expression is parsed or queried.
 GRAFANA_VARIABLES = {
@@ -55,6 +56,8 @@ def exported_metric_names() -> set[str]:
         assert isinstance(registry, CollectorRegistry)
         for family in registry.collect():
             names.update(sample.name for sample in family.samples)
+            if family.type == "gauge":  # a labelled gauge has no samples until a label is bound
+                names.add(family.name)
     return names
 
 

@@ -7,6 +7,7 @@ are in ``test_engine_restart.py``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from engine_helpers import (
 from core.wire import KIND_ACK, KIND_REJECT, KIND_REPLY, encode_control
 from engine.client import EngineClient, EngineRequestError
 from engine.journal import Journal
+from engine.memory import resident_memory_bytes
 
 
 @dataclass
@@ -46,6 +48,7 @@ class RunningEngine:
     metrics_port: int
     client: TestClient
     control: EngineClient
+    pid: int
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
         control = EngineClient(endpoint, timeout_s=10.0)
         try:
             wait_ready(client, proc)
-            yield RunningEngine(endpoint, data, metrics_port, client, control)
+            yield RunningEngine(endpoint, data, metrics_port, client, control, proc.pid)
         finally:
             client.close()
             control.close()
@@ -293,6 +296,19 @@ def test_status_command_and_metrics(engine: RunningEngine) -> None:
     for reason in ("invalid", "inconsistent", "duplicate"):
         assert f'otf2d_particles_rejected_total{{reason="{reason}"}}' in samples
     assert samples["otf2d_em_batch_duration_seconds_count"] >= 1
+    # memory: the engine's own reading, the status line and /metrics agree with the kernel's
+    memory = everything["engine"]["memory"]
+    kernel = resident_memory_bytes(Path(f"/proc/{engine.pid}/status"))
+    if not kernel:
+        pytest.skip("no /proc: the engine's memory is not reported")
+    assert memory["peak_resident_bytes"] >= memory["resident_bytes"] > 50e6
+    assert abs(memory["resident_bytes"] / kernel["resident_bytes"] - 1) < 0.25
+    assert abs(samples["process_resident_memory_bytes"] / kernel["resident_bytes"] - 1) < 0.25
+    shown = re.search(r", memory (\d+) MB \(peak (\d+) MB\)", out.stdout)
+    assert shown is not None, out.stdout
+    assert abs(float(shown.group(1)) * 1e6 / kernel["resident_bytes"] - 1) < 0.25
+    assert "device_reserved_bytes" not in memory  # a CPU engine
+    assert not any(name.startswith("otf2d_device_memory_bytes") for name in samples)
 
 
 def test_clients_do_not_import_torch() -> None:

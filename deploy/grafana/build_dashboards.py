@@ -573,6 +573,15 @@ def engine_health() -> dict[str, Any]:
         ),
         timeseries(
             lay,
+            "Engine memory",
+            [
+                target('process_resident_memory_bytes{job="otf2d-engine"}', "resident {{instance}}", "A"),
+                target("otf2d_device_memory_bytes", "GPU {{kind}} {{instance}}", "B"),
+            ],
+            unit="bytes",
+        ),
+        timeseries(
+            lay,
             "Queue depth (particles journaled, not yet folded in)",
             [target("otf2d_queue_depth", "{{instance}}")],
             unit="short",
