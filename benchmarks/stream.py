@@ -22,7 +22,9 @@ gets a new stack name (a hard link), so every particle has a new identity and is
    ``VmHWM``) once --memory-marks particles (default 20,000 and 200,000) have been classified; the
    feed then runs as fast as the engine takes particles. Measured after the queue is empty and a
    snapshot has been requested, so both marks see the same kind of moment: the median of 21
-   readings over 10 s, since the RSS of a working engine swings by ~200 MB within seconds.
+   readings over 10 s, since the RSS of a working engine swings by tens of MB within seconds. On a
+   CUDA engine also the GPU memory torch holds (allocated / reserved, from ``otf2d status``).
+   --mmap-threshold-mb passes the engine's allocator setting (see ``engine.heap``).
 
 Classification parameters: the demo's screening setup (``engine.demo_run.DEMO_CLASSIFICATION``:
 force max over poses, 5 online-EM iterations, 50 particles per class to initialise, alignment to
@@ -357,6 +359,8 @@ class MemoryRow:
     file_mb: float = float("nan")
     rss_min_mb: float = float("nan")
     rss_max_mb: float = float("nan")
+    gpu_allocated_mb: float = float("nan")
+    gpu_reserved_mb: float = float("nan")
 
 
 def feed_until(engine: Engine, microscope: Microscope, target: int, max_backlog: int, timeout_s: float) -> float:
@@ -377,7 +381,7 @@ def measure_memory(engine: Engine, microscope: Microscope, mark: int, max_backlo
     seconds = feed_until(engine, microscope, mark, max_backlog, timeout_s)
     engine.wait_classified(microscope.written, timeout_s, "memory mark")
     engine.snapshot_now()
-    # The engine keeps working between marks (revisits, snapshots): its RSS swings by ~200 MB
+    # The engine keeps working between marks (revisits, snapshots): its RSS swings by tens of MB
     # within seconds as step buffers are taken and freed. One reading would measure the phase of
     # that cycle; the median over a window measures what the engine holds.
     samples = []
@@ -386,6 +390,7 @@ def measure_memory(engine: Engine, microscope: Microscope, mark: int, max_backlo
         samples.append(rss_mb(engine.process.popen.pid))
     rss = [m["VmRSS"] for m in samples]
     middle = samples[sorted(range(len(rss)), key=rss.__getitem__)[len(rss) // 2]]
+    device = engine.client.status(SESSION)["engine"].get("memory", {})  # GPU memory of a CUDA engine
     return MemoryRow(
         engine.probe().classified,
         middle["VmRSS"],
@@ -395,6 +400,8 @@ def measure_memory(engine: Engine, microscope: Microscope, mark: int, max_backlo
         middle.get("RssFile", math.nan),
         min(rss),
         max(rss),
+        device.get("device_allocated_bytes", math.nan) / 2**20,
+        device.get("device_reserved_bytes", math.nan) / 2**20,
     )
 
 
@@ -423,6 +430,8 @@ def pipeline(
     engine_argv = [*python, "engine", "--listen", endpoint, "--data", str(work / "engine"), "--config", str(config)]
     engine_argv += ["--device", args.device, "--threads", str(args.threads), "--http-port", str(http_port)]
     engine_argv += ["--snapshot-every", str(args.snapshot_every), "--snapshot-seconds", str(args.snapshot_seconds)]
+    if args.mmap_threshold_mb is not None:
+        engine_argv += ["--mmap-threshold-mb", f"{args.mmap_threshold_mb:g}"]
     stream_argv = [*python, "stream", "--watch", str(work / "watch"), "--engine", endpoint, "--session", SESSION]
     stream_argv += ["--ledger", str(work / "ledger.sqlite"), "--optics-from", str(optics)]
     microscope = Microscope(pool, work / "watch")
@@ -480,7 +489,9 @@ def run(args: argparse.Namespace) -> int:
         f"otf2d stream benchmark: box {args.box}, K = {args.classes}, "
         f"{'cryoSPARC defaults' if args.standard_params else 'demo classification parameters'}, "
         f"device {args.device}, engine threads {args.threads}, snapshots every {args.snapshot_every} particles / "
-        f"{args.snapshot_seconds:g} s, {os.cpu_count()} CPU(s), "
+        f"{args.snapshot_seconds:g} s, mmap threshold "
+        f"{'the engine default' if args.mmap_threshold_mb is None else f'{args.mmap_threshold_mb:g} MB'}, "
+        f"{os.cpu_count()} CPU(s), "
         f"load average {load_average()}",
         flush=True,
     )
@@ -562,9 +573,11 @@ def run(args: argparse.Namespace) -> int:
             f"RSS: median of {SETTLE_SAMPLES} readings {SETTLE_INTERVAL_S:g} s apart after the mark's snapshot "
             "(min-max beside it); anonymous / files: of the median reading; peak: VmHWM so far"
         )
+        gpu = any(not math.isnan(m.gpu_reserved_mb) for m in memory_rows)
         header = ("particles classified", "RSS MB", "min-max MB", "of which anonymous", "of which files")
-        print("| " + " | ".join((*header, "peak RSS MB", "feed s")) + " |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        header += ("peak RSS MB", "feed s") + (("GPU allocated / reserved MB",) if gpu else ())
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---:" for _ in header) + "|")
         for m in memory_rows:
             cells = (
                 f"{m.particles}",
@@ -572,6 +585,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{m.rss_min_mb:.0f}-{m.rss_max_mb:.0f}",
                 *(f"{v:.0f}" for v in (m.anon_mb, m.file_mb, m.hwm_mb, m.seconds)),
             )
+            if gpu:
+                cells += (f"{m.gpu_allocated_mb:.0f} / {m.gpu_reserved_mb:.0f}",)
             print("| " + " | ".join(cells) + " |")
         if len(memory_rows) >= 2:
             growth = memory_rows[-1].rss_mb / memory_rows[0].rss_mb - 1.0
@@ -604,6 +619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--snapshot-seconds", type=float, default=30.0, help="engine --snapshot-seconds (default 30, the engine's)"
+    )
+    parser.add_argument(
+        "--mmap-threshold-mb",
+        type=float,
+        default=None,
+        help="engine --mmap-threshold-mb (default: the engine's; 0: the C library's dynamic threshold)",
     )
     parser.add_argument("--pool-micrographs", type=int, default=None, help="simulated micrographs replayed (40)")
     parser.add_argument("--max-backlog", type=int, default=20000, help="most unclassified particles while feeding")
