@@ -645,6 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the engine and streamer (in sessions of their own,
+    # out of reach of the terminal's signals) are stopped by ``child`` instead of left running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     return run(args)
 
 

@@ -31,7 +31,7 @@ classification steps tens of times slower.
 
 Memory: blocks of ``--mmap-threshold-mb`` (default 4) and more are mapped on their own and handed
 back to the OS when freed, so the heap fragments less under the steps' large tensors (on a CPU
-engine its memory stays within 6 % from 20k to 200k particles, against +29 % with the C library's
+engine its memory grows 5-8 % from 20k to 200k particles, against +29 % with the C library's
 dynamic threshold, measured in :mod:`engine.heap`); 0 keeps the C library's own (dynamic)
 threshold, and a ``MALLOC_MMAP_THRESHOLD_`` in the environment wins. ``otf2d status`` shows the
 engine's memory (and the GPU's on CUDA); ``/metrics`` has it as ``process_resident_memory_bytes``.

@@ -26,14 +26,16 @@ threshold               RSS at 20k / 100k / 200k MB   growth 20k → 200k  feed 
 ======================  ============================  =================  =================
 glibc's dynamic one     569 / 695 / 732               +28.6 %            72 s
 4 MiB (the engine's)    550 / 569 / 580               +5.4 %             86 s
+4 MiB, a second run     520 / 548 / 559               +7.5 %             94 s
 ======================  ============================  =================  =================
 
-4 MiB holds a fifth less at 200k particles and keeps it flat, for page faults that cost a saturated
+4 MiB holds a fifth less at 200k particles and levels off, for page faults that cost a saturated
 engine about a sixth of its particles per second (not one that keeps up: 750/s still did).
 ``--mmap-threshold-mb 0`` restores glibc's behaviour. (Earlier measurements of every threshold
 also grew by 70-100 MB in the first 100k particles: that was the E-step keeping one GEMM buffer per
 chunk width, fixed in :class:`engine.em.estep.GemmWorkspace`, not the allocator.) On CUDA, where
-the step tensors live on the GPU, the engine's RSS grew +2.8 % from 20k to 200k.
+the step tensors live on the GPU, the engine's RSS grew +2.8 % and +3.4 % from 20k to 200k (two
+runs on an H200), and the GPU memory torch reserved stayed at 478-480 MB.
 """
 
 from __future__ import annotations
