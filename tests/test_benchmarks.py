@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks/classify.py --quick --skip-relion``: it runs and prints its table."""
+"""Smoke tests of ``benchmarks/classify.py --quick --skip-relion`` and ``benchmarks/fold_memory.py``."""
 
 from __future__ import annotations
 
@@ -39,3 +39,25 @@ def test_classify_benchmark_quick_runs_and_prints_one_table(tmp_path: Path) -> N
     assert not any("relion_refine" in r for r in rows)  # --skip-relion
     assert any(line.startswith("target: bf16 agrees") for line in lines)
     assert (tmp_path / "session" / "truth.csv").is_file()
+
+
+FOLD_MEMORY = BENCHMARK.parent / "fold_memory.py"
+
+
+@pytest.mark.slow
+def test_fold_memory_benchmark_prints_its_table() -> None:
+    done = subprocess.run(
+        [sys.executable, str(FOLD_MEMORY), "--device", "cpu", "--steps", "6", "--every", "3"],
+        cwd=BENCHMARK.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [int(r.split("|")[1]) for r in rows] == [3, 6]
+    folded = [int(r.split("|")[2]) for r in rows]
+    assert 3 * 20 <= folded[0] < folded[1] <= 6 * 2048
+    assert all(float(r.split("|")[4]) > 50 for r in rows)  # RSS MB of a process holding torch
+    assert "RSS MB from the first reading to the last:" in done.stdout
