@@ -36,6 +36,17 @@ NEEDS_PROMTOOL = pytest.mark.skipif(shutil.which("promtool") is None, reason="pr
 #: Metric names of otf2d, and of the process collector the engine registers (``process_…``).
 METRIC = re.compile(r"\b((?:otf2d|process)_[A-Za-z0-9_]+)")
 RECORDED = re.compile(r"\b(otf2d:[A-Za-z0-9_:]+)")
+#: Metrics that only an engine on CUDA exports (``engine.metrics``): without a GPU, the expressions
+#: that use nothing else have no data in the Prometheus tests.
+CUDA_ONLY_METRICS = frozenset({"otf2d_device_memory_bytes"})
+
+
+def needs_cuda(expr: str) -> bool:
+    """Whether ``expr`` reads only metrics of :data:`CUDA_ONLY_METRICS`."""
+    used = set(METRIC.findall(expr))
+    return bool(used) and used <= CUDA_ONLY_METRICS
+
+
 #: Grafana variables replaced by sample values before an expression is parsed or queried.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "1m",

@@ -89,6 +89,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("prometheus")
     monitor = monitor_with_grids({"grid1": good_grid(), "grid2": junk_grid()}, now=time.time(), particles_per_hour=2e4)
     engine = EngineMetrics()
+    engine.bind_device_memory(lambda: {"allocated": 91 * 2**20, "reserved": 480 * 2**20})  # as a CUDA engine's
     register_monitoring(monitor.states, engine.registry)
     streamer = StreamerMetrics("grid1")
     stop = threading.Event()
