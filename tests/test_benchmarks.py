@@ -8,21 +8,27 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "classify.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.slow
-def test_classify_benchmark_quick_runs_and_prints_one_table(tmp_path: Path) -> None:
+def run_benchmark(script: str, *args: str) -> str:
+    """Standard output of ``benchmarks/<script> args`` (it must exit 0)."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--quick", "--skip-relion", "--out", str(tmp_path), "--threads", "2"],
-        cwd=BENCHMARK.parents[1],
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=BENCHMARKS.parent,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_classify_benchmark_quick_runs_and_prints_one_table(tmp_path: Path) -> None:
+    out = run_benchmark("classify.py", "--quick", "--skip-relion", "--out", str(tmp_path), "--threads", "2")
+    lines = out.splitlines()
     header = [i for i, line in enumerate(lines) if line.startswith("part ")]
     assert len(header) == 1  # one table
     rows = [line for line in lines if line.startswith(("throughput ", "vs RELION "))]
@@ -41,23 +47,12 @@ def test_classify_benchmark_quick_runs_and_prints_one_table(tmp_path: Path) -> N
     assert (tmp_path / "session" / "truth.csv").is_file()
 
 
-FOLD_MEMORY = BENCHMARK.parent / "fold_memory.py"
-
-
 @pytest.mark.slow
 def test_fold_memory_benchmark_prints_its_table() -> None:
-    done = subprocess.run(
-        [sys.executable, str(FOLD_MEMORY), "--device", "cpu", "--steps", "6", "--every", "3"],
-        cwd=BENCHMARK.parents[1],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    out = run_benchmark("fold_memory.py", "--device", "cpu", "--steps", "6", "--every", "3")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [int(r.split("|")[1]) for r in rows] == [3, 6]
     folded = [int(r.split("|")[2]) for r in rows]
     assert 3 * 20 <= folded[0] < folded[1] <= 6 * 2048
     assert all(float(r.split("|")[4]) > 50 for r in rows)  # RSS MB of a process holding torch
-    assert "RSS MB from the first reading to the last:" in done.stdout
+    assert "RSS MB from the first reading to the last:" in out
