@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,6 +21,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from engine_helpers import free_port
 from monitoring_truth import good_grid, junk_grid, monitor_with_grids
 from test_deploy_files import (
     METRIC,
@@ -40,12 +40,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus (Debian package) is not installed"),
 ]
 DEADLINE_SECONDS = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def query(base: str, expr: str) -> dict[str, Any]:
