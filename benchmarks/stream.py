@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.client import EngineClient, EngineTimeoutError
-from engine.demo_run import DEMO_CLASSIFICATION
+from engine.demo_run import DEMO_CLASSIFICATION, free_port
 from simulator.config import SimulationConfig
 from simulator.session import iter_session
 
@@ -111,14 +111,6 @@ def child(name: str, argv: list[str], log: Path) -> Iterator[Process]:
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait(10)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> dict[str, float]:

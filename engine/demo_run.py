@@ -168,11 +168,23 @@ def fresh_run_dir(base: Path, now: datetime | None = None) -> Path:
             candidate = base / f"run-{stamp}-{n}"
 
 
+#: Ports handed out by :func:`free_port` in this process.
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on loopback that is free right now and was not handed out before by this process.
+
+    The demo (and the tests and benchmarks) take several ports before any process binds them; the
+    kernel may offer a port just closed again, and two servers were once given the same one.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 # ---------------------------------------------------------------------------------------------- children

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,25 +24,6 @@ from simulator.particles import SimulationSetup, prepare_simulation, simulate_pa
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = 32
-
-
-#: Ports handed out by :func:`free_port` in this process.
-_PORTS_GIVEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now and was not handed out before by this process.
-
-    A fixture takes several ports before any process binds them; the kernel may offer a port just
-    closed again, and two servers were once given the same one.
-    """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
 
 
 @lru_cache(maxsize=4)

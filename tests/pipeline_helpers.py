@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine_helpers import ROOT, free_port, wait_until
+from engine_helpers import ROOT, wait_until
 
 from engine.client import EngineClient, EngineTimeoutError
+from engine.demo_run import free_port
 
 #: Fast classification of the pipeline tests: 4 classes, initialised from 40 particles, low resolution.
 PIPELINE_PARAMS: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -10,13 +11,13 @@ from typing import Any
 
 import pytest
 import torch
-from engine_helpers import free_port
 from snapshot_factory import make_snapshot
 
 from core.config import Class2DParams
 from core.errors import ConfigError
 from core.snapshot import ClassSnapshot, ParticleAssignments
 from engine.client import EngineClient, EngineTimeoutError
+from engine.demo_run import free_port
 from engine.folding import latest_snapshot_iteration
 from engine.metrics import EngineMetrics
 from engine.session import Session, merge_params, params_from_dict, params_to_dict, session_directory_name
@@ -150,3 +151,11 @@ def test_one_engine_per_data_directory_and_broken_sessions_are_left_alone(tmp_pa
     third = service()  # the lock went with the first engine
     third.open()
     third.close(drain_timeout_s=1)
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    # Fixtures, the demo and the benchmarks take several ports before any process binds them.
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", ports[-1]))  # and each was free when handed out

@@ -18,7 +18,6 @@ from engine_helpers import (
     TestClient,
     batch_frames,
     engine_process,
-    free_port,
     make_batch,
     send_batches,
     wait_ready,
@@ -28,6 +27,7 @@ from engine_helpers import (
 from core.particles import ParticleBatch
 from core.wire import KIND_ACK
 from engine.client import EngineClient
+from engine.demo_run import free_port
 from engine.journal import Journal
 
 SESSION = "restart"

@@ -28,7 +28,6 @@ from engine_helpers import (
     TestClient,
     batch_frames,
     engine_process,
-    free_port,
     make_batch,
     send_batches,
     wait_ready,
@@ -37,6 +36,7 @@ from engine_helpers import (
 
 from core.wire import KIND_ACK, KIND_REJECT, KIND_REPLY, encode_control
 from engine.client import EngineClient, EngineRequestError
+from engine.demo_run import free_port
 from engine.journal import Journal
 from engine.memory import resident_memory_bytes
 

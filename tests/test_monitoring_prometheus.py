@@ -21,7 +21,6 @@ import urllib.request
 from typing import Any
 
 import pytest
-from engine_helpers import free_port
 from monitoring_truth import good_grid, junk_grid, monitor_with_grids
 from test_deploy_files import (
     METRIC,
@@ -32,6 +31,7 @@ from test_deploy_files import (
     substitute,
 )
 
+from engine.demo_run import free_port
 from monitoring.http import StatusServer
 from monitoring.metrics import register_monitoring
 

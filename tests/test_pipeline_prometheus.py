@@ -39,7 +39,9 @@ from test_deploy_files import (
     rules_file_entries,
     substitute,
 )
-from test_monitoring_prometheus import _wait_for_data, free_port, query
+from test_monitoring_prometheus import _wait_for_data, query
+
+from engine.demo_run import free_port
 
 pytestmark = [
     pytest.mark.slow,

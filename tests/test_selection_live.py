@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import starfile
 import zmq
-from fake_engine import free_port
 from snapshot_factory import make_snapshot
 
 from core.cli import main as otf2d
 from core.errors import InputError
 from core.wire import KIND_REPLY, KIND_SNAPSHOT, KIND_STATUS, decode_control, encode_control
 from engine.client import EngineTimeoutError
+from engine.demo_run import free_port
 from monitoring.quality import save_overrides
 from monitoring.snapshots import write_snapshot
 from selection.live import request_snapshot

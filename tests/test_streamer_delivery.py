@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import starfile
-from fake_engine import FakeEngine, free_port
+from fake_engine import FakeEngine
 from streamer_harness import SESSION, fast_config, running, sample, simulate, truth_keys, wait_until
 
 from core.errors import ConfigError
+from engine.demo_run import free_port
 from streamer.daemon import Streamer
 from streamer.ledger import FileState, Ledger
 

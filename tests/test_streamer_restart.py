@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_engine import FakeEngine, free_port
+from fake_engine import FakeEngine
 from streamer_harness import SESSION, simulate, truth_keys, wait_until
 
+from engine.demo_run import free_port
 from streamer.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
