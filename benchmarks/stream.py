@@ -60,6 +60,7 @@ from typing import Any
 
 from engine.client import EngineClient, EngineTimeoutError
 from engine.demo_run import DEMO_CLASSIFICATION, free_port
+from engine.memory import proc_status_bytes
 from simulator.config import SimulationConfig
 from simulator.session import iter_session
 
@@ -116,12 +117,10 @@ def child(name: str, argv: list[str], log: Path) -> Iterator[Process]:
 def rss_mb(pid: int) -> dict[str, float]:
     """``VmRSS``, ``VmHWM`` (peak), ``RssAnon`` (heap, stacks) and ``RssFile`` (mapped files) of a
     process in MB (10⁶ bytes), from ``/proc/<pid>/status``."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            values[key] = int(rest.split()[0]) * 1024 / 1e6
-    return values
+    status = proc_status_bytes(Path(f"/proc/{pid}/status"), ("VmRSS", "VmHWM", "RssAnon", "RssFile"))
+    if "VmRSS" not in status:
+        raise RuntimeError(f"no VmRSS in /proc/{pid}/status: has the engine exited?")
+    return {key: value / 1e6 for key, value in status.items()}
 
 
 def load_average() -> str:

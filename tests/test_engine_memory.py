@@ -9,7 +9,7 @@ import pytest
 import torch
 from prometheus_client import generate_latest
 
-from engine.memory import PROC_STATUS, device_memory_bytes, memory_status, resident_memory_bytes
+from engine.memory import PROC_STATUS, device_memory_bytes, memory_status, proc_status_bytes, resident_memory_bytes
 from engine.metrics import EngineMetrics
 from engine.status_cmd import memory_text
 
@@ -26,6 +26,7 @@ def test_resident_memory_is_read_from_the_status_file(tmp_path: Path) -> None:
     status = tmp_path / "status"
     status.write_text(STATUS_SAMPLE, encoding="ascii")
     assert resident_memory_bytes(status) == {"resident_bytes": 543210 * 1024, "peak_resident_bytes": 912345 * 1024}
+    assert proc_status_bytes(status, ("RssAnon", "Threads", "VmSwap")) == {"RssAnon": 400000 * 1024}  # kB only
     status.write_text("Name:\tpython\nVmRSS:\tgarbage kB\n", encoding="ascii")
     assert resident_memory_bytes(status) == {}
     assert resident_memory_bytes(tmp_path / "missing") == {}
