@@ -296,11 +296,11 @@ def main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.set_phase(update.phase, update.iteration, update.total_iterations)
 
-    def on_read(n: int) -> None:
+    def on_processed(n: int) -> None:
         if bar is not None:
             bar.advance(n)
 
-    result = classify_table(table, params, device=device, on_phase=on_phase, on_read=on_read)
+    result = classify_table(table, params, device=device, on_phase=on_phase, on_processed=on_processed)
     if bar is not None:
         bar.set_phase("done", result.snapshot.iteration, params.online_em_iterations + params.final_full_iterations)
         bar.close()

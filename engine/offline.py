@@ -22,7 +22,7 @@ import torch
 from core.config import Class2DParams
 from core.readers import ParticleTable
 from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.em.driver import ClassificationResult, Progress, classify_batches
+from engine.em.driver import ClassificationResult, Progress, classify_batches, planned_work
 from engine.table_source import TableSource
 
 
@@ -58,15 +58,10 @@ class OfflineResult:
 
 
 def planned_particles(n_particles: int, params: Class2DParams) -> int:
-    """Particles the driver will read for ``n_particles``: init + online mini-batches + full passes.
-
-    The driver reads one particle to learn the box, one mini-batch to initialise, one per online
-    iteration, then every particle once per full pass (once more for the final assignment when
-    there is no full pass).
-    """
-    batch = min(n_particles, params.batch_size_per_class * params.n_classes)
-    passes = max(params.final_full_iterations, 1)
-    return 1 + batch * (1 + params.online_em_iterations) + passes * n_particles
+    """Particles the classification puts through its E-steps (``on_processed`` counts up to it):
+    the initial batch, one batch per online-EM iteration, every particle once per full pass (or
+    once for the final assignment when there is no full pass); see ``engine.em.driver.planned_work``."""
+    return planned_work(n_particles, params)
 
 
 def _phase_after(progress: Progress, params: Class2DParams) -> PhaseUpdate:
@@ -100,6 +95,7 @@ def classify_table(
     on_phase: Callable[[PhaseUpdate], None] | None = None,
     on_read: Callable[[int], None] | None = None,
     pass_chunk: int = 2048,
+    on_processed: Callable[[int], None] | None = None,
 ) -> OfflineResult:
     """Classify every particle of ``table`` (see the module docstring).
 
@@ -115,6 +111,9 @@ def classify_table(
         Called when a phase or iteration starts (first with ``"init"``).
     on_read
         Called with the number of particles of every read from disk.
+    on_processed
+        Called with the number of particles each E-step (or the initialisation) has just gone
+        through; the counts add up to :func:`planned_particles` (what a progress bar shows).
     pass_chunk
         Particles read at a time during full passes.
 
@@ -136,7 +135,15 @@ def classify_table(
         if on_phase is not None:
             on_phase(_phase_after(p, params))
 
-    result = classify_batches(source, params, device=device, dtype=dtype, progress=progress, pass_chunk=pass_chunk)
+    result = classify_batches(
+        source,
+        params,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        pass_chunk=pass_chunk,
+        on_processed=on_processed,
+    )
     particles = _with_table_metadata(result.particles, table)
     snapshot = result.classifier.snapshot(particles, optics=list(table.optics))
     snapshot = dataclasses.replace(

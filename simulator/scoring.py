@@ -32,6 +32,11 @@ from simulator.projection import VolumeSpectrum, euler_matrix_relion, project, v
 
 FloatArray = npt.NDArray[np.float64]
 
+#: Resolution both images are low-passed to for ``QualityReport.fidelity_ncc`` (Å).
+FIDELITY_LOWPASS_ANGSTROM = 12.0
+#: A good class whose ``fidelity_ncc`` reaches this is counted as faithful.
+FAITHFUL_NCC = 0.72
+
 
 @dataclass(frozen=True)
 class QualityReport:
@@ -46,6 +51,24 @@ class QualityReport:
     in_plane_spread_degrees: float
     fidelity_correlation: float
     fidelity_resolution_angstrom: float
+    #: Classes of at least ``min_class_particles`` members whose majority is true particles.
+    good_classes: int = 0
+    #: Classes with no particle at all (needs ``n_classes``; -1 when unknown).
+    empty_classes: int = -1
+    #: Per good-majority class, the median angle between its good members' viewing directions and
+    #: their medoid; the mean over classes weighted by their good members (degrees).
+    view_spread_degrees: float = float("nan")
+    #: Per good-majority class, the in-plane spread (``in_plane_spread_degrees``); weighted mean.
+    in_plane_consistency_degrees: float = float("nan")
+    #: Best F1 of selecting the true particles by taking whole classes (classes in order of purity).
+    selection_f1: float = float("nan")
+    #: Mean best normalised cross-correlation of the good classes' averages with clean projections,
+    #: both low-passed to ``FIDELITY_LOWPASS_ANGSTROM``.
+    fidelity_ncc: float = float("nan")
+    #: Good classes whose ``fidelity_ncc`` is at least ``FAITHFUL_NCC``.
+    faithful_classes: int = 0
+    #: Good-majority classes that the classifier flagged as junk (needs ``junk_flags``; -1 when unknown).
+    good_classes_flagged_junk: int = -1
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -182,6 +205,17 @@ def align_to_reference(
     return best, best_ref
 
 
+def lowpass(image: FloatArray, pixel_size_angstrom: float, resolution_angstrom: float) -> FloatArray:
+    """``image`` ``(n, n)`` with frequencies beyond ``resolution_angstrom`` removed (cosine edge of 2 rings)."""
+    n = image.shape[0]
+    f = np.fft.fftfreq(n) * n
+    ring = np.hypot(f[:, None], f[None, :])
+    cutoff = n * pixel_size_angstrom / resolution_angstrom
+    edge = np.clip((ring - cutoff) / 2.0 + 0.5, 0.0, 1.0)
+    weight = 0.5 * (1.0 + np.cos(np.pi * edge))
+    return np.asarray(np.fft.ifft2(np.fft.fft2(image) * weight).real, dtype=np.float64)
+
+
 def _class_fidelity(
     average: FloatArray,
     members: pd.DataFrame,
@@ -190,9 +224,13 @@ def _class_fidelity(
     radius_pixels: float,
     n_views: int,
     rng: np.random.Generator,
+    lowpass_angstrom: float | None = None,
 ) -> tuple[float, float]:
-    """Best correlation and FRC-0.5 resolution of one class average against clean projections."""
+    """Best correlation and FRC-0.5 resolution of one class average against clean projections
+    (both low-passed to ``lowpass_angstrom`` first, when given)."""
     box = average.shape[0]
+    if lowpass_angstrom is not None:
+        average = lowpass(average, pixel_size_angstrom, lowpass_angstrom)
     views = members[["rlnAngleRot", "rlnAngleTilt"]].to_numpy()
     directions = viewing_direction(views[:, 0], views[:, 1])
     medoid = medoid_direction(directions)
@@ -201,6 +239,8 @@ def _class_fidelity(
         extra = rng.choice(len(views), size=min(n_views - 1, len(views)), replace=False)
         pick.extend(int(i) for i in extra)
     projections = project(spectrum, views[pick, 0], views[pick, 1], 0.0, box, pixel_size_angstrom)
+    if lowpass_angstrom is not None:
+        projections = np.stack([lowpass(p, pixel_size_angstrom, lowpass_angstrom) for p in projections])
     best_corr, best_res = -1.0, float("inf")
     for proj in projections:
         corr, aligned = align_to_reference(average, proj, radius_pixels=radius_pixels)
@@ -224,6 +264,8 @@ def score_classification(
     fidelity_views: int = 3,
     seed: int = 0,
     first_class_label: int | None = None,
+    n_classes: int | None = None,
+    junk_flags: dict[int, bool] | None = None,
 ) -> QualityReport:
     """Score one classification against ``truth.csv``.
 
@@ -247,6 +289,10 @@ def score_classification(
         The label of ``class_averages[0]`` (0 or 1). ``None`` guesses it from the smallest label
         present (0 or 1, else 0), which is wrong when the first class is empty (RELION often leaves
         classes empty): pass it whenever averages are given.
+    n_classes
+        Number of classes asked for (counts the empty ones); ``None``: unknown.
+    junk_flags
+        Class label -> whether the classifier flagged it as junk; ``None``: unknown.
     """
     classified = pd.DataFrame(
         {
@@ -271,17 +317,20 @@ def score_classification(
     purity_angles: list[FloatArray] = []
     spreads: list[tuple[float, int]] = []
     good = merged[~junk]
+    good_labels: list[int] = []
     for cls, members in good.groupby("cls"):
         if cls in junk_classes or len(members) < min_class_particles:
             continue
+        good_labels.append(int(cls))
         directions = viewing_direction(members["rlnAngleRot"].to_numpy(), members["rlnAngleTilt"].to_numpy())
         purity_angles.append(_angles_between(directions, medoid_direction(directions)))
         spread = in_plane_spread_degrees(
             members["rlnAngleRot"], members["rlnAngleTilt"], members["rlnAnglePsi"], members["psi_est"]
         )
         spreads.append((spread, len(members)))
+    class_weights = np.array([len(a) for a in purity_angles], dtype=np.float64)
 
-    fidelity_corr, fidelity_res = float("nan"), float("nan")
+    fidelity_corr, fidelity_res, fidelity_ncc, faithful = float("nan"), float("nan"), float("nan"), 0
     if class_averages is not None and spectrum is not None and class_pixel_size_angstrom is not None:
         averages = np.asarray(class_averages, dtype=np.float64)
         if first_class_label is not None:
@@ -293,23 +342,26 @@ def score_classification(
             particle_diameter_angstrom / class_pixel_size_angstrom if particle_diameter_angstrom else 0.8 * box
         )
         rng = np.random.default_rng(seed)
-        corrs, resolutions = [], []
+        corrs, resolutions, nccs = [], [], []
         for cls, members in good.groupby("cls"):
             if cls in junk_classes or len(members) < min_class_particles:
                 continue
-            corr, res = _class_fidelity(
+            args = (
                 averages[int(cls) - offset],
                 members,
                 spectrum,
                 class_pixel_size_angstrom,
                 min(diameter_px / 2, box / 2 - 1),
                 fidelity_views,
-                rng,
             )
+            corr, res = _class_fidelity(*args, rng)
             corrs.append(corr)
             resolutions.append(res)
+            nccs.append(_class_fidelity(*args, np.random.default_rng(seed), FIDELITY_LOWPASS_ANGSTROM)[0])
         if corrs:
             fidelity_corr, fidelity_res = float(np.median(corrs)), float(np.median(resolutions))
+            fidelity_ncc = float(np.mean(nccs))
+            faithful = int(np.sum(np.asarray(nccs) >= FAITHFUL_NCC))
 
     return QualityReport(
         n_particles=len(merged),
@@ -321,7 +373,41 @@ def score_classification(
         in_plane_spread_degrees=_weighted_median(spreads),
         fidelity_correlation=fidelity_corr,
         fidelity_resolution_angstrom=fidelity_res,
+        good_classes=len(good_labels),
+        empty_classes=-1 if n_classes is None else int(n_classes - merged["cls"].nunique()),
+        view_spread_degrees=_weighted_mean([float(np.median(a)) for a in purity_angles], class_weights),
+        in_plane_consistency_degrees=_weighted_mean([v for v, _ in spreads], class_weights),
+        selection_f1=best_selection_f1(merged["cls"].to_numpy(), ~junk),
+        fidelity_ncc=fidelity_ncc,
+        faithful_classes=faithful,
+        good_classes_flagged_junk=-1 if junk_flags is None else sum(1 for c in good_labels if junk_flags.get(c, False)),
     )
+
+
+def _weighted_mean(values: list[float], weights: FloatArray) -> float:
+    if not values:
+        return float("nan")
+    return float(np.average(np.asarray(values, dtype=np.float64), weights=weights))
+
+
+def best_selection_f1(labels: npt.ArrayLike, is_good: npt.ArrayLike) -> float:
+    """Best F1 of keeping the true particles by choosing whole classes.
+
+    The best set of whole classes for F1 is a prefix of the classes sorted by their share of true
+    particles, so every prefix is tried. ``labels`` ``(n,)`` class of each particle; ``is_good``
+    ``(n,)`` whether it is a true particle.
+    """
+    lab = np.asarray(labels)
+    good = np.asarray(is_good, dtype=bool)
+    n_true = int(good.sum())
+    if n_true == 0:
+        return float("nan")
+    classes, inverse = np.unique(lab, return_inverse=True)
+    sizes = np.bincount(inverse, minlength=len(classes)).astype(np.float64)
+    hits = np.bincount(inverse, weights=good.astype(np.float64), minlength=len(classes))
+    order = np.argsort(-(hits / sizes), kind="stable")
+    kept, tp = np.cumsum(sizes[order]), np.cumsum(hits[order])
+    return float(np.max(2.0 * tp / (kept + n_true)))
 
 
 def _weighted_median(values_and_weights: list[tuple[float, int]]) -> float:

@@ -263,3 +263,27 @@ def test_cryosparc_cs_input(session: SessionSummary, run_dir: Path) -> None:
         given["rlnDefocusU"].to_numpy(),
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize("full_iterations", [1, 0])
+def test_progress_counts_every_particle_each_iteration_sees(session: SessionSummary, full_iterations: int) -> None:
+    """The progress bar's count grows by one mini-batch per online-EM iteration and by every particle
+    per full pass (the final assignment when there is none), and ends exactly at the planned total."""
+    from core.readers import read_particle_table
+    from engine.offline import PhaseUpdate, classify_table, planned_particles
+
+    args = _parse([*FAST, "--final-full-iterations", str(full_iterations)])
+    params = params_from_args(args)
+    table = read_particle_table(session.particles_star)
+    counts: list[int] = []
+    phases: list[tuple[str, int, int]] = []
+
+    def on_phase(update: PhaseUpdate) -> None:
+        phases.append((update.phase, update.iteration, sum(counts)))
+
+    classify_table(table, params, on_phase=on_phase, on_processed=counts.append)
+    batch = params.batch_size_per_class * params.n_classes
+    assert sum(counts) == planned_particles(len(table), params)
+    online_starts = [done for phase, _, done in phases if phase == "online"]
+    assert online_starts == [batch * (i + 1) for i in range(params.online_em_iterations)]
+    assert sum(counts) - batch * (1 + params.online_em_iterations) == len(table)

@@ -124,6 +124,15 @@ def as_source(particles: ParticleSource | Sequence[ParticleBatch]) -> ParticleSo
     return particles
 
 
+def planned_work(n_particles: int, params: Class2DParams) -> int:
+    """Particles :func:`classify_batches` puts through an E-step (or the initialisation) for
+    ``n_particles``: the initial batch, one batch per online-EM iteration, then every particle once
+    per full pass (once for the final assignment when there is no full pass)."""
+    batch = min(n_particles, params.batch_size_per_class * params.n_classes)
+    passes = max(params.final_full_iterations, 1)
+    return batch * (1 + params.online_em_iterations) + passes * n_particles
+
+
 def prepare_all(
     source: ParticleSource, classifier: Classifier, chunk: int, budget_bytes: int = PREPARED_BUDGET_BYTES
 ) -> PreparedBatch | None:
@@ -152,6 +161,7 @@ def classify_batches(
     dtype: torch.dtype = torch.float32,
     progress: Callable[[Progress], None] | None = None,
     pass_chunk: int = 2048,
+    on_processed: Callable[[int], None] | None = None,
 ) -> ClassificationResult:
     """Classify a finished set of particles with cryoSPARC's O-EM schedule (module docstring).
 
@@ -167,6 +177,10 @@ def classify_batches(
         Called after initialisation and after every iteration.
     pass_chunk
         Particles read from the source at a time during full passes.
+    on_processed
+        Called with the number of particles each piece of work has just gone through (the
+        initialisation batch, every online-EM batch, every chunk of a full pass or of the final
+        assignment): the counts add up to :func:`planned_work`.
 
     Returns
     -------
@@ -187,6 +201,10 @@ def classify_batches(
         if progress is not None:
             progress(Progress(phase, it, total, seen, clf.temperature()))
 
+    def processed(count: int) -> None:
+        if on_processed is not None:
+            on_processed(count)
+
     prepared = prepare_all(source, clf, pass_chunk)
 
     def minibatch() -> BatchLike:
@@ -196,12 +214,14 @@ def classify_batches(
         return source.take(index)
 
     clf.initialise(minibatch())
+    processed(batch_size)
     report("init", 0, 0)
     seen = 0
     for it in range(params.online_em_iterations):
         # the batch's poses are not kept (the final pass assigns every particle): skip refining them
         clf.step(minibatch(), refine_poses=False)
         seen += batch_size
+        processed(batch_size)
         report("online", it + 1, seen)
     if params.align_filaments_vertically:
         clf.align_vertically()
@@ -217,6 +237,7 @@ def classify_batches(
             chunk = source.take(np.arange(start, min(n, start + pass_chunk)))
             ready = chunk if prepared is None else prepared.take(slice(start, start + len(chunk)))
             a = clf.accumulate(ready, accumulator)
+            processed(len(chunk))
             parts.append(a)
             particle_parts.append(a.to_particle_assignments(chunk))
         assignments = Assignments.concatenate(parts)
@@ -229,6 +250,7 @@ def classify_batches(
         for start in range(0, n, pass_chunk):
             chunk = source.take(np.arange(start, min(n, start + pass_chunk)))
             a = clf.assign(chunk if prepared is None else prepared.take(slice(start, start + len(chunk))))
+            processed(len(chunk))
             parts.append(a)
             particle_parts.append(a.to_particle_assignments(chunk))
         assignments = Assignments.concatenate(parts)
@@ -250,5 +272,6 @@ __all__ = [
     "Progress",
     "as_source",
     "classify_batches",
+    "planned_work",
     "prepare_all",
 ]
