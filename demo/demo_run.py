@@ -271,7 +271,10 @@ class Child:
 
 
 def micrograph_sizes(particles: int, micrographs: int) -> list[int]:
-    """Particles on each micrograph, as the simulator spreads them (``otf2d.simulator.session.particles_per_micrograph``)."""
+    """Particles on each micrograph, as the simulator spreads them.
+
+    (``otf2d.simulator.session.particles_per_micrograph``)
+    """
     base, extra = divmod(particles, micrographs)
     return [base + (1 if m < extra else 0) for m in range(micrographs)]
 

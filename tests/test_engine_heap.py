@@ -1,5 +1,5 @@
-"""Handing freed heap back to the OS (otf2d.engine.resources.heap): real RSS on glibc, a no-op where libc lacks malloc_trim,
-and the worker trimming once it has nothing to fold."""
+"""Handing freed heap back to the OS (otf2d.engine.resources.heap): real RSS on glibc, a no-op where libc lacks
+malloc_trim, and the worker trimming once it has nothing to fold."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""otf2d.engine.resources.memory (resident size from /proc, GPU memory of torch), its /metrics gauges and its status text."""
+"""otf2d.engine.resources.memory (resident size from /proc, GPU memory of torch), its /metrics gauges and its status
+text."""
 
 from __future__ import annotations
 

@@ -170,7 +170,10 @@ def test_status_line_says_what_the_engine_does() -> None:
 
 
 def test_demo_does_not_import_torch() -> None:
-    code = "import sys\nimport otf2d.demo.demo_cmd, otf2d.demo.demo_run, otf2d.control.override_cmd\nprint('torch' in sys.modules)\n"
+    code = (
+        "import sys\nimport otf2d.demo.demo_cmd, otf2d.demo.demo_run, otf2d.control.override_cmd\n"
+        "print('torch' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 

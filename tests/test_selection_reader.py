@@ -1,4 +1,5 @@
-"""otf2d.selection.snapshot_reader: a snapshot written by otf2d.monitoring.snapshots reads back as the same ClassSnapshot."""
+"""otf2d.selection.snapshot_reader: a snapshot written by otf2d.monitoring.snapshots reads back as the same
+ClassSnapshot."""
 
 from __future__ import annotations
 

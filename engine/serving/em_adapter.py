@@ -1,4 +1,5 @@
-"""The online-EM classifier of ``otf2d.engine.em`` behind the engine's :class:`~otf2d.engine.serving.classifier_port.ClassifierPort`.
+"""The online-EM classifier of ``otf2d.engine.em`` behind the engine's
+:class:`~otf2d.engine.serving.classifier_port.ClassifierPort`.
 
 - ``initialise``: the classifier's own schedule (``otf2d.engine.em.driver.classify_batches``) on the
   initial ``K × batch_size_per_class`` particles: random initial classes, ``online_em_iterations``
