@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from otf2d.control.client import EngineClient, EngineTimeoutError
-from otf2d.demo.demo_run import DEMO_CLASSIFICATION, free_port
+from otf2d.demo.demo_run import DEMO_CLASSIFICATION, free_ports
 from otf2d.engine.resources.memory import proc_status_bytes
 from otf2d.simulator.config import SimulationConfig
 from otf2d.simulator.session import iter_session
@@ -415,7 +415,7 @@ def pipeline(
         elif path.exists():
             path.unlink()
     (work / "logs").mkdir(parents=True)
-    zmq_port, http_port = free_port(), free_port()
+    zmq_port, http_port = free_ports(2)
     endpoint = f"tcp://127.0.0.1:{zmq_port}"
     python = [sys.executable, "-m", "otf2d.core.cli"]
     engine_argv = [*python, "engine", "--listen", endpoint, "--data", str(work / "engine"), "--config", str(config)]

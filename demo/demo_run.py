@@ -168,23 +168,17 @@ def fresh_run_dir(base: Path, now: datetime | None = None) -> Path:
             candidate = base / f"run-{stamp}-{n}"
 
 
-#: Ports handed out by :func:`free_port` in this process.
-_PORTS_GIVEN: set[int] = set()
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on loopback, free right now, for children that bind them later.
 
-
-def free_port() -> int:
-    """A TCP port on loopback that is free right now and was not handed out before by this process.
-
-    The demo (and the tests and benchmarks) take several ports before any process binds them; the
-    kernel may offer a port just closed again, and two servers were once given the same one.
+    All ``count`` sockets are bound at once before any is released, so the ports differ from each other
+    (the kernel offers a port just closed again; the demo's servers were once given the same one).
     """
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for s in sockets:
             s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
+        return [int(s.getsockname()[1]) for s in sockets]
 
 
 # ---------------------------------------------------------------------------------------------- children
@@ -389,9 +383,7 @@ class Demo:
         self.truth_csv = self.microscope_dir / "truth.csv"
         self.movies_dir = self.microscope_dir / "Extract" / "job005" / "Movies"
         self.micrograph_sizes = micrograph_sizes(plan.particles, plan.micrographs)
-        self.zmq_port = free_port()
-        self.http_port = free_port()
-        self.streamer_metrics_port = free_port()
+        self.zmq_port, self.http_port, self.streamer_metrics_port = free_ports(3)
         self.endpoint = f"tcp://127.0.0.1:{self.zmq_port}"
         self.status_url = f"http://127.0.0.1:{self.http_port}/"
         self.signal_received: int | None = None
@@ -709,7 +701,7 @@ __all__ = [
     "count_truth_rows",
     "default_threads",
     "format_elapsed",
-    "free_port",
+    "free_ports",
     "fresh_run_dir",
     "http_get",
     "log_tail",

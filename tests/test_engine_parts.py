@@ -154,7 +154,7 @@ def test_one_engine_per_data_directory_and_broken_sessions_are_left_alone(tmp_pa
 
 
 def test_free_port_never_hands_out_a_port_twice() -> None:
-    # Fixtures, the demo and the benchmarks take several ports before any process binds them.
+    # Fixtures take several ports before any process binds them (tests/ports.py, test tooling).
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
