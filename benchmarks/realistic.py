@@ -1,6 +1,6 @@
 """otf2d vs RELION 3.1 on the realistic session (issue 12): class quality against ground truth and wall time.
 
-The session is ``simulator.presets.realistic_session``: the real 70S ribosome map (box 80 at 5 Å/px),
+The session is ``otf2d.simulator.presets.realistic_session``: the real 70S ribosome map (box 80 at 5 Å/px),
 RELION's CTF, SNR ``--snr`` (default 0.05), 20 % junk of five kinds, made anew for every seed. On
 each, in the same run and on the same threads:
 
@@ -10,7 +10,7 @@ each, in the same run and on the same threads:
   --scale --zero_mask --flatten_solvent``, psi 12°, offsets ±5 step 2: see ``classify.py``),
   unless ``--skip-relion``;
 
-both scored by ``simulator.scoring.score_classification`` against ``truth.csv``: good
+both scored by ``otf2d.simulator.scoring.score_classification`` against ``truth.csv``: good
 (good-majority) classes, empty classes, good classes otf2d flagged as junk, view spread
 (weighted mean of per-class median angles to the medoid view), in-plane consistency, junk
 isolation, best whole-class selection F1, fidelity NCC at 12 Å of the good classes and how many
@@ -46,11 +46,11 @@ import pandas as pd
 import starfile
 from classify import relion_command, run_logged  # benchmarks/classify.py: one RELION command line
 
-from monitoring.snapshots import read_latest
-from simulator.particles import SimulationSetup, prepare_simulation
-from simulator.presets import RIBOSOME_MAP, realistic_session
-from simulator.scoring import FAITHFUL_NCC, QualityReport, score_classification
-from simulator.session import SessionSummary, simulate_session
+from otf2d.monitoring.snapshots import read_latest
+from otf2d.simulator.particles import SimulationSetup, prepare_simulation
+from otf2d.simulator.presets import RIBOSOME_MAP, realistic_session
+from otf2d.simulator.scoring import FAITHFUL_NCC, QualityReport, score_classification
+from otf2d.simulator.session import SessionSummary, simulate_session
 
 #: RELION's default schedule (the GUI's Class2D).
 RELION_ITERATIONS = 25
@@ -135,7 +135,7 @@ def run_otf2d(
 ) -> Run:
     job = summary.out_dir / "Class2D" / "otf2d"
     cmd = [
-        sys.executable, "-m", "core.cli", "classify", str(summary.particles_star), "--out", str(job),
+        sys.executable, "-m", "otf2d.core.cli", "classify", str(summary.particles_star), "--out", str(job),
         "--classes", str(k), "--seed", str(seed), "--threads", str(threads), "--quiet",
     ]  # fmt: skip
     wall, _ = run_logged(cmd, summary.out_dir, summary.out_dir / "otf2d.log")

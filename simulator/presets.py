@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulator.config import SimulationConfig
+from otf2d.simulator.config import SimulationConfig
 
 #: Where the map lies relative to the shared data folder.
 RIBOSOME_MAP = Path("aspire/clean70SRibosome_vol_65p.mrc")

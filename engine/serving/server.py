@@ -1,0 +1,232 @@
+"""The engine's ZeroMQ ROUTER: receives batches and control requests, answers each.
+
+Socket: ``ROUTER_MANDATORY=1`` (an answer to a vanished peer fails loudly instead of vanishing;
+it is logged and dropped — the streamer re-sends), ``ROUTER_HANDOVER=1`` (a streamer restarted
+with the same identity takes its connection over), ZMTP heartbeats, explicit ``RCVHWM``/``SNDHWM``,
+a small ``LINGER`` and a ``MAXMSGSIZE``. Answers are sent with ``NOBLOCK``: a peer that does not
+read its answers loses them rather than stalling the engine.
+
+Each turn of the loop takes every message already waiting (up to ``max_group`` messages or
+``max_group_bytes``), answers pings and control requests at once, decodes the batches
+(:func:`otf2d.core.wire.decode_batch`; a :class:`~otf2d.core.errors.DecodeError` becomes a REJECT with the
+reason, never a crash) and hands them to :meth:`EngineService.ingest` together: one durable write
+per session for the whole group (group commit), then one ACK per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from otf2d.core.errors import DecodeError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.wire import (
+    KIND_ACK,
+    KIND_BATCH,
+    KIND_PING,
+    KIND_PONG,
+    KIND_REPLY,
+    decode_batch,
+    decode_control,
+    encode_control,
+    message_kind,
+)
+from otf2d.engine.serving.service import Answer, EngineService
+
+log = logging.getLogger(__name__)
+
+#: Kinds that are answers, never requests: an engine receiving one ignores it.
+_IGNORED = frozenset({KIND_ACK, "nack", "reject", KIND_PONG, KIND_REPLY})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Socket settings.
+
+    Attributes
+    ----------
+    listen
+        Endpoint to bind, e.g. ``tcp://*:5555``.
+    rcvhwm, sndhwm
+        High-water marks (messages per peer).
+    linger_ms
+        ``LINGER`` on close (answers still queued get this long to leave).
+    heartbeat_ivl_ms, heartbeat_timeout_ms, heartbeat_ttl_ms
+        ZMTP heartbeats.
+    max_message_bytes
+        ``MAXMSGSIZE``: a peer sending a larger frame is disconnected.
+    max_group, max_group_bytes
+        Most messages / bytes journaled in one durable write.
+    poll_ms
+        Longest wait before the loop checks its stop flag.
+    """
+
+    listen: str
+    rcvhwm: int = 1000
+    sndhwm: int = 1000
+    linger_ms: int = 200
+    heartbeat_ivl_ms: int = 2000
+    heartbeat_timeout_ms: int = 10000
+    heartbeat_ttl_ms: int = 10000
+    max_message_bytes: int = 1 << 30
+    max_group: int = 64
+    max_group_bytes: int = 256 << 20
+    poll_ms: int = 100
+
+
+def _header_fields(frames: list[Any]) -> tuple[str, int, Any]:
+    """Best-effort ``(msg_id, n_particles, request_id)`` of an undecodable message."""
+    try:
+        header = json.loads(bytes(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]))
+    except (ValueError, TypeError, IndexError):
+        return "", 0, None
+    if not isinstance(header, dict):
+        return "", 0, None
+    msg_id = header.get("msg_id")
+    n = header.get("n_particles")
+    return (
+        msg_id if isinstance(msg_id, str) else "",
+        n if type(n) is int else 0,
+        header.get("request_id") if isinstance(header.get("request_id"), str) else None,
+    )
+
+
+class EngineServer:
+    """The ROUTER loop in front of an :class:`EngineService`.
+
+    Parameters
+    ----------
+    service
+        Where batches and requests go.
+    config
+        Socket settings.
+    context
+        ZeroMQ context (default: the process-wide one).
+    """
+
+    def __init__(self, service: EngineService, config: ServerConfig, context: zmq.Context[Any] | None = None) -> None:
+        self.service = service
+        self.config = config
+        ctx = context if context is not None else zmq.Context.instance()
+        self.socket: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+        s, c = self.socket, config
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        s.setsockopt(zmq.LINGER, c.linger_ms)
+        s.setsockopt(zmq.RCVHWM, c.rcvhwm)
+        s.setsockopt(zmq.SNDHWM, c.sndhwm)
+        s.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, c.heartbeat_timeout_ms)
+        s.setsockopt(zmq.HEARTBEAT_TTL, c.heartbeat_ttl_ms)
+        s.setsockopt(zmq.MAXMSGSIZE, c.max_message_bytes)
+        self.endpoint = ""
+        self.messages_received = 0
+
+    def bind(self) -> str:
+        """Bind to ``config.listen``; returns the endpoint actually bound."""
+        self.socket.bind(self.config.listen)
+        self.endpoint = str(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.service.endpoint = self.endpoint
+        log.info("engine listening on %s", self.endpoint)
+        return self.endpoint
+
+    def serve(self, stop: threading.Event) -> None:
+        """Answer messages until ``stop`` is set."""
+        while not stop.is_set():
+            if self.socket.poll(self.config.poll_ms, zmq.POLLIN):
+                self.turn()
+
+    def drain(self) -> int:
+        """Journal and answer every message already received, without waiting; returns how many."""
+        total = 0
+        while True:
+            n = self.turn()
+            total += n
+            if n == 0:
+                return total
+
+    def close(self) -> None:
+        """Close the socket (answers still queued get ``linger_ms`` to leave)."""
+        self.socket.close(linger=self.config.linger_ms)
+
+    # ------------------------------------------------------------------ one turn
+
+    def turn(self) -> int:
+        """Take every waiting message (up to the group limits) and answer it; returns how many."""
+        group: list[tuple[bytes, dict[str, Any], ParticleBatch]] = []
+        group_bytes = 0
+        n = 0
+        while n < self.config.max_group and group_bytes < self.config.max_group_bytes:
+            try:
+                message = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            n += 1
+            identity, frames = message[0].bytes, message[1:]
+            entry = self._handle(identity, frames)
+            if entry is not None:
+                group.append(entry)
+                group_bytes += sum(len(f) for f in frames)
+        self.messages_received += n
+        if group:
+            answers = self.service.ingest([(header, batch) for _, header, batch in group])
+            for (identity, _, _), answer in zip(group, answers, strict=True):
+                self._send(identity, answer)
+        return n
+
+    def _handle(self, identity: bytes, frames: list[Any]) -> tuple[bytes, dict[str, Any], ParticleBatch] | None:
+        try:
+            kind = message_kind(frames)
+        except DecodeError as exc:
+            log.warning("unreadable message from %r: %s", identity, exc)
+            self._send(identity, self.service.invalid("", exc.what))
+            return None
+        if kind == KIND_BATCH:
+            try:
+                header, batch = decode_batch(frames)
+            except DecodeError as exc:
+                msg_id, n_particles, _ = _header_fields(frames)
+                log.warning("rejected batch %r from %r: %s", msg_id, identity, exc.what)
+                self._send(identity, self.service.invalid(msg_id, exc.what, n_particles))
+                return None
+            return identity, header, batch
+        try:
+            request = decode_control(frames)
+        except DecodeError as exc:
+            msg_id, _, request_id = _header_fields(frames)
+            log.warning("invalid %r message from %r: %s", kind, identity, exc.what)
+            if request_id is not None:
+                self._send(identity, Answer(KIND_REPLY, {"request_id": request_id, "ok": False, "error": exc.what}))
+            else:
+                self._send(identity, self.service.invalid(msg_id, exc.what))
+            return None
+        if kind == KIND_PING:
+            self._send(identity, Answer(KIND_PONG, {"seq": request.get("seq"), "time": request.get("time")}))
+        elif kind in _IGNORED:
+            log.debug("ignored a %r from %r", kind, identity)
+        else:
+            reply = self.service.control(request)
+            self._send(identity, Answer(KIND_REPLY, {"request_id": request["request_id"], **reply}))
+        return None
+
+    def _send(self, identity: bytes, answer: Answer) -> None:
+        try:
+            frames = encode_control(answer.kind, **answer.fields)
+        except ValueError as exc:
+            log.exception("could not encode a %r answer", answer.kind)
+            if answer.kind != KIND_REPLY:
+                return
+            request_id = answer.fields["request_id"]
+            frames = encode_control(KIND_REPLY, request_id=request_id, ok=False, error=f"engine error: {exc}")
+        try:
+            self.socket.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)
+            log.info("answer %s to %r dropped: %s", answer.kind, identity, exc)
+
+
+__all__ = ["EngineServer", "ServerConfig"]
