@@ -94,7 +94,7 @@ def check_stack_paths(path: Path, stacks: npt.NDArray[np.str_], project_dir: Pat
             raise UnsafePathError(
                 path,
                 f"row {row + 1}: stack path {stack!r} leaves the project directory {root}; refused "
-                "(pass --project-dir with a directory that holds every stack if this is intended)",
+                "(if intended: `otf2d classify` / `inspect` take --project-dir, a directory holding every stack)",
             )
 
 
