@@ -163,8 +163,9 @@ class ParticleTable:
 
         A particle counted twice biases the online-EM statistics; the drop is logged once per file.
         """
-        keys = np.char.add(np.char.add(self.indices.astype(str), "@"), self.stack_paths)
-        _, first = np.unique(keys, return_index=True)
+        _, stack_code = np.unique(self.stack_paths, return_inverse=True)
+        codes = stack_code.reshape(-1).astype(np.int64) * (int(self.indices.max(initial=0)) + 1) + self.indices
+        _, first = np.unique(codes, return_index=True)
         if len(first) == len(self):
             return self
         keep = np.sort(first)
