@@ -292,6 +292,19 @@ def test_particles_block_without_a_loop(tmp_path: Path, text: str, expect: str) 
     assert expect in _raises(InputError, star)
 
 
+def test_a_column_listed_twice(empiar: Path) -> None:
+    """Found by tests/test_readers_fuzz.py: a repeated label made a column 2-D and crashed the range check."""
+    empiar.write_text(empiar.read_text().replace("_rlnMicrographName #2\n", "_rlnVoltage #2\n", 1))
+    assert "lists column(s) rlnVoltage more than once" in _raises(InputError, empiar)
+
+
+def test_cs_blob_path_with_a_shape(empiar: Path) -> None:
+    """Found by tests/test_readers_fuzz.py: blob/path of shape (1,) per row gave a TypeError."""
+    cs = empiar.with_suffix(".cs")
+    _cs_with(cs, "blob/path", "S8", (1,))
+    assert "field blob/path has shape (1,)" in _raises(InputError, cs)
+
+
 # ----------------------------------------------------------------- cryoSPARC shapes (streamer loop-killers)
 
 

@@ -227,6 +227,8 @@ def read_cryosparc_table(
 
 #: Fields whose per-row shape is fixed (cryoSPARC's own layout); anything else is refused.
 _FIELD_SHAPES: dict[str, tuple[int, ...]] = {
+    "blob/path": (),
+    "location/micrograph_path": (),
     "blob/idx": (),
     "blob/shape": (2,),
     "blob/psize_A": (),

@@ -86,6 +86,10 @@ def read_star_blocks(path: Path) -> dict[str, Any]:
         raise InputError(path, "no data blocks found: not a STAR file")
     for name, block in blocks.items():
         if hasattr(block, "columns"):
+            labels = [str(c) for c in block.columns]
+            repeated = sorted({c for c in labels if labels.count(c) > 1})
+            if repeated:
+                raise InputError(path, f"data_{name} lists column(s) {', '.join(repeated)} more than once")
             _check_short_rows(path, name, block)
     return dict(blocks)
 
