@@ -249,3 +249,13 @@ def test_star_caught_mid_write_waits_and_is_never_parsed(tmp_path: Path) -> None
     assert record is not None and gate.process(record, max(time.time(), record.next_try)).action == "planned"
     assert sum(len(b.batch) for b in ledger.to_send(set(), 10)) == 20
     ledger.close()
+
+
+def test_a_project_in_a_latin1_directory_is_delivered(tmp_path: Path) -> None:
+    """Directory names that are not UTF-8 (an SMB share written from Windows) all the way through."""
+    project = Path(os.fsdecode(os.fsencode(tmp_path) + b"/grille_\xe9t\xe9"))
+    simulate(project, n_particles=40, n_micrographs=2)
+    with FakeEngine(free_port()) as engine:
+        streamer = _run_once(project, tmp_path / "ledger.sqlite", engine)
+    assert set(engine.keys) == truth_keys(project) and max(engine.keys.values()) == 1
+    assert _gauge(streamer, "otf2d_streamer_files_quarantined_total") == 0
