@@ -14,7 +14,7 @@ Tables (one ledger per session):
     One row per message: ``seq`` (primary key; ``msg_id = "<ledger_id>:<seq>"``), ``file``,
     ``source``, ``state`` (:class:`BatchState`), ``n_particles``, ``pixel_size_angstrom``,
     ``file_ready_time``, the particles' metadata (stack paths, 1-based indices, optics groups,
-    the resolved stack files, and the ``(n, 9)`` float64 CTF in :data:`core.wire.CTF_FIELDS`
+    the resolved stack files, and the ``(n, 9)`` float64 CTF in :data:`otf2d.core.wire.CTF_FIELDS`
     order), ``created_at``, ``sent_at``, ``acked_at``, ``attempts``, ``reason``.
     Images are *not* stored: they are read from the stacks when the batch is sent, so the backlog
     costs ~100 bytes per particle on disk and nothing in memory.
@@ -30,7 +30,7 @@ File paths are stored losslessly: as TEXT when they are valid UTF-8, else as the
 name (a BLOB; e.g. ``mic_\\xe9t\\xe9_extract.star`` written in Latin-1 onto an SMB share), and
 given back as ``str`` with surrogate escapes (``os.fsdecode``), so the file opens again. Reasons
 and provenance are stored as printable text (undecodable bytes shown as ``\\xNN``).
-Quarantined files carry a short ``reason_code`` (``streamer.gate.QUARANTINE_REASONS``) for metrics.
+Quarantined files carry a short ``reason_code`` (``otf2d.streamer.gate.QUARANTINE_REASONS``) for metrics.
 
 Every state change is one transaction; planning a file (its batches and their particle keys) is
 one transaction, so a crash leaves either all of a file's batches or none.
@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import ConfigError
-from core.wire import CTF_FIELDS, make_msg_id, parse_msg_id
+from otf2d.core.errors import ConfigError
+from otf2d.core.wire import CTF_FIELDS, make_msg_id, parse_msg_id
 
 LEDGER_SCHEMA = 1
 
@@ -181,7 +181,7 @@ class PlannedBatch:
     indices, optics_groups
         ``(n,)`` 1-based.
     ctf
-        ``(n, 9)`` float64, columns in :data:`core.wire.CTF_FIELDS` order.
+        ``(n, 9)`` float64, columns in :data:`otf2d.core.wire.CTF_FIELDS` order.
     stack_files
         Stack path (as written) → absolute file holding it.
     pixel_size_angstrom
@@ -385,7 +385,7 @@ class Ledger:
         reason
             Why, in words (shown to the user).
         code
-            Short reason for metrics (``streamer.gate.QUARANTINE_REASONS``).
+            Short reason for metrics (``otf2d.streamer.gate.QUARANTINE_REASONS``).
         size, mtime_ns
             The version of the file that was judged (so that only a newer one is read again).
         """

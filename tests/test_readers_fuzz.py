@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from particle_files import write_cs
 
-from core.errors import InputError
-from core.readers import check_stacks, load_batch, read_particle_table
+from otf2d.core.errors import InputError
+from otf2d.core.readers import check_stacks, load_batch, read_particle_table
 
 #: Values a hostile or broken file may hold where a number or an image name is expected.
 NASTY = [

@@ -18,15 +18,15 @@ import pytest
 import starfile
 from particle_files import random_images, star_loop, write_cs, write_stack, write_star
 
-from core.errors import (
+from otf2d.core.errors import (
     IncompleteFileError,
     InputError,
     MissingStackError,
     UnsafePathError,
     ValueRangeError,
 )
-from core.particles import ParticleBatch
-from core.readers import check_stacks, load_batch, read_particle_table, read_stack_header
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.readers import check_stacks, load_batch, read_particle_table, read_stack_header
 
 
 def _raises(cls: type[Exception], path: Path, *args: object, **kwargs: object) -> str:

@@ -23,15 +23,15 @@ import numpy as np
 import pytest
 from fake_engine import FakeEngine
 from particle_files import write_cs
+from ports import free_port
 from streamer_harness import SESSION, fast_config, simulate, truth_keys
 
-from core.particles import ParticleKey
-from engine.demo_run import free_port
-from streamer import gate as gate_module
-from streamer.daemon import Streamer
-from streamer.gate import Gate, GateConfig, file_kind
-from streamer.ledger import FileState, Ledger
-from streamer.optics_source import OpticsCache
+from otf2d.core.particles import ParticleKey
+from otf2d.streamer import gate as gate_module
+from otf2d.streamer.daemon import Streamer
+from otf2d.streamer.gate import Gate, GateConfig, file_kind
+from otf2d.streamer.ledger import FileState, Ledger
+from otf2d.streamer.optics_source import OpticsCache
 
 MOVIES = "Extract/job005/Movies"
 LATIN1_NAME = b"mic_\xe9t\xe9_extract.star"

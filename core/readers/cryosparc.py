@@ -15,13 +15,25 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import IncompleteFileError, InputError, MissingColumnError, UnsupportedFormatError, ValueRangeError
-from core.particles import RELION_CTF_DEFAULTS, CtfParams
-from core.readers.optics import OpticsOverrides, first_header, resolve_pixel_size
-from core.readers.project import default_session, find_project_dir
-from core.readers.table import Alignments2D, ParticleTable
-from core.readers.validate import MAX_IMAGE_INDEX, PHYSICAL_RANGES, check_ranges, check_stack_paths, not_a_file_reason
-from core.snapshot import OpticsGroup
+from otf2d.core.errors import (
+    IncompleteFileError,
+    InputError,
+    MissingColumnError,
+    UnsupportedFormatError,
+    ValueRangeError,
+)
+from otf2d.core.particles import RELION_CTF_DEFAULTS, CtfParams
+from otf2d.core.readers.optics import OpticsOverrides, first_header, resolve_pixel_size
+from otf2d.core.readers.project import default_session, find_project_dir
+from otf2d.core.readers.table import Alignments2D, ParticleTable
+from otf2d.core.readers.validate import (
+    MAX_IMAGE_INDEX,
+    PHYSICAL_RANGES,
+    check_ranges,
+    check_stack_paths,
+    not_a_file_reason,
+)
+from otf2d.core.snapshot import OpticsGroup
 
 CSDAT_MAGIC = b"\x95CSDAT"
 NUMPY_MAGIC = b"\x93NUMPY"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, PixelSizeError, ValueRangeError
-from core.readers.stacks import StackHeader, read_stack_header
-from core.readers.validate import outside, range_text
+from otf2d.core.errors import InputError, PixelSizeError, ValueRangeError
+from otf2d.core.readers.stacks import StackHeader, read_stack_header
+from otf2d.core.readers.validate import outside, range_text
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.errors import InputError, UnsupportedFormatError
-from core.readers.cryosparc import CSDAT_MAGIC, NUMPY_MAGIC, read_cryosparc_table
-from core.readers.optics import OpticsOverrides
-from core.readers.relion import read_relion_table
-from core.readers.table import ParticleTable
-from core.readers.validate import not_a_file_reason
+from otf2d.core.errors import InputError, UnsupportedFormatError
+from otf2d.core.readers.cryosparc import CSDAT_MAGIC, NUMPY_MAGIC, read_cryosparc_table
+from otf2d.core.readers.optics import OpticsOverrides
+from otf2d.core.readers.relion import read_relion_table
+from otf2d.core.readers.table import ParticleTable
+from otf2d.core.readers.validate import not_a_file_reason
 
 _MRC_SUFFIXES = {".mrc", ".mrcs", ".st", ".map"}
 
@@ -71,9 +71,9 @@ def read_particle_table(
     ------
     UnsupportedFormatError
         Compressed cryoSPARC CSDAT, or a bare image stack (use
-        :func:`core.readers.stacks.read_stack_images` for those).
+        :func:`otf2d.core.readers.stacks.read_stack_images` for those).
     InputError
-        Any problem with the file; the subclass says which (see ``core.errors``):
+        Any problem with the file; the subclass says which (see ``otf2d.core.errors``):
         ``IncompleteFileError`` for a file cut short (read it again later), ``ValueRangeError``
         for a physically impossible value, ``UnsafePathError`` for a stack outside the project.
 
@@ -94,7 +94,7 @@ def read_particle_table(
         raise UnsupportedFormatError(
             path,
             "an image stack holds no particle metadata (CTF, pixel size); read it with "
-            "core.readers.read_stack_images, or pass the particles.star / .cs that refers to it",
+            "otf2d.core.readers.read_stack_images, or pass the particles.star / .cs that refers to it",
         )
     table = read_relion_table(
         path, session=session, project_dir=project_dir, optics_from=optics_from, overrides=overrides

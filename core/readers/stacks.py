@@ -21,8 +21,8 @@ import mrcfile.utils
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
-from core.readers.validate import is_absent, not_a_file_reason
+from otf2d.core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
+from otf2d.core.readers.validate import is_absent, not_a_file_reason
 
 HEADER_BYTES = 1024
 #: MRC modes we read, with what they hold.

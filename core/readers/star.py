@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import starfile
 
-from core.errors import IncompleteFileError, InputError, MissingColumnError, ValueRangeError
-from core.readers.validate import MAX_IMAGE_INDEX, not_a_file_reason
+from otf2d.core.errors import IncompleteFileError, InputError, MissingColumnError, ValueRangeError
+from otf2d.core.readers.validate import MAX_IMAGE_INDEX, not_a_file_reason
 
 #: Columns that must stay strings even when every value looks like a number.
 STRING_COLUMNS = ["rlnImageName", "rlnMicrographName", "rlnOpticsGroupName", "rlnImageOriginalName"]

@@ -1,7 +1,7 @@
 """The metadata-level particle table: everything about a set of particles except their pixels.
 
 A ``ParticleTable`` is what every reader returns (RELION STAR, cryoSPARC ``.cs``); images are read
-later, in chunks, by :mod:`core.readers.loader`. Values are in RELION's units and conventions:
+later, in chunks, by :mod:`otf2d.core.readers.loader`. Values are in RELION's units and conventions:
 1-based indices and optics groups, CTF in Å / degrees / kV / mm.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, MissingStackError
-from core.particles import CtfParams, ParticleKey
-from core.readers.validate import is_absent, not_a_file_reason
-from core.snapshot import OpticsGroup
+from otf2d.core.errors import InputError, MissingStackError
+from otf2d.core.particles import CtfParams, ParticleKey
+from otf2d.core.readers.validate import is_absent, not_a_file_reason
+from otf2d.core.snapshot import OpticsGroup
 
 log = logging.getLogger(__name__)
 

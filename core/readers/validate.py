@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import UnsafePathError, ValueRangeError
+from otf2d.core.errors import UnsafePathError, ValueRangeError
 
 #: CtfParams field → (lowest, highest, unit, highest included).
 PHYSICAL_RANGES: dict[str, tuple[float, float, str, bool]] = {
