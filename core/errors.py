@@ -47,6 +47,18 @@ class IncompleteStackError(InputError):
     """A stack holds fewer bytes than its header claims (truncated, or still being written)."""
 
 
+class IncompleteFileError(InputError):
+    """A metadata file (STAR, ``.cs``) is cut short: caught while it is still being written."""
+
+
+class ValueRangeError(InputError):
+    """A value is outside what is physically possible (kV, Cs, amplitude contrast, index, ...)."""
+
+
+class UnsafePathError(InputError):
+    """A stack path leaves the project directory (``../..``, or absolute elsewhere)."""
+
+
 class NonFiniteError(InputError):
     """Images contain NaN or Inf pixels."""
 
@@ -75,6 +87,7 @@ __all__ = [
     "BoxSizeMismatchError",
     "ConfigError",
     "DecodeError",
+    "IncompleteFileError",
     "IncompleteStackError",
     "IndexOutOfRangeError",
     "InputError",
@@ -83,5 +96,7 @@ __all__ = [
     "NonFiniteError",
     "Otf2dError",
     "PixelSizeError",
+    "UnsafePathError",
     "UnsupportedFormatError",
+    "ValueRangeError",
 ]

@@ -65,6 +65,7 @@ def summarize_table(table: ParticleTable, check: StackCheck) -> dict[str, Any]:
         "file": str(table.source),
         "format": table.format,
         "particles": len(table),
+        "duplicate_rows_dropped": table.duplicates_dropped,
         "box_size": table.box_size,
         "pixel_size_angstrom": table.pixel_size_angstrom,
         "session": table.session,
@@ -120,7 +121,8 @@ def format_table_summary(s: dict[str, Any]) -> str:
     lines = [
         f"file:          {s['file']}",
         f"format:        {s['format']}",
-        f"particles:     {s['particles']}",
+        f"particles:     {s['particles']}"
+        + (f" ({s['duplicate_rows_dropped']} repeated row(s) dropped)" if s["duplicate_rows_dropped"] else ""),
         f"box:           {s['box_size'] or 'unknown'} px",
         f"pixel size:    {s['pixel_size_angstrom']:.4f} Å",
         f"session:       {s['session']}",

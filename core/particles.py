@@ -180,6 +180,15 @@ class ParticleBatch:
                 f"({int(bad.sum())} bad image(s) in this batch)",
             )
 
+    def blank_mask(self) -> npt.NDArray[np.bool_]:
+        """``(n,)`` True for a blank image: every pixel equal (all zero, or constant), no signal at all.
+
+        Such images (unwritten stack slices, masked-out particles) hold nothing to classify and
+        their normalisation divides by a zero standard deviation.
+        """
+        flat = self.images.reshape(len(self), -1)
+        return np.asarray(np.all(flat == flat[:, :1], axis=1), dtype=bool)
+
     def take(self, index: npt.ArrayLike) -> ParticleBatch:
         """A new batch holding the particles at ``index``."""
         idx = np.asarray(index)

@@ -26,8 +26,8 @@ from pathlib import Path
 import zmq
 
 from otf2d.core.errors import ConfigError
-from otf2d.streamer.gate import Gate, GateConfig, Outcome, file_kind
-from otf2d.streamer.ledger import Ledger
+from otf2d.streamer.gate import QUARANTINE_REASONS, Gate, GateConfig, Outcome, file_kind
+from otf2d.streamer.ledger import FileRecord, Ledger, safe_text
 from otf2d.streamer.metrics import StreamerMetrics
 from otf2d.streamer.optics_source import OpticsCache
 from otf2d.streamer.sender import Sender, SenderConfig
@@ -210,10 +210,21 @@ class Streamer:
         finally:
             watcher.stop()
             self._update_gauges(ledger, sender)
+            self._log_quarantined(ledger)
             sender.close()
             ledger.close()
             self.metrics.stop()
         return 0
+
+    def _log_quarantined(self, ledger: Ledger) -> None:
+        """On the way out: every quarantined file with its reason (what needs a person's attention)."""
+        quarantined = ledger.quarantined()
+        if not quarantined:
+            return
+        by_reason = ", ".join(f"{code} {n}" for code, n in sorted(ledger.quarantined_by_reason().items()))
+        log.warning("%d file(s) quarantined (%s); each is read again when it changes:", len(quarantined), by_reason)
+        for path, reason in quarantined:
+            log.warning("  %s: %s", self.display(path), reason)
 
     # ------------------------------------------------------------------ loop
 
@@ -245,7 +256,13 @@ class Streamer:
             self.observe(ledger, path)
 
     def observe(self, ledger: Ledger, path: str) -> None:
-        """Record a noticed path (a directory is scanned) in the ledger."""
+        """Record a noticed path (a directory is scanned) in the ledger; a path that cannot be is logged and skipped."""
+        try:
+            self._observe(ledger, path)
+        except Exception:  # one odd path must not stop the daemon
+            log.exception("%s: cannot record it in the ledger; skipped", safe_text(path))
+
+    def _observe(self, ledger: Ledger, path: str) -> None:
         if os.path.isdir(path):
             for found in scan(path):
                 self.observe(ledger, found)
@@ -270,22 +287,35 @@ class Streamer:
             due = ledger.due_files(time.time(), limit=1)
             if not due:
                 break
-            outcome = gate.process(due[0], time.time())
+            outcome = self._process(ledger, gate, due[0])
             self._report(outcome)
             worked = True
         return worked
 
+    def _process(self, ledger: Ledger, gate: Gate, record: FileRecord) -> Outcome:
+        """``gate.process``, with a last line of defence: whatever fails, this file is quarantined."""
+        try:
+            return gate.process(record, time.time())
+        except Exception as exc:
+            log.exception("%s: unexpected failure", self.display(record.path))
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            ledger.quarantine(record.path, reason, code="unexpected_error")
+            return Outcome(record.path, "quarantined", reason, code="unexpected_error")
+
     def display(self, path: str) -> str:
-        """``path`` relative to the watched directory holding it (for log lines)."""
+        """``path`` relative to the watched directory holding it, printable (for log lines)."""
         for root in self.config.watch_dirs:
             try:
-                return str(Path(path).relative_to(Path(root).absolute()))
+                return safe_text(str(Path(path).relative_to(Path(root).absolute())))
             except ValueError:
                 continue
-        return path
+        return safe_text(path)
 
     def _report(self, outcome: Outcome) -> None:
         name = self.display(outcome.path)
+        for why, n in outcome.rejected.items():
+            self.metrics.particles_rejected.labels(self.config.session, why).inc(n)
+            log.warning("%s: %d particle(s) not sent: %s", name, n, why)
         if outcome.action == "planned":
             self.metrics.files_planned.inc()
             self.metrics.particles_planned.inc(outcome.n_new)
@@ -303,11 +333,11 @@ class Streamer:
                 log.info("%s: %d particle(s), none new", name, outcome.n_particles)
         elif outcome.action == "quarantined":
             self.metrics.files_quarantined.inc()
-            log.error("%s: quarantined: %s", name, outcome.reason)
+            log.error("%s: quarantined (%s): %s", name, outcome.code, safe_text(outcome.reason))
         elif outcome.action == "retry":
-            log.warning("%s: cannot read it yet, will retry: %s", name, outcome.reason)
+            log.warning("%s: cannot read it yet, will retry: %s", name, safe_text(outcome.reason))
         else:
-            log.debug("%s: waiting: %s", name, outcome.reason)
+            log.debug("%s: waiting: %s", name, safe_text(outcome.reason))
 
     def _next_file_due(self, ledger: Ledger) -> float:
         due = ledger.next_due_time()
@@ -322,6 +352,9 @@ class Streamer:
         self.metrics.backlog_particles.set(particles)
         self.metrics.files_waiting.set(ledger.files_waiting())
         self.metrics.in_flight.set(sender.in_flight)
+        quarantined = ledger.quarantined_by_reason()
+        for code in set(QUARANTINE_REASONS) | set(quarantined):
+            self.metrics.quarantined.labels(self.config.session, code).set(quarantined.get(code, 0))
 
 
 __all__ = ["Streamer", "StreamerConfig"]

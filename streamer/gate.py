@@ -11,10 +11,17 @@ Rules (formats.md §2):
   the mtime at least ``settle_s`` old.
 - An ``_extract.star`` waits for its optics: ``--optics-from``, explicit values, or the job's
   ``particles.star`` (:mod:`otf2d.streamer.optics_source`).
-- A file whose content is bad (unparsable, NaN pixels, wrong box, ...) is retried
+- A metadata file cut short (a STAR file not ending in a newline, a ``.cs`` shorter than its
+  header) waits like an incomplete stack: it is never parsed half-written.
+- A file whose content is bad (unparsable, NaN pixels, wrong box, absurd values, ...) is retried
   ``max_bad_attempts`` times with back-off (it may have been caught mid-write by a producer that
-  does not rename), then quarantined with the reason. A quarantined file is retried when it
-  changes on disk.
+  does not rename), then quarantined with the reason and a reason code
+  (:data:`QUARANTINE_REASONS`). *Any* failure while reading one file — an unexpected exception
+  included — ends there: the file is quarantined and the daemon goes on with the others. A
+  quarantined file is read again only when it changes on disk (size or mtime).
+- Blank (constant) images are not sent: they are recorded in the ledger as rejected (reason
+  ``blank``) and counted; rows repeating a particle of the same file are dropped by the reader
+  and counted (reason ``duplicate``, the engine's word for the same thing).
 - The particles of a ready file that the ledger does not know yet are split into batches of at
   most ``batch_size`` (never mixing pixel sizes) and recorded in the ledger in one transaction.
 - A job-level ``particles.star`` (rewritten on every RELION pass) is re-read at most every
@@ -25,22 +32,66 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from otf2d.core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
+from otf2d.core.errors import (
+    BoxSizeMismatchError,
+    IncompleteFileError,
+    IncompleteStackError,
+    IndexOutOfRangeError,
+    InputError,
+    MissingColumnError,
+    MissingStackError,
+    NonFiniteError,
+    PixelSizeError,
+    UnsafePathError,
+    UnsupportedFormatError,
+    ValueRangeError,
+)
 from otf2d.core.readers import StackPool, load_batch, read_particle_table
 from otf2d.core.readers.table import ParticleTable
 from otf2d.core.wire import CTF_FIELDS
-from otf2d.streamer.ledger import FileRecord, Ledger, PlannedBatch, particle_key
+from otf2d.streamer.ledger import FileRecord, Ledger, PlannedBatch, particle_key, safe_text
 from otf2d.streamer.optics_source import OpticsCache, find_job_particles_star
 
 log = logging.getLogger(__name__)
 
 #: Errors meaning "not complete yet": wait, do not count as bad content.
-NOT_YET = (IncompleteStackError, MissingStackError, IndexOutOfRangeError)
+NOT_YET = (IncompleteStackError, IncompleteFileError, MissingStackError, IndexOutOfRangeError)
+
+#: Error class → reason code of a quarantine (most specific first).
+_REASON_OF: tuple[tuple[type[BaseException], str], ...] = (
+    (ValueRangeError, "out_of_range"),
+    (UnsafePathError, "unsafe_path"),
+    (MissingColumnError, "missing_column"),
+    (PixelSizeError, "pixel_size"),
+    (NonFiniteError, "non_finite"),
+    (BoxSizeMismatchError, "box_size"),
+    (UnsupportedFormatError, "unsupported_format"),
+    (InputError, "invalid"),
+    (OSError, "io_error"),
+)
+#: Every reason code a quarantine can carry (the ``reason`` label of the quarantine metric).
+QUARANTINE_REASONS: tuple[str, ...] = (
+    *(code for _cls, code in _REASON_OF),
+    "incomplete",
+    "disappeared",
+    "unexpected_error",
+)
+#: Reasons the streamer itself refuses particles for (the ``reason`` label of its rejected metric).
+REJECT_REASONS: tuple[str, ...] = ("blank", "duplicate")
+
+
+def reason_code(exc: BaseException) -> str:
+    """The quarantine reason code of an error raised while reading a file."""
+    for cls, code in _REASON_OF:
+        if isinstance(exc, cls):
+            return code
+    return "unexpected_error"
 
 
 def file_kind(path: str | os.PathLike[str]) -> str | None:
@@ -127,6 +178,8 @@ class Outcome:
     n_particles: int = 0
     n_new: int = 0
     msg_ids: list[str] = field(default_factory=list)
+    code: str = ""  #: reason code when quarantined (:data:`QUARANTINE_REASONS`)
+    rejected: dict[str, int] = field(default_factory=dict)  #: particles refused, per reason
 
 
 class _Wait(Exception):
@@ -142,10 +195,28 @@ class _Wait(Exception):
 class _Bad(Exception):
     """Bad content: retried ``max_bad_attempts`` times, then quarantined."""
 
-    def __init__(self, reason: str, *, final: bool = False) -> None:
+    def __init__(self, reason: str, *, code: str = "invalid", final: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
         self.final = final
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Bad:
+        """The bad-content verdict for an error raised while reading a file."""
+        if isinstance(exc, InputError):
+            return cls(str(exc), code=reason_code(exc))
+        return cls(f"unexpected {type(exc).__name__} while reading it: {exc}", code=reason_code(exc))
+
+
+@dataclass
+class _Plan:
+    """What reading a file produced: batches to send, particles refused, how many rows it holds."""
+
+    batches: list[PlannedBatch]
+    n_total: int
+    rejected: dict[str, str] = field(default_factory=dict)  #: particle key → reason
+    duplicates: int = 0
 
 
 class Gate:
@@ -168,32 +239,51 @@ class Gate:
         self._warned_optics: set[Path] = set()
 
     def process(self, record: FileRecord, now: float) -> Outcome:
-        """Examine one due file and record the result in the ledger (plan, defer or quarantine)."""
+        """Examine one due file and record the result in the ledger (plan, defer or quarantine).
+
+        Never raises for anything about the file: every failure becomes a wait, a retry or a
+        quarantine with its reason.
+        """
         try:
             st = os.stat(record.path)
-        except FileNotFoundError:
-            self.ledger.quarantine(record.path, "the file disappeared before it could be read")
-            return Outcome(record.path, "quarantined", "the file disappeared before it could be read")
+        except OSError as exc:
+            gone = isinstance(exc, FileNotFoundError)
+            reason = "the file disappeared before it could be read" if gone else f"cannot stat it: {exc.strerror}"
+            code = "disappeared" if gone else "io_error"
+            self.ledger.quarantine(record.path, reason, code=code)
+            return Outcome(record.path, "quarantined", reason, code=code)
         size, mtime_ns = st.st_size, st.st_mtime_ns
         try:
-            planned, n_total = self._examine(record, size, mtime_ns, now)
+            plan = self._examine(record, size, mtime_ns, now)
         except _Wait as wait:
             return self._wait(record, wait, now, size, mtime_ns)
         except _Bad as bad:
             return self._bad(record, bad, now, size, mtime_ns)
+        except Exception as exc:  # a reader bug must not stop the daemon: this file is bad, the others go on
+            log.exception("%s: unexpected error while reading it", safe_text(record.path))
+            return self._bad(record, _Bad.of(exc), now, size, mtime_ns)
         msg_ids = self.ledger.plan_file(
-            record.path, planned, size=size, mtime_ns=mtime_ns, n_particles=n_total, now=now
+            record.path,
+            plan.batches,
+            size=size,
+            mtime_ns=mtime_ns,
+            n_particles=plan.n_total,
+            now=now,
+            rejected=plan.rejected,
         )
-        n_new = sum(len(b) for b in planned)
-        return Outcome(record.path, "planned", "", n_total, n_new, msg_ids)
+        n_new = sum(len(b) for b in plan.batches)
+        rejected = dict(Counter(plan.rejected.values()))
+        if plan.duplicates:
+            rejected["duplicate"] = plan.duplicates
+        return Outcome(record.path, "planned", "", plan.n_total, n_new, msg_ids, rejected=rejected)
 
     def _wait(self, record: FileRecord, wait: _Wait, now: float, size: int, mtime_ns: int) -> Outcome:
         cfg = self.config
         since = record.waiting_since if record.waiting_since is not None else now
         if wait.incomplete and now - since > cfg.incomplete_timeout_s:
             reason = f"still not complete after {now - since:.0f} s: {wait.reason}"
-            self.ledger.quarantine(record.path, reason)
-            return Outcome(record.path, "quarantined", reason)
+            self.ledger.quarantine(record.path, reason, code="incomplete", size=size, mtime_ns=mtime_ns)
+            return Outcome(record.path, "quarantined", reason, code="incomplete")
         retry_at = wait.retry_at
         if retry_at is None:
             retry_at = now + min(cfg.retry_max_s, max(cfg.retry_base_s, 0.5 * (now - since)))
@@ -212,8 +302,8 @@ class Gate:
         if bad.final or record.attempts + 1 >= cfg.max_bad_attempts:
             tries = record.attempts + 1
             reason = bad.reason if bad.final else f"{bad.reason} (after {tries} reading(s))"
-            self.ledger.quarantine(record.path, reason)
-            return Outcome(record.path, "quarantined", reason)
+            self.ledger.quarantine(record.path, reason, code=bad.code, size=size, mtime_ns=mtime_ns)
+            return Outcome(record.path, "quarantined", reason, code=bad.code)
         delay = min(cfg.retry_max_s, cfg.retry_base_s * 2.0**record.attempts)
         self.ledger.defer(
             record.path, next_try=now + delay, reason=bad.reason, failed=True, size=size, mtime_ns=mtime_ns
@@ -222,7 +312,7 @@ class Gate:
 
     # ------------------------------------------------------------------ steps
 
-    def _examine(self, record: FileRecord, size: int, mtime_ns: int, now: float) -> tuple[list[PlannedBatch], int]:
+    def _examine(self, record: FileRecord, size: int, mtime_ns: int, now: float) -> _Plan:
         cfg = self.config
         mtime = mtime_ns / 1e9
         if record.kind == "cs":
@@ -236,18 +326,27 @@ class Gate:
                 raise _Wait("re-read at most every particles_star_interval_s", earliest)
         table = self._read_table(record)
         keys = [particle_key(s, i) for s, i in zip(table.stack_paths.tolist(), table.indices.tolist(), strict=True)]
-        if len(set(keys)) != len(keys):
-            raise _Bad("the file lists the same particle (stack, index) more than once", final=True)
         known = self.ledger.known_keys(keys)
-        rows = np.array([k not in known for k in keys], dtype=bool)
-        new = np.flatnonzero(rows)
+        new = np.flatnonzero(np.array([k not in known for k in keys], dtype=bool))
+        plan = _Plan([], len(table), duplicates=table.duplicates_dropped)
         if len(new) == 0:
-            return [], len(table)
+            return plan
         sub = table.take(new)
         stack_files = self._check_stacks(sub)
         if cfg.verify_pixels:
-            self._verify_pixels(sub)
-        return self._split(sub, stack_files, record.path, mtime), len(table)
+            blank = self._verify_pixels(sub)
+            plan.rejected = {keys[int(new[k])]: "blank" for k in np.flatnonzero(blank)}
+            if blank.any():
+                log.warning(
+                    "%s: %d blank (constant) image(s) not sent, e.g. %s",
+                    safe_text(record.path),
+                    int(blank.sum()),
+                    keys[int(new[int(np.flatnonzero(blank)[0])])],
+                )
+                sub = sub.take(np.flatnonzero(~blank))
+        if len(sub):
+            plan.batches = self._split(sub, stack_files, record.path, mtime)
+        return plan
 
     def _optics_for(self, record: FileRecord) -> Path | None:
         cfg = self.config
@@ -285,7 +384,7 @@ class Gate:
         except NOT_YET as exc:
             raise _Wait(str(exc), incomplete=True) from exc
         except InputError as exc:
-            raise _Bad(str(exc)) from exc
+            raise _Bad.of(exc) from exc
 
     def _check_stacks(self, table: ParticleTable) -> dict[str, str]:
         """Stack (as written) → absolute file, after checking size, indices and box of each."""
@@ -300,7 +399,7 @@ class Gate:
             except NOT_YET as exc:
                 raise _Wait(str(exc), incomplete=True) from exc
             except InputError as exc:
-                raise _Bad(str(exc)) from exc
+                raise _Bad.of(exc) from exc
             if max_index[k] > header.n_images:
                 raise _Wait(
                     f"{header.path}: holds {header.n_images} image(s), {table.source} needs index {max_index[k]}",
@@ -309,15 +408,20 @@ class Gate:
             files[stack] = str(header.path.resolve())
         return files
 
-    def _verify_pixels(self, table: ParticleTable) -> None:
+    def _verify_pixels(self, table: ParticleTable) -> np.ndarray:
+        """Read every image once: NaN/Inf make the file bad; returns the ``(n,)`` mask of blank images."""
         pool = StackPool(table)
+        blank = np.zeros(len(table), dtype=bool)
         for start in range(0, len(table), self.config.batch_size):
+            stop = min(start + self.config.batch_size, len(table))
             try:
-                load_batch(table, slice(start, start + self.config.batch_size), check_finite=True, pool=pool)
+                batch = load_batch(table, slice(start, stop), check_finite=True, pool=pool)
             except NOT_YET as exc:
                 raise _Wait(str(exc), incomplete=True) from exc
             except InputError as exc:
-                raise _Bad(str(exc)) from exc
+                raise _Bad.of(exc) from exc
+            blank[start:stop] = batch.blank_mask()
+        return blank
 
     def _split(self, table: ParticleTable, stack_files: dict[str, str], path: str, mtime: float) -> list[PlannedBatch]:
         try:
@@ -326,6 +430,7 @@ class Gate:
             source = path
         if source.startswith(".."):
             source = path
+        source = safe_text(source)  # provenance on the wire: valid UTF-8 whatever the file's name
         pixel_sizes = table.pixel_sizes_angstrom
         ctf = np.stack([getattr(table.ctf, name) for name in CTF_FIELDS], axis=1)
         batches: list[PlannedBatch] = []
@@ -349,4 +454,13 @@ class Gate:
         return batches
 
 
-__all__ = ["NOT_YET", "Gate", "GateConfig", "Outcome", "file_kind"]
+__all__ = [
+    "NOT_YET",
+    "QUARANTINE_REASONS",
+    "REJECT_REASONS",
+    "Gate",
+    "GateConfig",
+    "Outcome",
+    "file_kind",
+    "reason_code",
+]

@@ -22,6 +22,15 @@ Tables (one ledger per session):
     ``key`` (``"NNNNNN@stack/path.mrcs"``, primary key) → ``seq``: every particle ever planned,
     so that a rewritten ``particles.star`` (or an ``_extract.star`` and the job's
     ``particles.star`` holding the same particle) sends each particle once.
+``rejected``
+    ``key`` → ``file``, ``reason`` (``blank``): particles the streamer refused to send; never
+    planned again, counted once.
+
+File paths are stored losslessly: as TEXT when they are valid UTF-8, else as the raw bytes of the
+name (a BLOB; e.g. ``mic_\\xe9t\\xe9_extract.star`` written in Latin-1 onto an SMB share), and
+given back as ``str`` with surrogate escapes (``os.fsdecode``), so the file opens again. Reasons
+and provenance are stored as printable text (undecodable bytes shown as ``\\xNN``).
+Quarantined files carry a short ``reason_code`` (``otf2d.streamer.gate.QUARANTINE_REASONS``) for metrics.
 
 Every state change is one transaction; planning a file (its batches and their particle keys) is
 one transaction, so a crash leaves either all of a file's batches or none.
@@ -30,9 +39,10 @@ one transaction, so a crash leaves either all of a file's batches or none.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -87,7 +97,8 @@ CREATE TABLE IF NOT EXISTS files (
     waiting_since REAL,
     planned_at REAL,
     n_particles INTEGER,
-    n_new INTEGER
+    n_new INTEGER,
+    reason_code TEXT
 );
 CREATE INDEX IF NOT EXISTS files_due ON files (state, next_try);
 CREATE TABLE IF NOT EXISTS batches (
@@ -110,7 +121,36 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE INDEX IF NOT EXISTS batches_state ON batches (state, seq);
 CREATE INDEX IF NOT EXISTS batches_file ON batches (file);
 CREATE TABLE IF NOT EXISTS particles (key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected (key TEXT PRIMARY KEY, file TEXT NOT NULL, reason TEXT NOT NULL) WITHOUT ROWID;
 """
+
+
+def safe_text(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``: printable, valid UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def db_path(path: str) -> str | bytes:
+    """How a file path is stored: TEXT when it is valid UTF-8, else its raw bytes (lossless)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def fs_path(value: str | bytes) -> str:
+    """A stored path back as ``str`` (surrogate escapes for bytes that are not UTF-8)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -227,6 +267,9 @@ class Ledger:
     def _create_schema(self) -> None:
         for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
             self._db.execute(statement)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if "reason_code" not in columns:  # a ledger written before quarantine reasons had codes
+            self._db.execute("ALTER TABLE files ADD COLUMN reason_code TEXT")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -255,7 +298,8 @@ class Ledger:
         bool
             Whether the file is new or changed.
         """
-        row = self._db.execute("SELECT size, mtime_ns, state FROM files WHERE path = ?", (path,)).fetchone()
+        key = db_path(path)
+        row = self._db.execute("SELECT size, mtime_ns, state FROM files WHERE path = ?", (key,)).fetchone()
         if row is not None and (row[0], row[1]) == (size, mtime_ns):
             return False
         with self._transaction() as db:
@@ -263,19 +307,19 @@ class Ledger:
                 db.execute(
                     "INSERT INTO files (path, kind, size, mtime_ns, state, attempts, next_try, first_seen) "
                     "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
-                    (path, kind, size, mtime_ns, FileState.SEEN.value, now + delay_s, now),
+                    (key, kind, size, mtime_ns, FileState.SEEN.value, now + delay_s, now),
                 )
             else:
                 db.execute(
                     "UPDATE files SET size = ?, mtime_ns = ?, state = ?, attempts = 0, reason = NULL, "
-                    "next_try = ?, waiting_since = NULL WHERE path = ?",
-                    (size, mtime_ns, FileState.SEEN.value, now + delay_s, path),
+                    "reason_code = NULL, next_try = ?, waiting_since = NULL WHERE path = ?",
+                    (size, mtime_ns, FileState.SEEN.value, now + delay_s, key),
                 )
         return True
 
     def file(self, path: str) -> FileRecord | None:
         """The record of ``path``, or ``None``."""
-        row = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (path,)).fetchone()
+        row = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?", (db_path(path),)).fetchone()
         return None if row is None else _file_record(row)
 
     def due_files(self, now: float, limit: int = 16) -> list[FileRecord]:
@@ -326,25 +370,44 @@ class Ledger:
                 "UPDATE files SET next_try = ?, reason = ?, attempts = attempts + ?, "
                 "waiting_since = COALESCE(waiting_since, ?), size = COALESCE(?, size), "
                 "mtime_ns = COALESCE(?, mtime_ns) WHERE path = ?",
-                (next_try, reason, int(failed), waiting_since, size, mtime_ns, path),
+                (next_try, safe_text(reason), int(failed), waiting_since, size, mtime_ns, db_path(path)),
             )
-            row = db.execute("SELECT attempts FROM files WHERE path = ?", (path,)).fetchone()
+            row = db.execute("SELECT attempts FROM files WHERE path = ?", (db_path(path),)).fetchone()
         return int(row[0]) if row else 0
 
-    def quarantine(self, path: str, reason: str) -> None:
-        """Give up on ``path`` (until it changes on disk); ``reason`` says why."""
+    def quarantine(
+        self, path: str, reason: str, *, code: str = "invalid", size: int | None = None, mtime_ns: int | None = None
+    ) -> None:
+        """Give up on ``path`` until it changes on disk (size or mtime).
+
+        Parameters
+        ----------
+        reason
+            Why, in words (shown to the user).
+        code
+            Short reason for metrics (``otf2d.streamer.gate.QUARANTINE_REASONS``).
+        size, mtime_ns
+            The version of the file that was judged (so that only a newer one is read again).
+        """
         with self._transaction() as db:
             db.execute(
-                "UPDATE files SET state = ?, reason = ? WHERE path = ?", (FileState.QUARANTINED.value, reason, path)
+                "UPDATE files SET state = ?, reason = ?, reason_code = ?, size = COALESCE(?, size), "
+                "mtime_ns = COALESCE(?, mtime_ns) WHERE path = ?",
+                (FileState.QUARANTINED.value, safe_text(reason), code, size, mtime_ns, db_path(path)),
             )
 
     def known_keys(self, keys: Sequence[str]) -> set[str]:
-        """The subset of particle ``keys`` already planned (sent or to be sent)."""
+        """The subset of particle ``keys`` already planned (sent or to be sent) or rejected."""
         found: set[str] = set()
-        for start in range(0, len(keys), 900):
-            chunk = list(keys[start : start + 900])
+        for start in range(0, len(keys), 450):
+            chunk = [db_path(k) for k in keys[start : start + 450]]
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self._db.execute(f"SELECT key FROM particles WHERE key IN ({marks})", chunk))
+            query = (
+                f"SELECT key FROM particles WHERE key IN ({marks}) "
+                f"UNION SELECT key FROM rejected WHERE key IN ({marks})"
+            )
+            rows = self._db.execute(query, chunk + chunk)
+            found.update(fs_path(r[0]) for r in rows)
         return found
 
     def plan_file(
@@ -356,11 +419,13 @@ class Ledger:
         mtime_ns: int,
         n_particles: int,
         now: float,
+        rejected: Mapping[str, str] | None = None,
     ) -> list[str]:
         """Record the batches of ``path`` and their particle keys, in one transaction.
 
         The file becomes ``queued`` (or ``acked`` when there is nothing new to send).
         Particles whose key is already known are skipped silently (never planned twice).
+        ``rejected`` (particle key → reason) records particles refused by the streamer itself.
 
         Returns
         -------
@@ -368,14 +433,19 @@ class Ledger:
             The new batches' ``msg_id``, in order.
         """
         msg_ids: list[str] = []
+        key = db_path(path)
         with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO rejected (key, file, reason) VALUES (?, ?, ?)",
+                [(db_path(k), key, r) for k, r in (rejected or {}).items()],
+            )
             for planned in batches:
                 cursor = db.execute(
                     "INSERT INTO batches (file, source, state, n_particles, pixel_size_angstrom, file_ready_time, "
                     "particles_json, ctf, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        path,
-                        planned.source,
+                        key,
+                        safe_text(planned.source),
                         BatchState.PENDING.value,
                         len(planned),
                         planned.pixel_size_angstrom,
@@ -397,19 +467,22 @@ class Ledger:
                 db.execute("UPDATE batches SET msg_id = ? WHERE seq = ?", (msg_id, seq))
                 db.executemany(
                     "INSERT OR IGNORE INTO particles (key, seq) VALUES (?, ?)",
-                    [(particle_key(s, i), seq) for s, i in zip(planned.stack_paths, planned.indices, strict=True)],
+                    [
+                        (db_path(particle_key(s, i)), seq)
+                        for s, i in zip(planned.stack_paths, planned.indices, strict=True)
+                    ],
                 )
                 msg_ids.append(msg_id)
             db.execute(
                 "UPDATE files SET state = ?, reason = NULL, attempts = 0, size = ?, mtime_ns = ?, planned_at = ?, "
                 "waiting_since = NULL, n_particles = ?, n_new = ? WHERE path = ?",
-                (_file_state(db, path).value, size, mtime_ns, now, n_particles, sum(len(b) for b in batches), path),
+                (_file_state(db, key).value, size, mtime_ns, now, n_particles, sum(len(b) for b in batches), key),
             )
         return msg_ids
 
     def last_planned(self, path: str) -> float | None:
         """When ``path`` was last planned (unix s), or ``None``."""
-        row = self._db.execute("SELECT planned_at FROM files WHERE path = ?", (path,)).fetchone()
+        row = self._db.execute("SELECT planned_at FROM files WHERE path = ?", (db_path(path),)).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     # ---------------------------------------------------------------- batches
@@ -462,7 +535,7 @@ class Ledger:
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE batches SET state = ?, reason = ?, acked_at = ? WHERE seq = ? AND state IN (?, ?)",
-                (state.value, reason, now, seq, BatchState.PENDING.value, BatchState.SENT.value),
+                (state.value, None if reason is None else safe_text(reason), now, seq, *_OPEN_BATCH),
             )
             if cursor.rowcount:
                 self._refresh_file(db, seq)
@@ -499,7 +572,26 @@ class Ledger:
             batches[state] = int(n)
             particles[state] = int(total)
         n_keys = int(self._db.execute("SELECT COUNT(*) FROM particles").fetchone()[0])
-        return {"files": files, "batches": batches, "particles": particles, "particle_keys": n_keys}
+        return {
+            "files": files,
+            "batches": batches,
+            "particles": particles,
+            "particle_keys": n_keys,
+            "quarantined_by_reason": self.quarantined_by_reason(),
+            "rejected_by_reason": self.rejected_by_reason(),
+        }
+
+    def quarantined_by_reason(self) -> dict[str, int]:
+        """Quarantined files per reason code."""
+        rows = self._db.execute(
+            "SELECT COALESCE(reason_code, 'invalid'), COUNT(*) FROM files WHERE state = ? GROUP BY 1",
+            (FileState.QUARANTINED.value,),
+        )
+        return {str(code): int(n) for code, n in rows}
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """Particles the streamer refused to send, per reason."""
+        return {str(r): int(n) for r, n in self._db.execute("SELECT reason, COUNT(*) FROM rejected GROUP BY reason")}
 
     def backlog(self) -> tuple[int, int]:
         """``(batches, particles)`` not yet acknowledged (pending or sent)."""
@@ -517,7 +609,7 @@ class Ledger:
     def dead_letters(self) -> list[tuple[str, str, str]]:
         """``(msg_id, file, reason)`` of every rejected or failed batch."""
         return [
-            (str(m), str(f), str(r))
+            (str(m), fs_path(f), str(r))
             for m, f, r in self._db.execute(
                 "SELECT msg_id, file, COALESCE(reason, '') FROM batches WHERE state IN (?, ?) ORDER BY seq",
                 (BatchState.REJECTED.value, BatchState.FAILED.value),
@@ -527,7 +619,7 @@ class Ledger:
     def quarantined(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of every quarantined file."""
         return [
-            (str(p), str(r))
+            (fs_path(p), str(r))
             for p, r in self._db.execute(
                 "SELECT path, COALESCE(reason, '') FROM files WHERE state = ? ORDER BY path",
                 (FileState.QUARANTINED.value,),
@@ -535,13 +627,14 @@ class Ledger:
         ]
 
 
+_OPEN_BATCH = (BatchState.PENDING.value, BatchState.SENT.value)
 _FILE_COLUMNS = "path, kind, size, mtime_ns, state, reason, attempts, next_try, first_seen, waiting_since, planned_at"
 _BATCH_COLUMNS = (
     "seq, msg_id, file, state, attempts, source, pixel_size_angstrom, file_ready_time, particles_json, ctf, n_particles"
 )
 
 
-def _file_state(db: sqlite3.Connection, path: str) -> FileState:
+def _file_state(db: sqlite3.Connection, path: str | bytes) -> FileState:
     """State of a read file, from its batches: any dead letter, else the least advanced batch."""
     counts = dict(db.execute("SELECT state, COUNT(*) FROM batches WHERE file = ? GROUP BY state", (path,)).fetchall())
     if counts.get(BatchState.REJECTED.value) or counts.get(BatchState.FAILED.value):
@@ -555,7 +648,7 @@ def _file_state(db: sqlite3.Connection, path: str) -> FileState:
 
 def _file_record(row: Sequence[Any]) -> FileRecord:
     return FileRecord(
-        path=row[0],
+        path=fs_path(row[0]),
         kind=row[1],
         size=int(row[2]),
         mtime_ns=int(row[3]),
@@ -576,7 +669,7 @@ def _batch_record(row: Sequence[Any]) -> BatchRecord:
     return BatchRecord(
         seq=int(row[0]),
         msg_id=str(row[1]),
-        file=str(row[2]),
+        file=fs_path(row[2]),
         state=BatchState(row[3]),
         attempts=int(row[4]),
         batch=PlannedBatch(
@@ -600,5 +693,8 @@ __all__ = [
     "FileState",
     "Ledger",
     "PlannedBatch",
+    "db_path",
+    "fs_path",
     "particle_key",
+    "safe_text",
 ]

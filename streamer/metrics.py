@@ -39,6 +39,22 @@ class StreamerMetrics:
             "otf2d_streamer_files_planned_total", "Particle files read and split into batches."
         )
         self.files_quarantined = counter("otf2d_streamer_files_quarantined_total", "Particle files quarantined.")
+        #: Files in quarantine now, per reason code (from the ledger, so right across restarts).
+        self.quarantined = Gauge(
+            "otf2d_streamer_quarantined_files",
+            "Particle files in quarantine now (unreadable or invalid; read again when they change), by reason.",
+            ["session", "reason"],
+            registry=self.registry,
+        )
+        #: Particles the streamer refused to send, per reason (``blank``, ``duplicate``).
+        self.particles_rejected = Counter(
+            "otf2d_streamer_particles_rejected",
+            "Particles not sent: blank (constant) images, rows repeating a particle of the same file.",
+            ["session", "reason"],
+            registry=self.registry,
+        )
+        for reason in ("blank", "duplicate"):
+            self.particles_rejected.labels(session, reason)
         self.particles_planned = counter(
             "otf2d_streamer_particles_planned_total", "New particles found in files and queued for sending."
         )

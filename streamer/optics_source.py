@@ -87,7 +87,7 @@ class OpticsCache:
         text = optics_block_text(particles_star)
         if text is None:
             return None
-        name = hashlib.sha1(str(particles_star.resolve()).encode()).hexdigest()[:16]
+        name = hashlib.sha1(os.fsencode(particles_star.resolve())).hexdigest()[:16]  # any file name, UTF-8 or not
         target = self.directory / f"optics-{name}.star"
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             self.directory.mkdir(parents=True, exist_ok=True)

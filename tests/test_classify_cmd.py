@@ -248,6 +248,20 @@ def test_missing_input_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "o").exists()
 
 
+def test_file_without_voltage_is_a_clean_error_naming_the_option(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: no data_optics and no rlnVoltage is refused (not 200 kV); the option is checked too."""
+    star = tmp_path / "p.star"
+    table = starfile.read(shared_data / "cryodrgn" / "empiar_10076_7.star", parse_as_string=["rlnImageName"])
+    starfile.write(table.drop(columns=["rlnVoltage"]), star)
+    out = tmp_path / "o"
+    assert otf2d(["classify", str(star), "--out", str(out), "--quiet"]) == 2
+    assert "no accelerating voltage" in capsys.readouterr().err and not out.exists()
+    assert otf2d(["classify", str(star), "--out", str(out), "--quiet", "--voltage", "3000"]) == 2
+    assert "voltage_kv=3000 given explicitly is outside 60–400 kV" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_cryosparc_cs_input(session: SessionSummary, run_dir: Path) -> None:
     """Our own ``particles.cs`` (cryoSPARC layout) is a valid input; its stack paths are relative to --project-dir."""

@@ -109,3 +109,12 @@ def test_pixel_size_option(shared_data: Path, capsys: pytest.CaptureFixture[str]
     code, out, _ = _run(capsys, str(path), "--pixel-size", "3.0", "--json")
     report = json.loads(out)
     assert code == 0 and report["pixel_size_angstrom"] == 3.0 and report["ctf"]["present"] is False
+
+
+def test_repeated_rows_are_reported(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """relion5.star names two images twice: inspect says how many rows were dropped."""
+    code, out, _ = _run(capsys, str(shared_data / "cryodrgn" / "relion5.star"))
+    assert code == 1  # its images are not included
+    assert "particles:     15 (2 repeated row(s) dropped)" in out
+    code, out, _ = _run(capsys, str(shared_data / "cryodrgn" / "relion5.star"), "--json")
+    assert json.loads(out)["duplicate_rows_dropped"] == 2

@@ -118,9 +118,12 @@ def test_stack_found_under_the_project_dir(tmp_path: Path) -> None:
     images = random_images(2, 16)
     write_stack(tmp_path / "P1" / "J3" / "extract" / "s.mrc", images)
     cs = write_cs(tmp_path / "P1" / "J7" / "particles.cs", _cs_fields(b"J3/extract/s.mrc", 2))
-    assert check_stacks(read_particle_table(cs)).missing == ["J3/extract/s.mrc"]
+    found = read_particle_table(cs)  # the job layout (P1/J7/) gives the project directory P1
+    assert found.project_dir == (tmp_path / "P1").resolve() and check_stacks(found).ok
     table = read_particle_table(cs, project_dir=tmp_path / "P1")
     assert check_stacks(table).ok
+    outside = write_cs(tmp_path / "elsewhere" / "particles.cs", _cs_fields(b"J3/extract/s.mrc", 2))
+    assert check_stacks(read_particle_table(outside)).missing == ["J3/extract/s.mrc"]
     np.testing.assert_array_equal(load_batch(table, slice(None)).images, images)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from otf2d.core.errors import InputError
+from otf2d.core.errors import InputError, MissingStackError
 from otf2d.core.readers.loader import StackPool
 from otf2d.core.readers.table import ParticleTable
 
@@ -56,11 +56,11 @@ def check_stacks(table: ParticleTable) -> StackCheck:
     np.minimum.at(first_use, inverse, np.arange(len(table)))
     for k in np.argsort(first_use):
         stack = str(stacks[k])
-        if table.find_stack(stack) is None:
-            result.missing.append(stack)
-            continue
         try:
             header = pool.header(stack)
+        except MissingStackError:
+            result.missing.append(stack)
+            continue
         except InputError as exc:
             result.problems[stack] = exc.what
             continue

@@ -15,11 +15,24 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from otf2d.core.errors import InputError, MissingColumnError, UnsupportedFormatError
+from otf2d.core.errors import (
+    IncompleteFileError,
+    InputError,
+    MissingColumnError,
+    UnsupportedFormatError,
+    ValueRangeError,
+)
 from otf2d.core.particles import RELION_CTF_DEFAULTS, CtfParams
 from otf2d.core.readers.optics import OpticsOverrides, first_header, resolve_pixel_size
-from otf2d.core.readers.project import default_session
+from otf2d.core.readers.project import default_session, find_project_dir
 from otf2d.core.readers.table import Alignments2D, ParticleTable
+from otf2d.core.readers.validate import (
+    MAX_IMAGE_INDEX,
+    PHYSICAL_RANGES,
+    check_ranges,
+    check_stack_paths,
+    not_a_file_reason,
+)
 from otf2d.core.snapshot import OpticsGroup
 
 CSDAT_MAGIC = b"\x95CSDAT"
@@ -52,7 +65,7 @@ def load_cs(path: Path) -> np.ndarray:
         Empty, not a NumPy file, or not a 1-D structured array.
     """
     if not path.is_file():
-        raise InputError(path, "file not found")
+        raise InputError(path, not_a_file_reason(path))
     with path.open("rb") as fh:
         magic = fh.read(8)
     if not magic:
@@ -66,6 +79,7 @@ def load_cs(path: Path) -> np.ndarray:
         )
     if not magic.startswith(NUMPY_MAGIC):
         raise InputError(path, "not a cryoSPARC .cs file (no NumPy .npy header)")
+    _check_npy_size(path)
     try:
         records = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -73,6 +87,43 @@ def load_cs(path: Path) -> np.ndarray:
     if not isinstance(records, np.ndarray) or records.dtype.names is None or records.ndim != 1:
         raise InputError(path, "not a cryoSPARC .cs file (expected a 1-D structured array)")
     return records
+
+
+def _check_npy_size(path: Path) -> None:
+    """Compare the file's size with what its ``.npy`` header promises.
+
+    Raises
+    ------
+    IncompleteFileError
+        Shorter: the last records are missing or cut (caught while being written).
+    InputError
+        An unreadable header, an object dtype (would need pickle), or a file longer than the header says.
+    """
+    try:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        if path.stat().st_size < 4096:
+            raise IncompleteFileError(path, f"the .npy header is cut short or unreadable ({exc})") from None
+        raise InputError(path, f"unreadable .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise InputError(path, "holds Python objects (needs pickle, which is never used): not a cryoSPARC .cs file")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        complete = (size - offset) // max(dtype.itemsize, 1)
+        raise IncompleteFileError(
+            path,
+            f"holds {size} bytes but its header describes {shape} records of {dtype.itemsize} bytes "
+            f"({expected} bytes; {complete} complete record(s)): cut short, caught while being written?",
+        )
+    if size > expected:
+        raise InputError(path, f"holds {size - expected} bytes more than its .npy header describes ({expected} bytes)")
 
 
 def decode_strings(path: Path, values: np.ndarray, field: str) -> npt.NDArray[np.str_]:
@@ -117,10 +168,12 @@ def read_cryosparc_table(
     n = len(records)
     if n == 0:
         raise InputError(path, "holds no particles (0 rows)")
+    _check_field_shapes(path, records)
     stacks = np.char.lstrip(decode_strings(path, records["blob/path"], "blob/path"), ">")
-    indices = _column(path, records, "blob/idx").astype(np.int64) + 1
+    indices = _indices(path, records)
     values = _ctf_values(path, records)
     overrides.apply(path, values)
+    _check_ctf(path, fields, values, overrides)
     groups = (
         _column(path, records, "ctf/exp_group_id").astype(np.int64) + 1
         if "ctf/exp_group_id" in fields
@@ -130,8 +183,10 @@ def read_cryosparc_table(
     for name in ("alignments3D/psize_A", "alignments2D/psize_A", "blob/psize_A"):
         if name in fields:
             pixel_meta = _column(path, records, name)
-    pdir = Path(project_dir) if project_dir is not None else path.resolve().parent
     search = (path.resolve().parent,)
+    found = find_project_dir(path, stacks.tolist(), cryosparc=True) if project_dir is None else None
+    pdir = Path(project_dir) if project_dir is not None else found or search[0]
+    check_stack_paths(path, stacks, pdir)
 
     optics: list[OpticsGroup] = []
     for number in np.unique(groups):
@@ -182,6 +237,66 @@ def read_cryosparc_table(
     )
 
 
+#: Fields whose per-row shape is fixed (cryoSPARC's own layout); anything else is refused.
+_FIELD_SHAPES: dict[str, tuple[int, ...]] = {
+    "blob/path": (),
+    "location/micrograph_path": (),
+    "blob/idx": (),
+    "blob/shape": (2,),
+    "blob/psize_A": (),
+    "alignments2D/shift": (2,),
+    "alignments2D/pose": (),
+    "alignments2D/class": (),
+    "alignments2D/psize_A": (),
+    "ctf/exp_group_id": (),
+    **{field: () for field, _factor in _CTF_FIELDS.values()},
+}
+
+
+def _check_field_shapes(path: Path, records: np.ndarray) -> None:
+    """Every field we read has cryoSPARC's per-row shape (``blob/shape`` (2,), ``alignments2D/shift`` (2,), ...)."""
+    for name, expected in _FIELD_SHAPES.items():
+        if records.dtype.names is not None and name in records.dtype.names:
+            shape = records.dtype[name].shape
+            if shape != expected:
+                wanted = expected or "a scalar"
+                raise InputError(path, f"field {name} has shape {shape or 'scalar'} per row; cryoSPARC writes {wanted}")
+    if records.dtype.names is not None and "blob/shape" in records.dtype.names:
+        shapes = np.asarray(records["blob/shape"], dtype=np.int64)
+        bad = (shapes <= 0).any(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueRangeError(path, f"row {row + 1}, field blob/shape: {shapes[row].tolist()} is not an image size")
+
+
+def _indices(path: Path, records: np.ndarray) -> np.ndarray:
+    """1-based image numbers from the 0-based ``blob/idx``, checked to be whole and within an MRC stack."""
+    raw = _column(path, records, "blob/idx")
+    bad = (raw < 0) | (raw != np.round(raw)) | (raw >= MAX_IMAGE_INDEX)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueRangeError(
+            path, f"row {row + 1}, field blob/idx: {raw[row]:g} is not an image number (0 to {MAX_IMAGE_INDEX - 1})"
+        )
+    return raw.astype(np.int64) + 1
+
+
+def _check_ctf(path: Path, fields: set[str], values: dict[str, FloatArray], overrides: OpticsOverrides) -> None:
+    """Complete defocus pairs, a voltage when there is a CTF, values in physical ranges."""
+    if "ctf/df2_A" in fields and "ctf/df1_A" not in fields:
+        raise InputError(path, "has ctf/df2_A but no ctf/df1_A: the defocus pair is incomplete")
+    if "ctf/df1_A" in fields and "ctf/accel_kv" not in fields and overrides.voltage_kv is None:
+        raise InputError(
+            path, "has defocus values but no ctf/accel_kv; 200 kV is not assumed: pass --voltage (and --cs, ...)"
+        )
+    where: dict[str, tuple[str, np.ndarray | None]] = {}
+    for name in PHYSICAL_RANGES:
+        field = _CTF_FIELDS[name][0]
+        if field in fields and getattr(overrides, name) is None:
+            where[name] = (f"field {field}", None)
+    check_ranges(path, values, where)
+
+
 def _column(path: Path, records: np.ndarray, name: str) -> FloatArray:
     """A scalar numeric field as float64, checked finite."""
     try:
@@ -220,6 +335,8 @@ def _alignments(path: Path, records: np.ndarray, pixel_size: float) -> Alignment
     px = _column(path, records, "alignments2D/psize_A") if "alignments2D/psize_A" in fields else pixel_size
     if "alignments2D/shift" in fields:
         shift = np.asarray(records["alignments2D/shift"], dtype=np.float64).reshape(n, 2)
+        if not np.isfinite(shift).all():
+            raise InputError(path, "field alignments2D/shift holds NaN or Inf")
         ox, oy = shift[:, 0] * px, shift[:, 1] * px
     else:
         ox, oy = np.zeros(n), np.zeros(n)

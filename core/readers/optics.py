@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from otf2d.core.errors import InputError, PixelSizeError
+from otf2d.core.errors import InputError, PixelSizeError, ValueRangeError
 from otf2d.core.readers.stacks import StackHeader, read_stack_header
+from otf2d.core.readers.validate import outside, range_text
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class OpticsOverrides:
         if px is not None and not (np.isfinite(px) and px > 0):
             raise PixelSizeError(None, f"pixel_size_angstrom must be > 0, got {px}")
         for name, value in self.ctf_values().items():
-            if not np.isfinite(value) or (name == "voltage_kv" and value <= 0):
-                raise InputError(None, f"{name} must be a finite number{' > 0' * (name == 'voltage_kv')}, got {value}")
+            if outside(name, np.array([value])).any():
+                raise ValueRangeError(None, f"{name}={value:g} given explicitly is outside {range_text(name)}")
 
     def ctf_values(self) -> dict[str, float]:
         """The CTF fields that are set."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from otf2d.core.errors import InputError, MissingColumnError, PixelSizeError
 from otf2d.core.particles import CtfParams
-from otf2d.core.readers.optics import OPTICS_FIELDS, OpticsOverrides, first_header, resolve_pixel_size
+from otf2d.core.readers.optics import CTF_LABELS, OPTICS_FIELDS, OpticsOverrides, first_header, resolve_pixel_size
 from otf2d.core.readers.project import default_session, find_project_dir
 from otf2d.core.readers.relion_lookup import (
     OpticsRows,
@@ -36,6 +36,7 @@ from otf2d.core.readers.star import (
     str_column,
 )
 from otf2d.core.readers.table import Alignments2D, ParticleTable
+from otf2d.core.readers.validate import PHYSICAL_RANGES, check_ranges, check_stack_paths
 from otf2d.core.snapshot import OpticsGroup
 
 
@@ -74,13 +75,18 @@ def read_relion_table(
     """
     path = Path(path)
     overrides = overrides or OpticsOverrides()
-    blocks = loop_blocks(read_star_blocks(path))
+    all_blocks = read_star_blocks(path)
+    blocks = loop_blocks(all_blocks)
+    for name in ("particles", "images"):
+        if name in all_blocks and name not in blocks:
+            raise InputError(path, f"block data_{name} is not a loop_ table (it holds key/value pairs only)")
     block_name, particles = _particle_block(path, blocks)
     require_columns(path, particles, ["rlnImageName"], block_name)
     if len(particles) == 0:
         raise InputError(path, f"block data_{block_name} has no particle rows")
     stacks, indices = split_image_names(path, str_column(particles, "rlnImageName"))
-    pdir = Path(project_dir) if project_dir is not None else find_project_dir(path, str(stacks[0]))
+    pdir = Path(project_dir) if project_dir is not None else find_project_dir(path, stacks.tolist())
+    check_stack_paths(path, stacks, pdir)
 
     optics: OpticsRows | None = None
     if "optics" in blocks:
@@ -96,6 +102,7 @@ def read_relion_table(
     overrides.apply(path, values)
     if fmt == "relion-extract" and optics is None:
         _check_extract_optics(path, found_in, overrides)
+    _check_ctf(path, block_name, values, found_in, optics, overrides)
     pixel_meta = pixel_size_columns(path, particles, optics)
     groups = optics.groups if optics is not None else derive_groups(path, particles, values, pixel_meta)
 
@@ -167,6 +174,37 @@ def _check_extract_optics(path: Path, found_in: dict[str, str], overrides: Optic
             f"{', '.join(missing)}: pass optics_from=<the job's particles.star> or explicit values "
             "(voltage_kv, spherical_aberration_mm, amplitude_contrast, pixel_size_angstrom)",
         )
+
+
+def _check_ctf(
+    path: Path,
+    block: str,
+    values: dict[str, np.ndarray],
+    found_in: dict[str, str],
+    optics: OpticsRows | None,
+    overrides: OpticsOverrides,
+) -> None:
+    """Complete defocus pairs, a voltage from somewhere when there is a CTF, values in physical ranges."""
+    if found_in["defocus_v_angstrom"] != "default" and found_in["defocus_u_angstrom"] == "default":
+        raise InputError(path, "has rlnDefocusV but no rlnDefocusU: the defocus pair is incomplete")
+    has_ctf = found_in["defocus_u_angstrom"] != "default"
+    if has_ctf and found_in["voltage_kv"] == "default" and overrides.voltage_kv is None:
+        lack = "its data_optics has no rlnVoltage" if optics is not None else "no data_optics and no rlnVoltage column"
+        raise InputError(
+            path,
+            f"has defocus values but no accelerating voltage ({lack}); RELION's 200 kV default is not "
+            "assumed: pass --voltage (and --cs, --amplitude-contrast) or --optics-from a particles.star",
+        )
+    where: dict[str, tuple[str, np.ndarray | None]] = {}
+    for name in PHYSICAL_RANGES:
+        label = CTF_LABELS[name]
+        if getattr(overrides, name) is not None:
+            continue
+        if found_in[name] == "particles":
+            where[name] = (f"column {label} of data_{block}", None)
+        elif found_in[name] == "optics" and optics is not None:
+            where[name] = (f"column {label} of data_optics in {optics.source}", optics.row_of_particle)
+    check_ranges(path, values, where)
 
 
 def _group_pixel_size(path: Path, number: int, values: np.ndarray) -> float | None:

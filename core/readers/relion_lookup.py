@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from otf2d.core.errors import InputError, MissingColumnError
+from otf2d.core.errors import InputError, MissingColumnError, ValueRangeError
 from otf2d.core.particles import RELION_CTF_DEFAULTS
 from otf2d.core.readers.optics import CTF_LABELS
 from otf2d.core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, str_column
@@ -146,19 +146,25 @@ def pixel_size_columns(path: Path, particles: Any, optics: OpticsRows | None) ->
     """
     n = len(particles)
     result = np.full(n, np.nan)
-    candidates: list[FloatArray | None] = []
+    candidates: list[tuple[str, FloatArray | None]] = []
     if optics is not None:
-        candidates += [optics.column("rlnImagePixelSize"), optics.column("rlnMicrographPixelSize")]
+        candidates += [
+            ("rlnImagePixelSize of data_optics", optics.column("rlnImagePixelSize")),
+            ("rlnMicrographPixelSize of data_optics", optics.column("rlnMicrographPixelSize")),
+        ]
     if "rlnImagePixelSize" in particles.columns:
-        candidates.append(float_column(path, particles, "rlnImagePixelSize"))
+        candidates.append(("rlnImagePixelSize", float_column(path, particles, "rlnImagePixelSize")))
     if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles.columns):
         detector_um = float_column(path, particles, "rlnDetectorPixelSize")
         magnification = float_column(path, particles, "rlnMagnification")
         with np.errstate(divide="ignore", invalid="ignore"):
-            candidates.append(detector_um * 1e4 / magnification)
-    for values in candidates:
+            candidates.append(("rlnDetectorPixelSize / rlnMagnification", detector_um * 1e4 / magnification))
+    for label, values in candidates:
         if values is None:
             continue
+        if np.any(values < 0):
+            row = int(np.flatnonzero(values < 0)[0])
+            raise ValueRangeError(path, f"particle row {row + 1}, {label}: pixel size {values[row]:g} Å is negative")
         usable = np.isnan(result) & np.isfinite(values) & (values > 0)
         result[usable] = values[usable]
     return result

@@ -10,6 +10,7 @@ from otf2d.core.readers.cryosparc import CSDAT_MAGIC, NUMPY_MAGIC, read_cryospar
 from otf2d.core.readers.optics import OpticsOverrides
 from otf2d.core.readers.relion import read_relion_table
 from otf2d.core.readers.table import ParticleTable
+from otf2d.core.readers.validate import not_a_file_reason
 
 _MRC_SUFFIXES = {".mrc", ".mrcs", ".st", ".map"}
 
@@ -24,7 +25,7 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "file not found")
+        raise InputError(path, not_a_file_reason(path))
     with path.open("rb") as fh:
         head = fh.read(1024)
     if not head:
@@ -72,7 +73,12 @@ def read_particle_table(
         Compressed cryoSPARC CSDAT, or a bare image stack (use
         :func:`otf2d.core.readers.stacks.read_stack_images` for those).
     InputError
-        Any problem with the file; the subclass says which (see ``otf2d.core.errors``).
+        Any problem with the file; the subclass says which (see ``otf2d.core.errors``):
+        ``IncompleteFileError`` for a file cut short (read it again later), ``ValueRangeError``
+        for a physically impossible value, ``UnsafePathError`` for a stack outside the project.
+
+    Rows that repeat an earlier particle (same stack and index) are dropped with a warning
+    (``ParticleTable.duplicates_dropped`` counts them).
     """
     overrides = OpticsOverrides(
         pixel_size_angstrom=pixel_size_angstrom,
@@ -82,16 +88,18 @@ def read_particle_table(
     )
     kind = sniff_format(path)
     if kind in ("cryosparc", "csdat"):
-        return read_cryosparc_table(path, session=session, project_dir=project_dir, overrides=overrides)
+        table = read_cryosparc_table(path, session=session, project_dir=project_dir, overrides=overrides)
+        return table.without_duplicates()
     if kind == "mrc":
         raise UnsupportedFormatError(
             path,
             "an image stack holds no particle metadata (CTF, pixel size); read it with "
             "otf2d.core.readers.read_stack_images, or pass the particles.star / .cs that refers to it",
         )
-    return read_relion_table(
+    table = read_relion_table(
         path, session=session, project_dir=project_dir, optics_from=optics_from, overrides=overrides
     )
+    return table.without_duplicates()
 
 
 __all__ = ["read_particle_table", "sniff_format"]

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otf2d.core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
+from otf2d.core.readers.validate import is_absent, not_a_file_reason
 
 HEADER_BYTES = 1024
 #: MRC modes we read, with what they hold.
@@ -96,12 +97,15 @@ def read_stack_header(
     IncompleteStackError
         The file is shorter than its header promises (truncated, or still being written).
     InputError
-        Empty file, not an MRC file, or an unsupported mode.
+        Empty file, not an MRC file, an unsupported mode, a file longer than its header says, or a
+        path that is a directory or a symbolic-link loop.
     """
     path = Path(path)
     where = f" (referenced by {referenced_by})" if referenced_by is not None else ""
     if not path.is_file():
-        raise MissingStackError(path, f"stack not found{where}")
+        if is_absent(path):
+            raise MissingStackError(path, f"stack not found{where}")
+        raise InputError(path, f"{not_a_file_reason(path)}{where}")
     file_size = path.stat().st_size
     if file_size == 0:
         raise InputError(path, f"empty file{where}")
@@ -144,6 +148,13 @@ def read_stack_header(
             f"header claims {nz} images of {nx}x{ny} (mode {mode}, {stack.expected_size} bytes) "
             f"but the file holds {file_size} bytes ({complete} complete image(s)): "
             f"truncated or still being written{where}",
+        )
+    if check_size and file_size > stack.expected_size:
+        raise InputError(
+            path,
+            f"the file holds {file_size} bytes but its header describes {nz} images of {nx}x{ny} in mode {mode} "
+            f"({stack.expected_size} bytes): {file_size - stack.expected_size} bytes more than the header says "
+            f"(wrong mode or image count in the header?){where}",
         )
     return stack
 

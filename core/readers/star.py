@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import starfile
 
-from otf2d.core.errors import InputError, MissingColumnError
+from otf2d.core.errors import IncompleteFileError, InputError, MissingColumnError, ValueRangeError
+from otf2d.core.readers.validate import MAX_IMAGE_INDEX, not_a_file_reason
 
 #: Columns that must stay strings even when every value looks like a number.
 STRING_COLUMNS = ["rlnImageName", "rlnMicrographName", "rlnOpticsGroupName", "rlnImageOriginalName"]
@@ -23,17 +24,27 @@ _SNIFF_BYTES = 65536
 
 
 def check_text_file(path: Path) -> None:
-    """Reject empty, binary and CR+LF files before parsing.
+    """Reject missing, empty, binary, CR+LF and cut-short files before parsing.
+
+    A file that does not end with a newline was caught mid-write (RELION, starfile and every STAR
+    writer end the last row with one): its last row may be cut inside a number, so it is not
+    parsed at all.
 
     Raises
     ------
+    IncompleteFileError
+        The file does not end with a newline.
     InputError
         Naming ``path`` and what is wrong.
     """
     if not path.is_file():
-        raise InputError(path, "file not found")
+        raise InputError(path, not_a_file_reason(path))
     with path.open("rb") as fh:
         head = fh.read(_SNIFF_BYTES)
+        fh.seek(0, 2)
+        if fh.tell() > 0:
+            fh.seek(-1, 2)
+        last = fh.read(1)
     if not head:
         raise InputError(path, "empty file")
     if b"\x00" in head:
@@ -45,6 +56,10 @@ def check_text_file(path: Path) -> None:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # a multi-byte character cut at the sniff boundary is fine
             raise InputError(path, f"not a text file (byte {exc.start} is not UTF-8)") from None
+    if last != b"\n":
+        raise IncompleteFileError(
+            path, "does not end with a newline: its last row is cut short (caught while being written?)"
+        )
 
 
 def read_star_blocks(path: Path) -> dict[str, Any]:
@@ -63,10 +78,58 @@ def read_star_blocks(path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True, parse_as_string=STRING_COLUMNS)
     except Exception as exc:  # starfile/pandas raise many types for malformed input
+        empty = _empty_blocks(path)
+        if empty:
+            raise InputError(path, f"block data_{empty[0]} holds no loop_ and no values") from None
         raise InputError(path, f"cannot parse as STAR: {type(exc).__name__}: {exc}") from None
     if not blocks:
         raise InputError(path, "no data blocks found: not a STAR file")
+    for name, block in blocks.items():
+        if hasattr(block, "columns"):
+            labels = [str(c) for c in block.columns]
+            repeated = sorted({c for c in labels if labels.count(c) > 1})
+            if repeated:
+                raise InputError(path, f"data_{name} lists column(s) {', '.join(repeated)} more than once")
+            _check_short_rows(path, name, block)
     return dict(blocks)
+
+
+def _empty_blocks(path: Path) -> list[str]:
+    """Names of the data blocks with nothing in them (starfile fails on those with a ``TypeError``)."""
+    empty: list[str] = []
+    current: str | None = None
+    has_content = False
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            text = line.strip()
+            if text.startswith("data_"):
+                if current is not None and not has_content:
+                    empty.append(current)
+                current, has_content = text[len("data_") :], False
+            elif text and not text.startswith("#"):
+                has_content = True
+    if current is not None and not has_content:
+        empty.append(current)
+    return empty
+
+
+def _check_short_rows(path: Path, name: str, table: Any) -> None:
+    """Raise when a row of loop ``name`` has fewer values than the loop has columns.
+
+    Pandas fills the missing trailing values with NaN; this names the row instead.
+    """
+    if len(table) == 0 or len(table.columns) == 0:
+        return
+    last_column = table.iloc[:, -1]
+    short = np.asarray(last_column.isna().to_numpy(), dtype=bool)
+    if short.any():
+        row = int(np.flatnonzero(short)[0])
+        n_values = int(table.iloc[row].notna().sum())
+        raise InputError(
+            path,
+            f"data_{name} row {row + 1} has {n_values} value(s) for {len(table.columns)} columns "
+            f"(no {table.columns[-1]}): a row cut short",
+        )
 
 
 def loop_blocks(blocks: dict[str, Any]) -> dict[str, Any]:
@@ -142,15 +205,32 @@ def split_image_names(path: Path, names: npt.NDArray[np.str_]) -> tuple[npt.NDAr
     index_text = np.where(has_at, head, "1")
     try:
         indices = index_text.astype(np.int64)
-    except ValueError:
-        bad = next(n for n, t in zip(names, index_text, strict=True) if not str(t).strip().isdigit())
-        raise InputError(path, f"rlnImageName {bad!r} does not start with an image number and '@'") from None
+    except (ValueError, OverflowError):
+        pairs = enumerate(zip(index_text.tolist(), np.asarray(names).tolist(), strict=True))
+        indices = np.array([_image_number(path, str(t), str(n), k) for k, (t, n) in pairs], dtype=np.int64)
     if len(indices) and indices.min() < 1:
         row = int(np.argmin(indices))
-        raise InputError(path, f"rlnImageName {names[row]!r}: image numbers are 1-based")
+        raise InputError(path, f"row {row + 1}: rlnImageName {names[row]!r}: image numbers are 1-based")
+    if len(indices) and indices.max() > MAX_IMAGE_INDEX:
+        row = int(np.argmax(indices))
+        _image_number(path, str(index_text[row]), str(names[row]), row)
     if np.any(np.char.str_len(stacks) == 0):
         raise InputError(path, "an rlnImageName has no stack path after '@'")
     return stacks, indices
+
+
+def _image_number(path: Path, text: str, name: str, row: int) -> int:
+    """The image number ``text`` of row ``row`` (0-based), checked to fit in an MRC stack."""
+    text = text.strip()
+    if not text.lstrip("+-").isdigit():
+        raise InputError(path, f"row {row + 1}: rlnImageName {name!r} does not start with an image number and '@'")
+    if len(text) > 12 or int(text) > MAX_IMAGE_INDEX:
+        raise ValueRangeError(
+            path,
+            f"row {row + 1}: rlnImageName {name!r}: image number beyond the {MAX_IMAGE_INDEX} images "
+            "an MRC stack can hold",
+        )
+    return int(text)
 
 
 __all__ = [

@@ -7,6 +7,7 @@ later, in chunks, by :mod:`otf2d.core.readers.loader`. Values are in RELION's un
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import numpy.typing as npt
 
 from otf2d.core.errors import InputError, MissingStackError
 from otf2d.core.particles import CtfParams, ParticleKey
+from otf2d.core.readers.validate import is_absent, not_a_file_reason
 from otf2d.core.snapshot import OpticsGroup
+
+log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -93,6 +97,8 @@ class ParticleTable:
     stack_search_dirs
         Further directories where a stack is looked up by its base name when
         ``project_dir / stack_path`` does not exist (cryoSPARC: the ``.cs`` file's directory).
+    duplicates_dropped
+        Rows of the file that repeated an earlier row's particle (stack, index) and were dropped.
     """
 
     source: Path
@@ -110,6 +116,7 @@ class ParticleTable:
     has_ctf: bool = True
     format: str = "relion"
     stack_search_dirs: tuple[Path, ...] = field(default=())
+    duplicates_dropped: int = 0
 
     def __post_init__(self) -> None:
         stack_paths = np.asarray(self.stack_paths, dtype=str)
@@ -150,6 +157,29 @@ class ParticleTable:
             alignments=None if self.alignments is None else self.alignments.take(idx),
         )
         return ParticleTable(**values)
+
+    def without_duplicates(self) -> ParticleTable:
+        """This table with every repeated particle (same stack and index) dropped after its first row.
+
+        A particle counted twice biases the online-EM statistics; the drop is logged once per file.
+        """
+        _, stack_code = np.unique(self.stack_paths, return_inverse=True)
+        codes = stack_code.reshape(-1).astype(np.int64) * (int(self.indices.max(initial=0)) + 1) + self.indices
+        _, first = np.unique(codes, return_index=True)
+        if len(first) == len(self):
+            return self
+        keep = np.sort(first)
+        repeated = np.setdiff1d(np.arange(len(self)), keep)
+        log.warning(
+            "%s: %d row(s) repeat an earlier particle and are dropped (first: row %d, %s)",
+            self.source,
+            len(repeated),
+            int(repeated[0]) + 1,
+            f"{int(self.indices[repeated[0]]):06d}@{self.stack_paths[repeated[0]]}",
+        )
+        dropped = self.take(keep)
+        object.__setattr__(dropped, "duplicates_dropped", self.duplicates_dropped + len(repeated))
+        return dropped
 
     def optics_group(self, number: int) -> OpticsGroup:
         """The optics group numbered ``number`` (1-based)."""
@@ -196,6 +226,11 @@ class ParticleTable:
         """
         found = self.find_stack(stack_path)
         if found is None:
+            for candidate in self.candidate_paths(stack_path):
+                if not is_absent(candidate):
+                    raise InputError(
+                        candidate, f"stack {stack_path!r} referenced by {self.source}: {not_a_file_reason(candidate)}"
+                    )
             looked = ", ".join(str(c) for c in self.candidate_paths(stack_path))
             raise MissingStackError(
                 self.source,

@@ -629,6 +629,11 @@ def engine_health() -> dict[str, Any]:
                 target("otf2d_streamer_in_flight_batches", "in flight {{session}}", "B"),
                 target("increase(otf2d_streamer_files_quarantined_total[1h])", "quarantined in 1 h {{session}}", "C"),
                 target("rate(otf2d_streamer_batches_resent_total[$__rate_interval])", "re-sent /s {{session}}", "D"),
+                target(
+                    "sum by (session, reason) (otf2d_streamer_quarantined_files) > 0",
+                    "in quarantine ({{reason}}) {{session}}",
+                    "E",
+                ),
             ],
             unit="short",
         ),

@@ -219,6 +219,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="directory the stack paths are relative to (default: found from the input's location)",
     )
+    run.add_argument("--pixel-size", type=float, default=None, metavar="A", help="A/px (overrides the file)")
+    run.add_argument("--voltage", type=float, default=None, metavar="KV", help="kV, for files that give none")
+    run.add_argument("--cs", type=float, default=None, metavar="MM", help="spherical aberration, mm")
+    run.add_argument("--amplitude-contrast", type=float, default=None, metavar="Q0", help="fraction, e.g. 0.1")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -283,7 +287,15 @@ def main(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ConfigError(None, f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    table = read_particle_table(args.input, project_dir=args.project_dir, optics_from=args.optics_from)
+    table = read_particle_table(
+        args.input,
+        project_dir=args.project_dir,
+        optics_from=args.optics_from,
+        pixel_size_angstrom=args.pixel_size,
+        voltage_kv=args.voltage,
+        spherical_aberration_mm=args.cs,
+        amplitude_contrast=args.amplitude_contrast,
+    )
     print(
         f"otf2d classify: {len(table)} particles from {args.input} (box {table.box_size} px, "
         f"{table.pixel_size_angstrom:g} A/px) into {params.n_classes} classes on {device}",
