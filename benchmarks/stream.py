@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from otf2d.control.client import EngineClient, EngineTimeoutError
-from otf2d.demo.demo_run import DEMO_CLASSIFICATION, free_port
+from otf2d.demo.demo_run import DEMO_CLASSIFICATION, free_ports
 from otf2d.engine.resources.memory import proc_status_bytes
 from otf2d.simulator.config import SimulationConfig
 from otf2d.simulator.session import iter_session

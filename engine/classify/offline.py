@@ -23,7 +23,7 @@ from otf2d.core.config import Class2DParams
 from otf2d.core.readers import ParticleTable
 from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
 from otf2d.engine.classify.table_source import TableSource
-from otf2d.engine.em.driver import ClassificationResult, Progress, classify_batches
+from otf2d.engine.em.driver import ClassificationResult, Progress, classify_batches, planned_work
 
 
 @dataclass(frozen=True)
