@@ -14,7 +14,12 @@ into the service at three seams:
   ``sample_seconds`` (:meth:`SessionMonitor.record_classified`), from which the particle rates,
   the forecast and the verdict's rate criterion are computed;
 - **a control kind** (``core.wire.KIND_SET_CLASS_OVERRIDE``, :meth:`handle_override`): a user marks
-  a class good or junk.
+  a class good or junk;
+- **the lifecycle** (:mod:`monitoring.lifecycle`): the sampler also feeds every session's
+  received/classified counts to a :class:`SessionLifecycle` (open → idle → closed), exported as
+  per-session counters and ``otf2d_session_state``; ``close_session`` (``otf2d close``) closes a
+  session, which is checkpointed and snapshotted once more; the lifecycle is kept in
+  ``<session>/lifecycle.json`` across restarts.
 
 User overrides
 --------------
@@ -44,10 +49,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from core.config import VerdictConfig
+import core
+from core.config import LifecycleConfig, VerdictConfig
 from core.errors import InputError
 from core.particles import CtfParams
 from core.snapshot import ClassSnapshot, ParticleAssignments
+from monitoring.lifecycle import Activity, SessionLifecycle, lifecycle_path, load_activity, save_activity
 from monitoring.metrics import register_monitoring
 from monitoring.quality import (
     OVERRIDE_VALUES,
@@ -130,6 +137,8 @@ class EngineMonitoring:
         Period of the classified-count sampler.
     clock
         Source of unix time.
+    lifecycle
+        When sessions turn idle and closed (the config's ``[sessions]`` table).
     """
 
     def __init__(
@@ -139,8 +148,10 @@ class EngineMonitoring:
         write: Callable[..., Any] = write_snapshot,
         sample_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        lifecycle: LifecycleConfig | None = None,
     ) -> None:
         self.monitor = SessionMonitor(verdict, clock=clock)
+        self.lifecycle = SessionLifecycle(lifecycle, clock=clock, on_change=self._lifecycle_changed)
         self._write = write
         self._clock = clock
         self.sample_seconds = float(sample_seconds)
@@ -159,12 +170,20 @@ class EngineMonitoring:
         ``registry`` defaults to the service's metrics registry, so ``/metrics`` shows the engine's
         counters and the per-session class metrics together.
         """
-        from core.wire import KIND_SET_CLASS_OVERRIDE
+        import torch
+
+        from core.wire import KIND_CLOSE_SESSION, KIND_SET_CLASS_OVERRIDE
 
         self._service = service
         service.add_control_handler(KIND_SET_CLASS_OVERRIDE, self.handle_override)
+        service.add_control_handler(KIND_CLOSE_SESSION, self.handle_close)
         service.add_status_fields(self.status_fields)
-        register_monitoring(self.monitor.states, registry if registry is not None else service.metrics.registry)
+        service.metrics.set_build_info(core.__version__, torch.__version__, service.device.type)
+        register_monitoring(
+            self.monitor.states,
+            registry if registry is not None else service.metrics.registry,
+            lifecycle=self.lifecycle,
+        )
 
     def start(self) -> None:
         """Start the count sampler and ask for a snapshot of every classifying session (fresh state after a restart)."""
@@ -173,6 +192,7 @@ class EngineMonitoring:
             from engine.folding import Phase
 
             for folder in service.worker.folders():
+                self._restore_lifecycle(folder.name, folder.session.root)
                 if folder.phase is Phase.STREAMING:
                     service.worker.request(folder.name, "snapshot")
         if self._thread is None:
@@ -208,6 +228,54 @@ class EngineMonitoring:
         now = self._clock()
         for folder in service.worker.folders():
             self.monitor.record_classified(folder.name, folder.consumed, now)
+            self.lifecycle.observe(folder.name, folder.session.journal.count, folder.consumed, now)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _restore_lifecycle(self, session: str, root: Path) -> None:
+        try:
+            activity = load_activity(lifecycle_path(root))
+        except InputError as exc:
+            log.error("session %s: lifecycle record ignored (the session counts as open): %s", session, exc)
+            activity = None
+        if activity is not None:
+            self.lifecycle.restore(session, activity)
+
+    def _lifecycle_changed(self, session: str, activity: Activity) -> None:
+        """Keep the lifecycle on disk; a closed session gets its last checkpoint and snapshot."""
+        service = self._service
+        held = service.session(session) if service is not None else None
+        if service is None or held is None:
+            return
+        save_activity(lifecycle_path(held.root), activity)
+        if activity.closed_at is not None:
+            service.worker.request(session, "checkpoint")
+            folder = service.worker.folder(session)
+            if folder is not None and folder.phase.value == "streaming":
+                service.worker.request(session, "snapshot")
+
+    def handle_close(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve a ``close_session`` request: the collection of the session has ended.
+
+        Raises
+        ------
+        InputError
+            No such session.
+        """
+        session = str(request["session"])
+        service = self._service
+        folder = service.worker.folder(session) if service is not None else None
+        if folder is None:
+            raise InputError(None, f"no session named {session!r}")
+        self.lifecycle.observe(session, folder.session.journal.count, folder.consumed)
+        activity = self.lifecycle.close(session, "user")
+        return {
+            "session": session,
+            "closed_at": activity.closed_at,
+            "closed_by": activity.closed_by,
+            "received": activity.received,
+            "classified": activity.classified,
+        }
 
     def _record(self, session: str) -> None:
         service = self._service
@@ -334,11 +402,14 @@ class EngineMonitoring:
 
     def status_fields(self, session: str) -> dict[str, Any]:
         """The monitoring summary of ``session`` for the engine's status reply (``{}`` before a state)."""
+        activity = self.lifecycle.activities().get(session)
+        lifecycle = {} if activity is None else {"lifecycle": activity.to_json(self._clock(), self.lifecycle.config)}
         state = self.monitor.states().get(session)
         if state is None:
-            return {}
+            return lifecycle
         counts = state.class_counts
         return {
+            **lifecycle,
             "monitoring": {
                 "iteration": int(state.snapshot.iteration),
                 "verdict": state.verdict.state,
@@ -350,7 +421,7 @@ class EngineMonitoring:
                 "distinct_views": int(state.views.n_views),
                 "good_particles": int(state.good_particles),
                 "overrides": {str(n): v for n, v in sorted(state.quality.overrides.items())},
-            }
+            },
         }
 
 

@@ -156,6 +156,26 @@ def test_promtool_test_rules() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_session_alert_leaves_closed_sessions_out_and_is_tested_with_one() -> None:
+    """A per-session alert is silent for a closed session, and its promtool test has a closed session beside it."""
+    tests = "\n".join(path.read_text() for path in sorted((PROMETHEUS / "tests").glob("*.yml")))
+    blocks = tests.split("\n  - interval:")
+    session_alerts = [
+        r for r in rules_file_entries(RULES) if r["kind"] == "alert" and "{{ $labels.session }}" in RULES.read_text()
+    ]
+    checked = 0
+    for rule in session_alerts:
+        if rule["name"] in ("Otf2dEngineDown", "Otf2dStreamerDown"):
+            continue  # targets, not sessions
+        assert 'otf2d_session_state{state="closed"} == 1' in rule["expr"] or (
+            'otf2d_session_state{state!="open"} == 1' in rule["expr"]
+        ), rule
+        tested = [b for b in blocks if f"alertname: {rule['name']}" in b]
+        assert tested and any('state="closed"}' in b for b in tested), rule["name"]
+        checked += 1
+    assert checked == 6
+
+
 def test_rules_cover_the_required_alerts() -> None:
     alerts = {r["name"] for r in rules_file_entries(RULES) if r["kind"] == "alert"}
     required = {

@@ -256,7 +256,10 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             assert SESSION in page and "pending" in page
             metrics = samples(http_text(f"{ports.url}/metrics"))
             assert metrics["otf2d_particles_classified_total"] == 80  # engine counters ...
-            assert metrics[f'otf2d_session_particles{{session="{SESSION}"}}'] == 80  # ... and monitoring gauges
+            assert metrics[f'otf2d_session_classified_particles_total{{session="{SESSION}"}}'] == 80  # ... per session
+            assert metrics[f'otf2d_session_received_particles_total{{session="{SESSION}"}}'] == 80
+            assert metrics[f'otf2d_session_state{{session="{SESSION}",state="open"}}'] == 1.0
+            assert [k for k in metrics if k.startswith("otf2d_build_info{") and 'device="cpu"' in k]
             per_class = {k: v for k, v in metrics.items() if k.startswith("otf2d_class_particles{")}
             assert len(per_class) == 4 and sum(per_class.values()) == 80
 
@@ -270,7 +273,8 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             state = _status_json(ports.url)
             assert state["classes"][0]["junk"] is True and state["classes"][0]["override"] == "junk"
             metrics = samples(http_text(f"{ports.url}/metrics"))
-            assert metrics[f'otf2d_class_junk{{class="1",session="{SESSION}"}}'] == 1.0
+            assert metrics[f'otf2d_class_junk{{class="{engine_class}",session="{SESSION}"}}'] == 1.0  # engine number
+            assert metrics[f'otf2d_class_size_rank{{class="{engine_class}",session="{SESSION}"}}'] == 1.0
             # the override asked for a snapshot: its files carry the flag (the gallery marks the class)
             second = _wait_snapshot(client, first)
             assert second > first
@@ -281,6 +285,19 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
                 "override", "--engine", ports.endpoint, "--session", SESSION, "--class", "9", "--as", "good"
             )
             assert refused.returncode == 2 and "classes 1..4" in refused.stderr
+
+            # the collection ended: close the session; its class series leave /metrics, its state says closed
+            closed = _otf2d("close", "--engine", ports.endpoint, "--session", SESSION)
+            assert closed.returncode == 0, closed.stderr + describe_failure(engine)
+            assert f"{SESSION}: closed (by user); 80 particles received" in closed.stdout
+            assert client.status(SESSION)["sessions"][SESSION]["lifecycle"]["state"] == "closed"
+            metrics = samples(http_text(f"{ports.url}/metrics"))
+            assert metrics[f'otf2d_session_state{{session="{SESSION}",state="closed"}}'] == 1.0
+            assert not [k for k in metrics if k.startswith("otf2d_class_particles{")]
+            record = json.loads((data / "sessions" / SESSION / "lifecycle.json").read_text())
+            assert record["closed_by"] == "user" and record["closed_at"] > 0
+            unknown = _otf2d("close", "--engine", ports.endpoint, "--session", "nope")
+            assert unknown.returncode == 2 and "no session named 'nope'" in unknown.stderr
         assert engine.terminate() == 0, describe_failure(engine)
 
     # Restart without --http-port while the default status port is taken: the engine runs on, and
@@ -299,6 +316,8 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
                 mon = wait_until(
                     lambda: client.status(SESSION)["sessions"][SESSION].get("monitoring"), 60, "state after restart"
                 )
+                lifecycle = client.status(SESSION)["sessions"][SESSION]["lifecycle"]
+            assert lifecycle["state"] == "closed" and lifecycle["closed_by"] == "user"  # kept across the restart
             assert engine.terminate() == 0, describe_failure(engine)
         # the override is on the snapshot class that is the same engine class
         assert mon["iteration"] > second

@@ -243,7 +243,7 @@ def dashboard(
 
 
 def session_variable(*, multi: bool) -> dict[str, Any]:
-    query = "label_values(otf2d_verdict, session)"
+    query = "label_values(otf2d_session_state, session)"
     return {
         "name": "session",
         "label": "Session",
@@ -298,7 +298,8 @@ def facility_overview() -> dict[str, Any]:
             [
                 (f"otf2d:verdict_code{{{sel}}}", "verdict", ""),
                 (f"otf2d_verdict_confidence_ratio{{{sel}}}", "confidence", "percentunit"),
-                (f"otf2d_session_particles{{{sel}}}", "particles", "short"),
+                (f"otf2d_session_state{{{sel}}} == 1", "state", ""),
+                (f"otf2d_session_classified_particles_total{{{sel}}}", "particles", "short"),
                 (f"otf2d_junk_fraction_ratio{{{sel}}}", "junk", "percentunit"),
                 (f"otf2d:good_particles_per_hour{{{sel}}}", "good / h", "short"),
                 (f"otf2d_distinct_views{{{sel}}}", "views", "short"),
@@ -307,7 +308,7 @@ def facility_overview() -> dict[str, Any]:
             ],
             w=24,
             h=8,
-            hide=["instance", "job", "__name__"],
+            hide=["instance", "job", "__name__", "Value #B"],
             mappings_for={"verdict": VERDICT_MAPPING},
         ),
         timeseries(
@@ -396,8 +397,8 @@ def session_detail() -> dict[str, Any]:
     panels = [
         stat(lay, "Verdict", f"otf2d:verdict_code{{{s}}}", mappings=VERDICT_MAPPING),
         stat(lay, "Confidence", f"otf2d_verdict_confidence_ratio{{{s}}}", unit="percentunit"),
-        stat(lay, "Particles", f"otf2d_session_particles{{{s}}}", unit="short"),
-        stat(lay, "Good particles", f"otf2d_good_particles{{{s}}}", unit="short"),
+        stat(lay, "Particles", f"otf2d_session_classified_particles_total{{{s}}}", unit="short"),
+        stat(lay, "Good particles", f"otf2d_session_good_particles{{{s}}}", unit="short"),
         stat(
             lay,
             "Junk",
@@ -423,7 +424,8 @@ def session_detail() -> dict[str, Any]:
             lay,
             "bargauge",
             "Particles per class",
-            [target(f"sort_desc(otf2d_class_particles{{{s}}})", "#{{class}}", instant=True)],
+            [target(f"sort_desc(otf2d_class_particles{{{s}}})", "class {{class}}", instant=True)],
+            description="Classes by their engine number (stable over time); the gallery numbers them by size.",
             w=10,
             h=18,
             unit="short",
@@ -439,8 +441,13 @@ def session_detail() -> dict[str, Any]:
             lay,
             "Particles per hour",
             [
-                target(f"otf2d:classified_particles_per_hour{{{s}}}", "classified", "A"),
-                target(f"otf2d:good_particles_per_hour{{{s}}}", "good", "B"),
+                target(
+                    f"3600 * rate(otf2d_session_classified_particles_total{{{s}}}[$__rate_interval])", "classified", "A"
+                ),
+                target(
+                    f"3600 * rate(otf2d_session_received_particles_total{{{s}}}[$__rate_interval])", "received", "B"
+                ),
+                target(f"otf2d:good_particles_per_hour{{{s}}}", "good (engine window)", "C"),
             ],
             unit="short",
         ),
@@ -482,6 +489,7 @@ def session_detail() -> dict[str, Any]:
             lay,
             "Classes",
             [
+                (f"otf2d_class_size_rank{{{s}}}", "size rank", "short"),
                 (f"otf2d_class_particles{{{s}}}", "particles", "short"),
                 (f"otf2d_class_junk_score{{{s}}}", "junk score", ""),
                 (f"otf2d_class_junk{{{s}}}", "junk", ""),
@@ -494,7 +502,7 @@ def session_detail() -> dict[str, Any]:
         timeseries(
             lay,
             "Class resolution (Å)",
-            [target(f"otf2d_class_resolution_angstroms{{{s}}}", "#{{class}}")],
+            [target(f"otf2d_class_resolution_angstroms{{{s}}}", "class {{class}}")],
             h=10,
             unit="short",
             custom={"fillOpacity": 0},
@@ -579,6 +587,22 @@ def engine_health() -> dict[str, Any]:
                 target("otf2d_device_memory_bytes", "GPU {{kind}} {{instance}}", "B"),
             ],
             unit="bytes",
+        ),
+        timeseries(
+            lay,
+            "Streamer memory",
+            [
+                target('process_resident_memory_bytes{job="otf2d-streamer"}', "resident {{instance}}", "A"),
+            ],
+            unit="bytes",
+        ),
+        merged_table(
+            lay,
+            "Versions",
+            [("otf2d_build_info", "running", "")],
+            w=12,
+            h=8,
+            hide=["__name__", "Value #A"],
         ),
         timeseries(
             lay,
