@@ -165,7 +165,14 @@ def start_status_server(
     from monitoring.http import StatusServer
 
     port = http_port(args)
-    server = StatusServer(monitoring.states, registry=registry, host=args.http_addr, port=port, title="otf2d engine")
+    server = StatusServer(
+        monitoring.states,
+        registry=registry,
+        host=args.http_addr,
+        port=port,
+        title="otf2d engine",
+        lifecycle=monitoring.lifecycle_states,
+    )
     try:
         server.start()
     except OSError as exc:

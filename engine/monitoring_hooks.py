@@ -54,6 +54,7 @@ from core.config import LifecycleConfig, VerdictConfig
 from core.errors import InputError
 from core.particles import CtfParams
 from core.snapshot import ClassSnapshot, ParticleAssignments
+from monitoring.acquisition import summarize_acquisition
 from monitoring.lifecycle import Activity, SessionLifecycle, lifecycle_path, load_activity, save_activity
 from monitoring.metrics import register_monitoring
 from monitoring.quality import (
@@ -66,7 +67,7 @@ from monitoring.quality import (
     with_junk_scores,
 )
 from monitoring.snapshots import write_snapshot
-from monitoring.state import MonitoringState, SessionMonitor
+from monitoring.state import TIMELINE_FILE, MonitoringState, SessionMonitor, append_timeline, load_timeline
 
 if TYPE_CHECKING:
     from engine.service import EngineService
@@ -193,6 +194,7 @@ class EngineMonitoring:
 
             for folder in service.worker.folders():
                 self._restore_lifecycle(folder.name, folder.session.root)
+                self._restore_timeline(folder.name, folder.session.root)
                 if folder.phase is Phase.STREAMING:
                     service.worker.request(folder.name, "snapshot")
         if self._thread is None:
@@ -241,6 +243,13 @@ class EngineMonitoring:
         if activity is not None:
             self.lifecycle.restore(session, activity)
 
+    def _restore_timeline(self, session: str, root: Path) -> None:
+        points, problems = load_timeline(root / TIMELINE_FILE)
+        for problem in problems[:5]:
+            log.warning("session %s: timeline point skipped: %s", session, problem)
+        if points:
+            self.monitor.restore_timeline(session, points)
+
     def _lifecycle_changed(self, session: str, activity: Activity) -> None:
         """Keep the lifecycle on disk; a closed session gets its last checkpoint and snapshot."""
         service = self._service
@@ -253,6 +262,11 @@ class EngineMonitoring:
             folder = service.worker.folder(session)
             if folder is not None and folder.phase.value == "streaming":
                 service.worker.request(session, "snapshot")
+
+    def lifecycle_states(self) -> dict[str, str]:
+        """Each session's lifecycle state now (``open``, ``idle``, ``closed``): the status page's chips."""
+        now = self._clock()
+        return {name: a.state(now, self.lifecycle.config) for name, a in self.lifecycle.activities().items()}
 
     def handle_close(self, request: dict[str, Any]) -> dict[str, Any]:
         """Serve a ``close_session`` request: the collection of the session has ended.
@@ -313,9 +327,19 @@ class EngineMonitoring:
         self._record(session)
         now = self._clock()
         light = without_particle_table(snapshot)
-        state = self.monitor.publish(session, light, overrides=overrides_for_snapshot(stored, order), snapshot_time=now)
+        state = self.monitor.publish(
+            session,
+            light,
+            overrides=overrides_for_snapshot(stored, order),
+            snapshot_time=now,
+            acquisition=summarize_acquisition(snapshot.particles),
+        )
         with self._lock:
             self._published[session] = _Published(light, session_root, now)
+        try:
+            append_timeline(session_root / TIMELINE_FILE, state.timeline[-1])
+        except OSError as exc:
+            log.error("session %s: timeline not kept on disk: %s", session, exc)
         return with_junk_scores(snapshot, state.quality)
 
     def write_snapshot(self, snapshot: ClassSnapshot, out_dir: str | Path, *, session: str = "", **kwargs: Any) -> Any:
@@ -420,6 +444,7 @@ class EngineMonitoring:
                 "classes_populated": int((counts > 0).sum()),
                 "distinct_views": int(state.views.n_views),
                 "good_particles": int(state.good_particles),
+                "timeline_points": len(state.timeline),
                 "overrides": {str(n): v for n, v in sorted(state.quality.overrides.items())},
             },
         }

@@ -42,6 +42,7 @@ from engine.monitoring_hooks import (
     overrides_for_snapshot,
 )
 from monitoring.quality import load_overrides, save_overrides, score_classes
+from monitoring.state import TIMELINE_FILE, load_timeline
 
 COUNTS = (5, 12, 0, 20, 3, 10)
 
@@ -296,6 +297,8 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             assert not [k for k in metrics if k.startswith("otf2d_class_particles{")]
             record = json.loads((data / "sessions" / SESSION / "lifecycle.json").read_text())
             assert record["closed_by"] == "user" and record["closed_at"] > 0
+            before_restart = len(load_timeline(data / "sessions" / SESSION / TIMELINE_FILE)[0])
+            assert before_restart >= 2 and state["timeline"]
             unknown = _otf2d("close", "--engine", ports.endpoint, "--session", "nope")
             assert unknown.returncode == 2 and "no session named 'nope'" in unknown.stderr
         assert engine.terminate() == 0, describe_failure(engine)
@@ -321,6 +324,7 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             assert engine.terminate() == 0, describe_failure(engine)
         # the override is on the snapshot class that is the same engine class
         assert mon["iteration"] > second
+        assert mon["timeline_points"] > before_restart  # the plots over time survive the restart
         [(number, value)] = mon["overrides"].items()
         assert value == "junk"
         assert _engine_order(data, mon["iteration"])[int(number) - 1] + 1 == engine_class

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from monitoring.http import StatusServer
 from monitoring.metrics import register_monitoring
 from monitoring.snapshots.gallery import gallery_layout
-from monitoring.status_page import VERDICT_COLOURS
+from monitoring.status_page import VERDICT_COLOURS, state_version
 
 SESSIONS = {"krios1-good": good_grid, "krios2-junk": junk_grid, "glacios-preferred": preferred_grid}
 
@@ -109,15 +109,18 @@ def test_page_shows_the_verdicts_and_reasons(server: StatusServer, monitor) -> N
     status, content_type, body = get(server, "/")
     assert status == 200 and content_type.startswith("text/html")
     page = body.decode()
-    assert '<meta http-equiv="refresh" content="5">' in page
-    assert "<script" not in page
+    assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in page  # fallback without script
+    assert "<script>" in page and "<script src" not in page  # inline only
     assert not re.search(r'(src|href)="(https?:)?//', page), "the page must not load external assets"
+    assert not re.search(r'(src|href)="/', page), "every URL is relative (the page works behind a proxy)"
     for name, state in monitor.states().items():
         assert name in page
         assert f"verdict-{state.verdict.state}" in page
         for reason in state.verdict.reasons:
             assert reason.replace("&", "&amp;") in page
-        assert f"/sessions/{name}/gallery.png" in page
+        assert f'href="sessions/{name}/gallery.png' in page
+        for k in range(1, state.snapshot.n_classes + 1):
+            assert f'src="sessions/{name}/averages/{k}.png' in page
 
 
 def test_metrics_and_health(server: StatusServer) -> None:
@@ -160,33 +163,71 @@ def _browser(args: list[str], profile: Path) -> subprocess.CompletedProcess[byte
     return subprocess.run(command, capture_output=True, timeout=90, check=False)
 
 
+class _SwitchingServer(StatusServer):
+    """Serves ``first`` until the page asks for ``fragment.html``, then ``second`` (a newer state)."""
+
+    def __init__(self, first: dict, second: dict, **kwargs) -> None:
+        self.which = [first]
+        super().__init__(lambda: self.which[0], **kwargs)
+        self.second = second
+
+    def route(self, path: str, accept: str) -> tuple[int, str, bytes]:
+        if path.startswith("/fragment.html"):
+            self.which[0] = self.second
+        return super().route(path, accept)
+
+
+@pytest.fixture(scope="module")
+def history():
+    from status_page_session import monitor_with_history
+
+    return monitor_with_history(time.time(), {"krios1-grid3": "good", "krios2-grid7": "junk"})
+
+
+def _colour_pixels(image: np.ndarray, hex_colour: str, tolerance: int = 14) -> int:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    close = (abs(image[..., 0] - r) < tolerance) & (abs(image[..., 1] - g) < tolerance)
+    return int((close & (abs(image[..., 2] - b) < tolerance)).sum())
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
-def test_status_page_in_a_headless_browser(server: StatusServer, monitor, tmp_path: Path) -> None:
-    dom = _browser(["--dump-dom", server.url], tmp_path / "profile-dom")
-    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
-    text = dom.stdout.decode()
-    for name, state in monitor.states().items():
-        assert name in text
-        assert re.search(rf'class="badge verdict-{state.verdict.state}"', text)
-        assert state.verdict.reasons[0] in text
-    assert "Good particles per distinct view" in text
-    assert text.count("<svg") >= len(SESSIONS)
+def test_status_page_in_a_headless_browser(history, tmp_path: Path) -> None:
+    import dataclasses
 
-    shots = Path(os.environ.get("OTF2D_SCREENSHOT_DIR", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    screenshot = shots / "status-page.png"
-    shot = _browser([f"--screenshot={screenshot}", "--window-size=1280,1600", server.url], tmp_path / "profile-shot")
+    first = history.states()
+    second = {n: dataclasses.replace(s, computed_at=s.computed_at + 7.0) for n, s in first.items()}
+    life = {"krios1-grid3": "open", "krios2-grid7": "closed"}
+    with _SwitchingServer(first, second, refresh_seconds=2, lifecycle=lambda: life) as server:
+        # the page updates itself in place: after its first refresh it shows the newer states
+        dom = _browser(["--virtual-time-budget=6000", "--dump-dom", server.url], tmp_path / "profile-dom")
+        assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+        text = dom.stdout.decode()
+        assert 'data-live="ok"' in text, "the page did not refresh its sessions"
+        for name, state in second.items():
+            assert f'data-version="{state_version(state)}{life[name]}"' in text
+            assert re.search(rf'class="badge( early)? verdict-{state.verdict.state}"', text)
+            assert state.verdict.reasons[0] in text
+        plots = re.findall(r'<polyline class="series" data-points="(\d+)"', text)
+        assert len(plots) == 4 * len(second) and all(int(n) >= 5 for n in plots), plots
+        assert len(re.findall(r'<rect class="segment state-', text)) >= 2 * len(second)
+        assert "particles classified</text>" in text and ">collect</text>" in text
+        assert text.count('class="scalebar"') == sum(s.snapshot.n_classes for s in second.values())
+
+        shots = Path(os.environ.get("OTF2D_SCREENSHOT_DIR", tmp_path))
+        shots.mkdir(parents=True, exist_ok=True)
+        screenshot = shots / "status-page.png"
+        args = [f"--screenshot={screenshot}", "--window-size=1400,2600", "--virtual-time-budget=3000", server.url]
+        shot = _browser(args, tmp_path / "profile-shot")
     assert shot.returncode == 0, shot.stderr.decode()[-2000:]
     print(f"\nstatus page screenshot: {screenshot}")
     image = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
-    assert image.shape == (1600, 1280, 3)
-    # What the page shows: the first session is krios1-good ('glacios…' sorts first, then krios1);
-    # its verdict badge colours and the gallery images have loaded (many grey levels).
+    assert image.shape == (2600, 1400, 3)
+    # drawn with data: the plot lines, the verdict strips and the badges, the class averages
+    for colour in ("#60a5fa", "#f87171", "#4ade80", "#c084fc"):  # particles, junk, good/h, resolution
+        assert _colour_pixels(image, colour) > 150, f"plot line {colour} not drawn in {screenshot}"
     for state in ("collect", "abandon"):
-        r, g, b = (int(VERDICT_COLOURS[state][i : i + 2], 16) for i in (1, 3, 5))
-        badge = (abs(image[..., 0] - r) < 12) & (abs(image[..., 1] - g) < 12) & (abs(image[..., 2] - b) < 12)
-        assert badge.sum() > 300, f"no {state} badge visible in {screenshot}"
+        assert _colour_pixels(image, VERDICT_COLOURS[state], 12) > 2000, f"no {state} strip in {screenshot}"
     grey = (abs(image[..., 0] - image[..., 1]) < 3) & (abs(image[..., 1] - image[..., 2]) < 3)
     assert len(np.unique(image[grey][:, 0])) > 100, "no class averages visible"
 
@@ -205,7 +246,17 @@ def test_page_draws_the_verdict_timeline_and_escapes_names() -> None:
         monitor.record_classified(name, n)
         monitor.publish(name, make_snapshot())
     page = render_status_page(monitor.states(), now=clock[0])
-    assert 'aria-label="verdict timeline"' in page
-    assert page.count("<rect") >= 3
+    state = monitor.states()[name]
+    strip = re.search(r'<svg[^>]*class="verdict-strip".*?</svg>', page, re.S)
+    assert strip is not None
+    segments = re.findall(r'<rect class="segment state-(\w+)"', strip.group(0))
+    runs = [s for i, s in enumerate(p.state for p in state.timeline) if i == 0 or state.timeline[i - 1].state != s]
+    assert segments == runs and len(runs) >= 2  # one segment per run of a verdict ...
+    assert segments[-1] == state.verdict.state  # ... the current verdict last
+    assert "particles classified" in strip.group(0)  # the axis title
+    for label in ("0", "1k", "2k", "3k", "4k"):
+        assert f">{label}</text>" in strip.group(0)  # axis ticks
+    for legend in ("collect", "marginal", "abandon", "pending"):
+        assert f">{legend}</text>" in strip.group(0)
     assert "&lt;b&gt;grid&amp;1&lt;/b&gt;" in page and "<b>grid" not in page
-    assert "/sessions/%3Cb%3Egrid%261%3C%2Fb%3E/gallery.png" in page
+    assert "sessions/%3Cb%3Egrid%261%3C%2Fb%3E/gallery.png" in page
