@@ -217,36 +217,50 @@ def test_dashboards_are_what_the_builder_writes() -> None:
     assert provisioned_uid() == builder.DATASOURCE_UID
 
 
-def test_dashboards_load_and_every_panel_uses_the_provisioned_datasource() -> None:
-    uid = provisioned_uid()
+def test_dashboards_hard_code_no_datasource_uid_and_can_be_imported() -> None:
+    """Every panel, query and variable uses ``$datasource``; ``__inputs`` lets the import UI choose it."""
     dashboards = load_dashboards()
     assert set(dashboards) == {"facility-overview.json", "session-detail.json", "engine-health.json"}
     uids = set()
     for name, board in dashboards.items():
         uids.add(board["uid"])
+        text = json.dumps(board)
+        assert provisioned_uid() not in text, f"{name} names the provisioned datasource uid"
+        found = set(re.findall(r'"uid": "([^"]+)"', text)) - {board["uid"]}
+        assert found == {"${datasource}"}, (name, found)
+        [inp] = board["__inputs"]
+        assert inp["type"] == "datasource" and inp["pluginId"] == "prometheus"
+        variables = board["templating"]["list"]
+        assert variables[0]["name"] == "datasource" and variables[0]["type"] == "datasource"
+        assert variables[0]["query"] == "prometheus"
+        assert variables[0]["current"]["value"] == "${" + inp["name"] + "}"  # replaced by the import's choice
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), name
         for p in board["panels"]:
-            assert p["datasource"] == {"type": "prometheus", "uid": uid}, (name, p["title"])
+            assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (name, p["title"])
             for t in p.get("targets", []):
-                assert t["datasource"]["uid"] == uid, (name, p["title"])
+                assert t["datasource"]["uid"] == "${datasource}", (name, p["title"])
             pos = p["gridPos"]
             assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, (name, p["title"])
-        for variable in board["templating"]["list"]:
+        for variable in variables:
             if variable["type"] == "query":
-                assert variable["datasource"]["uid"] == uid
+                assert variable["datasource"]["uid"] == "${datasource}"
     assert len(uids) == 3
 
 
-def test_session_detail_shows_the_gallery_through_a_text_panel() -> None:
+def test_session_detail_shows_the_gallery_from_a_url_the_facility_sets() -> None:
     board = load_dashboards()["session-detail.json"]
     texts = [p for p in board["panels"] if p["type"] == "text"]
     assert len(texts) == 1
     content = texts[0]["options"]["content"]
     assert texts[0]["options"]["mode"] == "html"
-    assert re.search(r'<img src="\$\{engine_url\}/sessions/\$\{session\}/gallery\.png\?t=\$\{__to\}"', content)
-    engine_url = next(v for v in board["templating"]["list"] if v["name"] == "engine_url")
-    assert engine_url["query"] == "http://ENGINE:8001"
+    assert re.search(r'<img src="\$\{gallery_url\}/sessions/\$\{session\}/gallery\.png\?t=\$\{__to\}"', content)
+    assert ":8001" not in content and "127.0.0.1" not in content
+    gallery_url = next(v for v in board["templating"]["list"] if v["name"] == "gallery_url")
+    assert gallery_url["query"] == "/otf2d"  # Grafana's own origin, forwarded by the reverse proxy
+    proxy = (DEPLOY / "proxy" / "nginx.conf").read_text(encoding="utf-8")
+    assert "location /otf2d/" in proxy and "proxy_pass http://otf2d_engine/;" in proxy
+    assert "deploy/proxy/README.md" in texts[0]["description"]
 
 
 def test_every_metric_in_the_dashboards_is_exported_or_recorded() -> None:

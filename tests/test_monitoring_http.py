@@ -260,3 +260,61 @@ def test_page_draws_the_verdict_timeline_and_escapes_names() -> None:
         assert f">{legend}</text>" in strip.group(0)
     assert "&lt;b&gt;grid&amp;1&lt;/b&gt;" in page and "<b>grid" not in page
     assert "sessions/%3Cb%3Egrid%261%3C%2Fb%3E/gallery.png" in page
+
+
+class _PrefixProxy:
+    """A reverse proxy on loopback serving ``upstream`` under ``/otf2d/`` (as deploy/proxy/nginx.conf does)."""
+
+    def __init__(self, upstream: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        base = upstream.rstrip("/")
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if not self.path.startswith("/otf2d/"):
+                    self.send_error(404)
+                    return
+                try:
+                    with urllib.request.urlopen(base + self.path[len("/otf2d") :], timeout=10) as answer:
+                        status, kind, body = answer.status, answer.headers["Content-Type"], answer.read()
+                except urllib.error.HTTPError as exc:
+                    status, kind, body = exc.code, exc.headers["Content-Type"], exc.read()
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        import threading
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/otf2d/"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
+def test_the_page_works_behind_a_reverse_proxy_under_a_path(history, tmp_path: Path) -> None:
+    with StatusServer(history.states, refresh_seconds=2) as server:
+        proxy = _PrefixProxy(server.url)
+        try:
+            dom = _browser(["--virtual-time-budget=5000", "--dump-dom", proxy.url], tmp_path / "profile-proxy")
+            shot_path = tmp_path / "proxied.png"
+            args = [f"--screenshot={shot_path}", "--window-size=1400,1200", "--virtual-time-budget=3000", proxy.url]
+            shot = _browser(args, tmp_path / "profile-proxy-shot")
+        finally:
+            proxy.close()
+    assert dom.returncode == 0 and shot.returncode == 0, dom.stderr.decode()[-2000:]
+    assert 'data-live="ok"' in dom.stdout.decode(), "the in-place refresh failed behind the proxy"
+    image = np.asarray(Image.open(shot_path).convert("RGB")).astype(int)
+    grey = (abs(image[..., 0] - image[..., 1]) < 3) & (abs(image[..., 1] - image[..., 2]) < 3)
+    assert len(np.unique(image[grey][:, 0])) > 100, "the class averages did not load through the proxy"
