@@ -296,6 +296,15 @@ def test_engine_example_config_loads_and_states_the_defaults() -> None:
     assert load_config(DEPLOY / "config" / "engine.example.toml") == Otf2dConfig()
 
 
+def test_streamer_example_config_is_what_stream_config_reads() -> None:
+    from streamer.cli import load_streamer_table
+    from streamer.daemon import StreamerConfig
+
+    values = load_streamer_table(DEPLOY / "config" / "streamer.example.toml")
+    config = StreamerConfig(**values)
+    assert config.watch_dirs == (Path("/data/krios1/project"),) and config.session == "krios1-grid3"
+
+
 def test_streamer_example_config_names_real_settings_with_their_defaults() -> None:
     from streamer.daemon import StreamerConfig
 
@@ -315,34 +324,66 @@ def _exec_start(unit: Path) -> list[str]:
     assert re.search(r"^Restart=on-failure$", text, re.MULTILINE)
     assert re.search(r"^Type=simple$", text, re.MULTILINE)
     line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-    command = line.removeprefix("ExecStart=")
-    samples = {
-        "OTF2D_WATCH": "/data/project",
-        "OTF2D_ENGINE": "tcp://gpu:5555",
-        "OTF2D_SESSION": "grid1",
-        "OTF2D_ENGINE_ARGS": "",
-        "OTF2D_STREAMER_ARGS": "",
-    }
-    command = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: samples[m.group(1) or m.group(2)], command)
+    command = line.removeprefix("ExecStart=").replace("%i", "krios1")
+    command = re.sub(r"\$\{(\w+)\}|\$(\w+)", "", command)  # environment overrides (empty by default)
     return shlex.split(command)
 
 
-@pytest.mark.parametrize(
-    ("unit", "subcommand", "module"),
-    [("otf2d-engine.service", "engine", "engine.cli"), ("otf2d-streamer.service", "stream", "streamer.cli")],
-)
-def test_systemd_units_run_commands_their_cli_accepts(unit: str, subcommand: str, module: str) -> None:
-    argv = _exec_start(DEPLOY / "systemd" / unit)
-    assert argv[0].endswith("/bin/otf2d") and argv[1] == subcommand
-    parser = argparse.ArgumentParser(prog=f"otf2d {subcommand}")
-    importlib.import_module(module).add_args(parser)
+def test_the_engine_unit_runs_a_command_its_cli_accepts() -> None:
+    argv = _exec_start(DEPLOY / "systemd" / "otf2d-engine.service")
+    assert argv[0].endswith("/bin/otf2d") and argv[1] == "engine"
+    parser = argparse.ArgumentParser(prog="otf2d engine")
+    importlib.import_module("engine.cli").add_args(parser)
     args = parser.parse_args(argv[2:])
-    # the port Prometheus scrapes (deploy/prometheus/prometheus.yml): the engine's status port, the streamer's
-    assert (args.http_port if subcommand == "engine" else args.metrics_port) in (8001, 9101)
-    if subcommand == "engine":
-        assert args.http_addr == "0.0.0.0"  # reachable from the Prometheus host
-        text = (DEPLOY / "systemd" / unit).read_text()
-        assert "After=network-online.target" in text
+    assert args.http_port == 8001 and args.http_addr == "0.0.0.0"  # what Prometheus scrapes
+    assert "After=network-online.target" in (DEPLOY / "systemd" / "otf2d-engine.service").read_text()
+
+
+def test_the_streamer_is_a_template_unit_reading_its_instance_config(tmp_path: Path) -> None:
+    """``otf2d-streamer@krios1`` runs ``otf2d stream --config /etc/otf2d/streamer-krios1.toml``."""
+    from streamer.cli import add_args, config_from_args
+
+    assert not (DEPLOY / "systemd" / "otf2d-streamer.service").exists()
+    argv = _exec_start(DEPLOY / "systemd" / "otf2d-streamer@.service")
+    assert argv[0].endswith("/bin/otf2d") and argv[1:] == ["stream", "--config", "/etc/otf2d/streamer-krios1.toml"]
+    parser = argparse.ArgumentParser(prog="otf2d stream")
+    add_args(parser)
+    args = parser.parse_args(argv[2:])
+    installed = tmp_path / "streamer-krios1.toml"  # the example, installed for instance krios1
+    installed.write_text((DEPLOY / "config" / "streamer.example.toml").read_text())
+    args.config = installed
+    config = config_from_args(args)
+    assert config.metrics_port == 9101  # what Prometheus scrapes
+    assert str(config.ledger_path).startswith("/var/lib/otf2d-streamer/")  # its StateDirectory
+    unit = (DEPLOY / "systemd" / "otf2d-streamer@.service").read_text()
+    assert "StateDirectory=otf2d-streamer" in unit and "ReadWritePaths=/var/lib/otf2d-streamer" in unit
+
+
+def _exposure(unit: Path, tmp_path: Path, name: str) -> float:
+    copy = tmp_path / name
+    copy.write_text(unit.read_text(encoding="utf-8"))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert found, result.stdout[-2000:] + result.stderr[-2000:]
+    return float(found.group(1))
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize(
+    ("unit", "instance"),
+    [("otf2d-engine.service", "otf2d-engine.service"), ("otf2d-streamer@.service", "otf2d-streamer@krios1.service")],
+)
+def test_units_are_hardened(unit: str, instance: str, tmp_path: Path) -> None:
+    """``systemd-analyze security`` rates both units 4.0 or better (they were 8.6 and 8.7, EXPOSED)."""
+    exposure = _exposure(DEPLOY / "systemd" / unit, tmp_path, instance)
+    print(f"\n{instance}: systemd-analyze security exposure {exposure}")
+    assert exposure <= 4.0
 
 
 def test_compose_file_documents_prometheus_and_grafana() -> None:
@@ -358,3 +399,109 @@ def test_compose_file_documents_prometheus_and_grafana() -> None:
         assert needle in text
     provider = (DEPLOY / "grafana" / "provisioning" / "dashboards" / "otf2d.yml").read_text()
     assert "path: /var/lib/grafana/dashboards/otf2d" in provider
+
+
+# ---- container image -------------------------------------------------------------------------
+
+
+def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` of a Dockerfile, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", path.read_text(encoding="utf-8"))
+    out = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_compose_runs_only_what_exists() -> None:
+    """Every service has a registry image or a build whose Dockerfile exists; every mounted file exists."""
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    assert set(services) == {"engine", "prometheus", "grafana", "proxy"}
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        build = service.get("build")
+        if build is not None:
+            dockerfile = (DEPLOY / build["context"] / build["dockerfile"]).resolve()
+            assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+        elif ":" in service["image"]:
+            assert service["image"].split(":")[-1] not in ("", "latest"), f"{name}: pin the image version"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in compose["volumes"], f"{name}: volume {source} is not declared"
+        for other in service.get("depends_on", []):
+            assert other in services, f"{name} depends on unknown {other}"
+        assert "command" not in service or not str(service["command"]).startswith("otf2d"), name
+
+
+def test_the_dockerfile_builds_the_package_and_runs_the_engine() -> None:
+    """What can be checked without a Docker daemon: sources, packages, torch pin, user, command, ports."""
+    instructions = _dockerfile_instructions(ROOT / "Dockerfile")
+    words = [w for w, _ in instructions]
+    assert words[0] == "FROM" and instructions[0][1].startswith("python:3.11")
+    copied = [rest.split()[0] for w, rest in instructions if w == "COPY"]
+    for source in copied:
+        assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages <= set(copied), f"packages not copied: {packages - set(copied)}"
+    runs = " ".join(rest for w, rest in instructions if w == "RUN")
+    makefile_torch = re.search(r"torch==([0-9.]+)", (ROOT / "Makefile").read_text()).group(1)
+    assert f"torch=={makefile_torch}" in runs and 'pip install ".[engine]"' in runs
+    user = next(rest for w, rest in instructions if w == "USER")
+    assert user not in ("root", "0")
+    entrypoint = json.loads(next(rest for w, rest in instructions if w == "ENTRYPOINT"))
+    command = json.loads(next(rest for w, rest in instructions if w == "CMD"))
+    assert entrypoint == ["otf2d"] and command[0] == "engine"
+    parser = argparse.ArgumentParser(prog="otf2d engine")
+    importlib.import_module("engine.cli").add_args(parser)
+    args = parser.parse_args(command[1:])
+    assert args.http_addr == "0.0.0.0" and args.http_port == 8001 and args.listen == "tcp://*:5555"
+    exposed = {int(p) for w, rest in instructions if w == "EXPOSE" for p in rest.split()}
+    assert exposed == {5555, 8001}
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
+def test_the_files_the_dockerfile_copies_make_a_complete_package(tmp_path: Path) -> None:
+    """Build a wheel from only what the Dockerfile copies: every module and every command is in it."""
+    import sys
+    import zipfile
+
+    context = tmp_path / "context"
+    context.mkdir()
+    for word, rest in _dockerfile_instructions(ROOT / "Dockerfile"):
+        if word != "COPY" or rest.split()[0].startswith("deploy/"):
+            continue
+        *sources, _ = rest.split()
+        for source in sources:
+            src = ROOT / source
+            if src.is_dir():
+                shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, context / source)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [wheel] = tmp_path.glob("otf2d-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("core", "streamer", "engine", "monitoring", "simulator", "selection"):
+        expected = {str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts}
+        assert expected <= names, sorted(expected - names)[:5]
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    commands = zipfile.ZipFile(wheel).read(entry).decode()
+    for command in ("engine", "stream", "close", "status", "demo"):
+        assert re.search(rf"^{command} = ", commands, re.MULTILINE), command
