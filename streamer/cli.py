@@ -17,6 +17,11 @@ are required, as flags or in the file.
 Example:
   otf2d stream --watch /data/project --engine tcp://gpu-node:5555 --session grid3 --metrics-port 9101
   otf2d stream --config /etc/otf2d/streamer-krios1.toml
+  otf2d stream --config /etc/otf2d/streamer-krios1.toml --once --close-session   # the grid is done
+
+--once --close-session ends a collection: send what exists, wait for every ACK, then close the
+session on the engine (as `otf2d close` does; a closed session leaves /metrics later and fires
+no alert).
 """
 
 from __future__ import annotations
@@ -101,6 +106,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--rescan-interval", type=float, default=None, metavar="S", help="full rescan (safety net, default 300 s)"
     )
     parser.add_argument("--once", action="store_true", help="send what exists now, wait for the ACKs, exit")
+    parser.add_argument(
+        "--close-session",
+        action="store_true",
+        help="with --once: the collection has ended; after the last ACK, close the session on the engine",
+    )
 
 
 #: Flag destination → ``StreamerConfig`` field, for the flags whose names differ.
@@ -213,7 +223,22 @@ def config_from_args(args: argparse.Namespace) -> StreamerConfig:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``otf2d stream`` until SIGTERM/SIGINT (or, with --once, until done); returns the exit status."""
-    streamer = Streamer(config_from_args(args))
+    close = bool(getattr(args, "close_session", False))
+    if close and not args.once:
+        raise ConfigError(None, "--close-session needs --once: the session is closed after its last particle is sent")
+    config = config_from_args(args)
+    status = _run(Streamer(config))
+    if close and status == 0:
+        from streamer.close import close_session
+
+        result = close_session(config.engine, config.session, timeout_s=max(10.0, config.ack_timeout_s))
+        log.info("session %s closed on the engine (%s particles received)", config.session, result.get("received"))
+        print(f"{config.session}: closed on the engine; {result.get('received')} particles received")
+    return status
+
+
+def _run(streamer: Streamer) -> int:
+    """Run until done or SIGTERM/SIGINT."""
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
