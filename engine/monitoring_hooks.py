@@ -194,7 +194,6 @@ class EngineMonitoring:
 
             for folder in service.worker.folders():
                 self._restore_lifecycle(folder.name, folder.session.root)
-                self._restore_timeline(folder.name, folder.session.root)
                 if folder.phase is Phase.STREAMING:
                     service.worker.request(folder.name, "snapshot")
         if self._thread is None:
@@ -231,6 +230,19 @@ class EngineMonitoring:
         for folder in service.worker.folders():
             self.monitor.record_classified(folder.name, folder.consumed, now)
             self.lifecycle.observe(folder.name, folder.session.journal.count, folder.consumed, now)
+        self._forget_expired(now)
+
+    def _forget_expired(self, now: float) -> None:
+        """Drop the monitoring state of sessions closed longer than ``retain_closed_minutes``.
+
+        They leave the status page and ``/status.json`` as they left ``/metrics``; their files stay
+        (the timeline is read back from disk if particles reopen them).
+        """
+        states = self.monitor.states()
+        for name, activity in self.lifecycle.activities().items():
+            if name in states and not activity.exported(now, self.lifecycle.config):
+                self.monitor.remove(name)
+                log.info("session %s: closed for retain_closed_minutes, removed from the status page", name)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -318,6 +330,8 @@ class EngineMonitoring:
             the overrides (snapshot class numbers) and junk threshold in its parameters
             (``monitoring.quality.with_junk_scores``): what the ``_model.star`` and ``.cs`` carry.
         """
+        if session not in self.monitor.states():
+            self._restore_timeline(session, session_root)  # first state since a start or a reopen
         order = engine_class_order(snapshot)
         try:
             stored = load_overrides(session_root / OVERRIDES_FILE)

@@ -331,3 +331,41 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
         assert "no status page" in (logs / "engine2.log").read_text()
     finally:
         blocker.close()
+
+
+@pytest.mark.slow
+def test_a_closed_session_leaves_metrics_and_the_page_after_retain_closed(tmp_path: Path) -> None:
+    """With ``retain_closed_minutes = 0`` a closed session leaves at the next sample; its files stay."""
+    ports = engine_ports()
+    data = tmp_path / "data"
+    config = tmp_path / "engine.toml"
+    config.write_text("[sessions]\nretain_closed_minutes = 0\n")
+    argv = engine_argv(data, ports, "--config", str(config), "--snapshot-seconds", "0", "--snapshot-every", "0")
+    with started("engine", argv, tmp_path / "logs") as engine:
+        wait_for_engine(ports.endpoint, engine)
+        with EngineClient(ports.endpoint, timeout_s=10.0) as client:
+            for name in (SESSION, "still-open"):
+                client.start_session(name, PARAMS)
+            feeder = TestClient(ports.endpoint)
+            try:
+                send_batches(feeder, [(f"f:{m}", make_batch(SESSION, m, 20)) for m in range(4)])
+                send_batches(feeder, [(f"g:{m}", make_batch("still-open", m, 20)) for m in range(4)])
+            finally:
+                feeder.close()
+            for name in (SESSION, "still-open"):
+                wait_until(lambda n=name: client.status(n)["sessions"][n]["particles_classified"] == 80, 60, name)
+                client.snapshot(name)
+            wait_until(lambda: len(json.loads(http_text(f"{ports.url}/status.json"))["sessions"]) == 2, 60, "states")
+            client.close_session(SESSION)
+
+            def gone() -> bool:
+                page = json.loads(http_text(f"{ports.url}/status.json"))["sessions"]
+                return SESSION not in page and f'session="{SESSION}"' not in http_text(f"{ports.url}/metrics")
+
+            wait_until(gone, 30, "the closed session to leave /status.json and /metrics")
+            assert "still-open" in json.loads(http_text(f"{ports.url}/status.json"))["sessions"]
+            assert 'otf2d_session_state{session="still-open",state="open"} 1.0' in http_text(f"{ports.url}/metrics")
+            assert client.status(SESSION)["sessions"][SESSION]["lifecycle"]["state"] == "closed"  # still known
+        assert engine.terminate() == 0, describe_failure(engine)
+    folder = data / "sessions" / SESSION
+    assert (folder / "lifecycle.json").exists() and list((folder / "snapshots").glob("run_it*_classes.mrcs"))
