@@ -70,6 +70,7 @@ a.tile img { width: 100%; aspect-ratio: 1; display: block; border-radius: 4px; b
 a.tile .cap { display: flex; gap: 6px; font-size: 12px; margin-top: 4px; font-variant-numeric: tabular-nums; }
 a.tile .cap .res { margin-left: auto; color: #c4b5fd; }
 dialog#enlarge { background: #18181b; color: #e4e4e7; border: 1px solid #3f3f46; border-radius: 10px; padding: 14px; }
+dialog#enlarge .frame { position: relative; display: block; }
 dialog#enlarge img { width: min(70vh, 560px); height: auto; display: block; image-rendering: auto; }
 dialog#enlarge::backdrop { background: rgba(0, 0, 0, 0.7); }
 table.acq { border-collapse: collapse; font-size: 13px; margin-bottom: 6px; }
@@ -315,7 +316,8 @@ def _tiles_html(state: MonitoringState, version: str) -> str:
             f"junk score {score:.2f}{' (junk)' if junk else ''}"
         )
         tiles.append(
-            f'<a class="tile{" junk" if junk else ""}" href="{base}/classes/{k + 1}.png" target="_blank" '
+            f'<a class="tile{" junk" if junk else ""}" id="class-{_e(state.session)}-{k + 1}" '
+            f'href="{base}/classes/{k + 1}.png" target="_blank" '
             f'data-large="{base}/averages/{k + 1}.png?v={version}" data-caption="{_e(caption)}" title="{_e(caption)}">'
             f'<span class="frame"><img src="{base}/averages/{k + 1}.png?v={version}" alt="class {k + 1}">'
             f'<span class="scalebar" style="width:{bar_pct:.1f}%"></span>'
@@ -409,15 +411,23 @@ def sessions_html(states: Mapping[str, MonitoringState], now: float, lifecycle: 
 _SCRIPT = """
 (function () {
   var period = PERIOD_MS, dialog = document.getElementById('enlarge');
-  document.addEventListener('click', function (event) {
-    var tile = event.target.closest && event.target.closest('a.tile');
-    if (!tile || !dialog || !dialog.showModal) return;
-    event.preventDefault();
+  function enlarge(tile) {
+    if (!dialog || !dialog.showModal) return false;
     dialog.querySelector('img').src = tile.dataset.large;
     dialog.querySelector('.caption').textContent = tile.dataset.caption;
+    var bar = tile.querySelector('.scalebar'), label = tile.querySelector('.scalelabel');
+    dialog.querySelector('.scalebar').style.width = bar ? bar.style.width : '0';
+    dialog.querySelector('.scalelabel').textContent = label ? label.textContent : '';
     dialog.showModal();
+    return true;
+  }
+  document.addEventListener('click', function (event) {
+    var tile = event.target.closest && event.target.closest('a.tile');
+    if (tile && enlarge(tile)) event.preventDefault();
   });
   if (dialog) dialog.addEventListener('click', function () { dialog.close(); });
+  var linked = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));
+  if (linked && linked.classList.contains('tile')) enlarge(linked);  // #class-SESSION-N opens class N
   function tickAges() {
     var now = Date.now() / 1000;
     document.querySelectorAll('[data-snapshot-time]').forEach(function (el) {
@@ -487,7 +497,8 @@ def render_status_page(
 <span class="meta">{meta}</span>
 </header>
 {sessions_html(states, now, lifecycle)}
-<dialog id="enlarge"><img alt="class average, enlarged"><p class="caption"></p>
+<dialog id="enlarge"><span class="frame"><img alt="class average, enlarged">
+<span class="scalebar"></span><span class="scalelabel"></span></span><p class="caption"></p>
 <p class="legend">click anywhere to close</p></dialog>
 <footer>{links}</footer>
 <script>{script}</script>

@@ -262,6 +262,36 @@ def test_page_draws_the_verdict_timeline_and_escapes_names() -> None:
     assert "sessions/%3Cb%3Egrid%261%3C%2Fb%3E/gallery.png" in page
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
+def test_a_class_opens_enlarged(history, tmp_path: Path) -> None:
+    """The enlarge dialog (what a click opens; here through the page's #class-SESSION-N link)."""
+    state = history.states()["krios1-grid3"]
+    with StatusServer(history.states, refresh_seconds=60) as server:
+        url = f"{server.url}#class-krios1-grid3-2"
+        dom = _browser(["--virtual-time-budget=3000", "--dump-dom", url], tmp_path / "profile-enlarge-dom")
+        shots = Path(os.environ.get("OTF2D_SCREENSHOT_DIR", tmp_path))
+        shots.mkdir(parents=True, exist_ok=True)
+        screenshot = shots / "status-page-enlarged.png"
+        args = [f"--screenshot={screenshot}", "--window-size=1400,1000", "--virtual-time-budget=3000", url]
+        shot = _browser(args, tmp_path / "profile-enlarge-shot")
+    assert dom.returncode == 0 and shot.returncode == 0, dom.stderr.decode()[-2000:]
+    text = dom.stdout.decode()
+    assert re.search(r'<dialog id="enlarge" open="">', text), "the dialog did not open"
+    assert 'src="sessions/krios1-grid3/averages/2.png' in text.split('<dialog id="enlarge"')[1]
+    counts = state.class_counts
+    dialog = text.split('<dialog id="enlarge"')[1]
+    assert f"class 2: {int(counts[1]):,} particles" in dialog
+    tile_bar = re.search(r'id="class-krios1-grid3-2".*?class="scalebar" style="width:([\d.]+%)"', text, re.S)
+    assert tile_bar and f'class="scalebar" style="width: {tile_bar.group(1)};"' in dialog  # same scale, enlarged
+    assert re.search(r'class="scalelabel">\d+ Å<', dialog)
+    image = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+    # the modal dims the page: the enlarged average is the largest block of grey levels in the middle
+    middle = image[200:800, 400:1000]
+    grey = (abs(middle[..., 0] - middle[..., 1]) < 3) & (abs(middle[..., 1] - middle[..., 2]) < 3)
+    assert grey.mean() > 0.5 and len(np.unique(middle[grey][:, 0])) > 100, f"no enlarged class in {screenshot}"
+
+
 class _PrefixProxy:
     """A reverse proxy on loopback serving ``upstream`` under ``/otf2d/`` (as deploy/proxy/nginx.conf does)."""
 
