@@ -159,3 +159,16 @@ def test_promtool_check_metrics_passes(exposition: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_the_streamer_exports_process_metrics_and_build_info_that_promtool_accepts() -> None:
+    from streamer.metrics import StreamerMetrics
+
+    text = generate_latest(StreamerMetrics("grid1").registry).decode()
+    found = samples(text)
+    assert found["process_resident_memory_bytes"][0][1] > 0
+    [(labels, one)] = found["otf2d_build_info"]
+    assert one == 1.0 and labels["version"]
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
