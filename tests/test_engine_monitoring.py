@@ -255,9 +255,13 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             assert len(state["classes"]) == 4 and state["verdict"]["state"] == "pending"
             page = http_text(f"{ports.url}/")
             assert SESSION in page and "pending" in page
+            per_session = f'otf2d_session_classified_particles_total{{session="{SESSION}"}}'
+            wait_until(  # the per-session counters are sampled once a second
+                lambda: samples(http_text(f"{ports.url}/metrics")).get(per_session) == 80, 10, "per-session count"
+            )
             metrics = samples(http_text(f"{ports.url}/metrics"))
             assert metrics["otf2d_particles_classified_total"] == 80  # engine counters ...
-            assert metrics[f'otf2d_session_classified_particles_total{{session="{SESSION}"}}'] == 80  # ... per session
+            assert metrics[per_session] == 80  # ... per session
             assert metrics[f'otf2d_session_received_particles_total{{session="{SESSION}"}}'] == 80
             assert metrics[f'otf2d_session_state{{session="{SESSION}",state="open"}}'] == 1.0
             assert [k for k in metrics if k.startswith("otf2d_build_info{") and 'device="cpu"' in k]

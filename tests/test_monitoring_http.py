@@ -212,7 +212,7 @@ def test_status_page_in_a_headless_browser(history, tmp_path: Path) -> None:
         assert len(plots) == 4 * len(second) and all(int(n) >= 5 for n in plots), plots
         assert len(re.findall(r'<rect class="segment state-', text)) >= 2 * len(second)
         assert "particles classified</text>" in text and ">collect</text>" in text
-        assert text.count('class="scalebar"') == sum(s.snapshot.n_classes for s in second.values())
+        assert text.count('class="scalebar" style="width:') == sum(s.snapshot.n_classes for s in second.values())
 
         shots = Path(os.environ.get("OTF2D_SCREENSHOT_DIR", tmp_path))
         shots.mkdir(parents=True, exist_ok=True)
