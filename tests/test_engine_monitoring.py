@@ -296,6 +296,10 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             assert closed.returncode == 0, closed.stderr + describe_failure(engine)
             assert f"{SESSION}: closed (by user); 80 particles received" in closed.stdout
             assert client.status(SESSION)["sessions"][SESSION]["lifecycle"]["state"] == "closed"
+            status_out = _otf2d("status", "--engine", ports.endpoint, "--session", SESSION)
+            assert status_out.returncode == 0 and f"{SESSION}: streaming CLOSED," in status_out.stdout, (
+                status_out.stdout
+            )
             metrics = samples(http_text(f"{ports.url}/metrics"))
             assert metrics[f'otf2d_session_state{{session="{SESSION}",state="closed"}}'] == 1.0
             assert not [k for k in metrics if k.startswith("otf2d_class_particles{")]
