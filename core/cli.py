@@ -20,9 +20,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from core import __version__
-from core.errors import Otf2dError
-from core.logsetup import LOG_FORMATS, configure_logging
+from otf2d.core import __version__
+from otf2d.core.errors import Otf2dError
+from otf2d.core.logsetup import LOG_FORMATS, configure_logging
 
 GROUP = "otf2d.commands"
 

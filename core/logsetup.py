@@ -5,8 +5,8 @@
 - ``auto`` (default): text; without a timestamp when stderr is connected to the systemd journal
   (``JOURNAL_STREAM`` names stderr's device and inode, as systemd sets it), because journald
   stamps every line itself and two timestamps per line only confuse;
-- ``text``: ``2026-12-07 06:00:00,123 INFO engine.cli: message``;
-- ``json``: ``{"time": "2026-12-07T06:00:00.123+00:00", "level": "INFO", "logger": "engine.cli",
+- ``text``: ``2026-12-07 06:00:00,123 INFO otf2d.engine.serving.cli: message``;
+- ``json``: ``{"time": "2026-12-07T06:00:00.123+00:00", "level": "INFO", "logger": "otf2d.engine.serving.cli",
   "message": "…"}`` with ``"exception"`` when there is a traceback, for log shippers.
 """
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.client import EngineClient
+from otf2d.control.client import EngineClient
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """What the microscope collected: micrographs, particles per micrograph, defocus and astigmatism.
 
 :func:`summarize_acquisition` reads a snapshot's per-particle table (before the engine drops it
-from the state it keeps, see ``engine.monitoring_hooks.without_particle_table``) and returns a
+from the state it keeps, see ``otf2d.engine.serving.monitoring_hooks.without_particle_table``) and returns a
 small :class:`AcquisitionSummary` the status page shows beside the classes: how many micrographs
 (the RELION micrograph name, else the particle stack, one per micrograph in RELION's Extract),
 particles per micrograph, the defocus range and a histogram of it, and the astigmatism. Defocus is
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.snapshot import ParticleAssignments
+from otf2d.core.snapshot import ParticleAssignments
 
 #: Bins of the defocus histogram.
 DEFOCUS_BINS = 16

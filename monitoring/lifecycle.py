@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from core.config import LifecycleConfig
-from core.errors import InputError
-from monitoring.snapshots.atomic import write_json_atomic
+from otf2d.core.config import LifecycleConfig
+from otf2d.core.errors import InputError
+from otf2d.monitoring.snapshots.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

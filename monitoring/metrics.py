@@ -1,8 +1,8 @@
 """Prometheus collectors of the monitoring state, computed at scrape time.
 
 :class:`MonitoringCollector` takes a provider callable returning the latest
-:class:`monitoring.state.MonitoringState` of every session (and, optionally, the sessions'
-lifecycle, :class:`monitoring.lifecycle.SessionLifecycle`) and yields metric families from them on
+:class:`otf2d.monitoring.state.MonitoringState` of every session (and, optionally, the sessions'
+lifecycle, :class:`otf2d.monitoring.lifecycle.SessionLifecycle`) and yields metric families from them on
 each scrape (a custom collector, not thousands of ``.set()`` calls). Labels are ``session`` and,
 for per-class series, ``class``: the **engine's own class number** (1-based), which keeps its
 identity across snapshots, so ``otf2d_class_particles{class="7"}`` is the same class over time; the
@@ -47,7 +47,7 @@ so alert rules leave it out.
 
 Rates and the forecast are omitted for a session until they are known; Grafana should prefer
 ``rate(otf2d_session_classified_particles_total[5m])``. The engine's own counters, histograms and
-gauges (``engine/metrics.py``) live in the same registry.
+gauges (``engine/serving/metrics.py``) live in the same registry.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitoring.lifecycle import CLOSED, LIFECYCLE_STATES, Activity, SessionLifecycle
-from monitoring.quality import engine_class_order
-from monitoring.state import MonitoringState, StateProvider
-from monitoring.verdict import VERDICT_STATES
+from otf2d.monitoring.lifecycle import CLOSED, LIFECYCLE_STATES, Activity, SessionLifecycle
+from otf2d.monitoring.quality import engine_class_order
+from otf2d.monitoring.state import MonitoringState, StateProvider
+from otf2d.monitoring.verdict import VERDICT_STATES
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class MonitoringCollector(Collector):
     Parameters
     ----------
     provider
-        Returns the latest state per session (e.g. :meth:`monitoring.state.SessionMonitor.states`).
+        Returns the latest state per session (e.g. :meth:`otf2d.monitoring.state.SessionMonitor.states`).
     clock
         Source of unix time for the snapshot age (for tests).
     lifecycle

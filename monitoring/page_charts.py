@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from monitoring.state import VerdictPoint
+from otf2d.monitoring.state import VerdictPoint
 
 #: Colours of the verdict states (badge, strip, legend).
 VERDICT_COLOURS = {

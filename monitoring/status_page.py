@@ -21,16 +21,16 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
-from monitoring.page_charts import (
+from otf2d.monitoring.page_charts import (
     VERDICT_COLOURS,
     compact_number,
     histogram_svg,
     line_chart_svg,
     verdict_strip_svg,
 )
-from monitoring.snapshots.gallery import class_order
-from monitoring.state import MonitoringState, VerdictPoint
-from monitoring.verdict import format_duration
+from otf2d.monitoring.snapshots.gallery import class_order
+from otf2d.monitoring.state import MonitoringState, VerdictPoint
+from otf2d.monitoring.verdict import format_duration
 
 #: Most views drawn in the view chart (the rest are summed into one bar).
 MAX_VIEW_BARS = 12

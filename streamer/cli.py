@@ -38,8 +38,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from core.errors import ConfigError
-from streamer.daemon import Streamer, StreamerConfig
+from otf2d.core.errors import ConfigError
+from otf2d.streamer.daemon import Streamer, StreamerConfig
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     status = _run(Streamer(config))
     if close and status == 0:
-        from streamer.close import close_session
+        from otf2d.streamer.close import close_session
 
         result = close_session(config.engine, config.session, timeout_s=max(10.0, config.ack_timeout_s))
         log.info("session %s closed on the engine (%s particles received)", config.session, result.get("received"))

@@ -2,7 +2,7 @@
 
 The streamer knows when a collection is over only when it is told so: with ``--once`` and
 ``--close-session`` it sends what exists, waits for every acknowledgement and then sends a
-``close_session`` control request (``core.wire``) on its own short-lived DEALER socket, exactly
+``close_session`` control request (``otf2d.core.wire``) on its own short-lived DEALER socket, exactly
 what ``otf2d close`` does. The engine then shows the session closed, checkpoints it, writes a
 last snapshot and drops its series from ``/metrics`` after ``retain_closed_minutes``.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import zmq
 
-from core.errors import Otf2dError
-from core.wire import KIND_CLOSE_SESSION, KIND_REPLY, decode_control, encode_control
+from otf2d.core.errors import Otf2dError
+from otf2d.core.wire import KIND_CLOSE_SESSION, KIND_REPLY, decode_control, encode_control
 
 
 class CloseRefused(Otf2dError):

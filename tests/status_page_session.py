@@ -6,9 +6,9 @@ import dataclasses
 
 from monitoring_truth import good_grid, grid_snapshot, junk_grid
 
-from core.snapshot import ClassSnapshot
-from monitoring.acquisition import summarize_acquisition
-from monitoring.state import SessionMonitor
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.acquisition import summarize_acquisition
+from otf2d.monitoring.state import SessionMonitor
 
 #: Scales of the grids published one after the other (particles grow, the verdict settles).
 SCALES = (5, 10, 20, 40, 70, 100)

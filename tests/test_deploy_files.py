@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from core.config import Otf2dConfig, load_config
+from otf2d.core.config import Otf2dConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -36,7 +36,7 @@ NEEDS_PROMTOOL = pytest.mark.skipif(shutil.which("promtool") is None, reason="pr
 #: Metric names of otf2d, and of the process collector the engine registers (``process_…``).
 METRIC = re.compile(r"\b((?:otf2d|process)_[A-Za-z0-9_]+)")
 RECORDED = re.compile(r"\b(otf2d:[A-Za-z0-9_:]+)")
-#: Metrics that only an engine on CUDA exports (``engine.metrics``): without a GPU, the expressions
+#: Metrics that only an engine on CUDA exports (``otf2d.engine.serving.metrics``): without a GPU, the expressions
 #: that use nothing else have no data in the Prometheus tests.
 CUDA_ONLY_METRICS = frozenset({"otf2d_device_memory_bytes"})
 
@@ -58,9 +58,9 @@ GRAFANA_VARIABLES = {
 
 def exported_metric_names() -> set[str]:
     """Every sample name otf2d exports: monitoring collectors, engine registry, streamer registry."""
-    from engine.metrics import EngineMetrics
-    from monitoring.metrics import exported_names
-    from streamer.metrics import StreamerMetrics
+    from otf2d.engine.serving.metrics import EngineMetrics
+    from otf2d.monitoring.metrics import exported_names
+    from otf2d.streamer.metrics import StreamerMetrics
 
     names = set(exported_names())
     for registry in (EngineMetrics().registry, StreamerMetrics("grid1").registry):
@@ -297,8 +297,8 @@ def test_engine_example_config_loads_and_states_the_defaults() -> None:
 
 
 def test_streamer_example_config_is_what_stream_config_reads() -> None:
-    from streamer.cli import load_streamer_table
-    from streamer.daemon import StreamerConfig
+    from otf2d.streamer.cli import load_streamer_table
+    from otf2d.streamer.daemon import StreamerConfig
 
     values = load_streamer_table(DEPLOY / "config" / "streamer.example.toml")
     config = StreamerConfig(**values)
@@ -306,7 +306,7 @@ def test_streamer_example_config_is_what_stream_config_reads() -> None:
 
 
 def test_streamer_example_config_names_real_settings_with_their_defaults() -> None:
-    from streamer.daemon import StreamerConfig
+    from otf2d.streamer.daemon import StreamerConfig
 
     table = tomllib.loads((DEPLOY / "config" / "streamer.example.toml").read_text())["streamer"]
     fields = {f.name: f for f in dataclasses.fields(StreamerConfig)}
@@ -333,7 +333,7 @@ def test_the_engine_unit_runs_a_command_its_cli_accepts() -> None:
     argv = _exec_start(DEPLOY / "systemd" / "otf2d-engine.service")
     assert argv[0].endswith("/bin/otf2d") and argv[1] == "engine"
     parser = argparse.ArgumentParser(prog="otf2d engine")
-    importlib.import_module("engine.cli").add_args(parser)
+    importlib.import_module("otf2d.engine.serving.cli").add_args(parser)
     args = parser.parse_args(argv[2:])
     assert args.http_port == 8001 and args.http_addr == "0.0.0.0"  # what Prometheus scrapes
     assert "After=network-online.target" in (DEPLOY / "systemd" / "otf2d-engine.service").read_text()
@@ -341,7 +341,7 @@ def test_the_engine_unit_runs_a_command_its_cli_accepts() -> None:
 
 def test_the_streamer_is_a_template_unit_reading_its_instance_config(tmp_path: Path) -> None:
     """``otf2d-streamer@krios1`` runs ``otf2d stream --config /etc/otf2d/streamer-krios1.toml``."""
-    from streamer.cli import add_args, config_from_args
+    from otf2d.streamer.cli import add_args, config_from_args
 
     assert not (DEPLOY / "systemd" / "otf2d-streamer.service").exists()
     argv = _exec_start(DEPLOY / "systemd" / "otf2d-streamer@.service")
@@ -461,7 +461,7 @@ def test_the_dockerfile_builds_the_package_and_runs_the_engine() -> None:
     command = json.loads(next(rest for w, rest in instructions if w == "CMD"))
     assert entrypoint == ["otf2d"] and command[0] == "engine"
     parser = argparse.ArgumentParser(prog="otf2d engine")
-    importlib.import_module("engine.cli").add_args(parser)
+    importlib.import_module("otf2d.engine.serving.cli").add_args(parser)
     args = parser.parse_args(command[1:])
     assert args.http_addr == "0.0.0.0" and args.http_port == 8001 and args.listen == "tcp://*:5555"
     exposed = {int(p) for w, rest in instructions if w == "EXPOSE" for p in rest.split()}

@@ -10,9 +10,9 @@ from monitoring_truth import good_grid, junk_grid, monitor_with_grids
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.config import LifecycleConfig, load_config
-from core.errors import ConfigError, InputError
-from monitoring.lifecycle import (
+from otf2d.core.config import LifecycleConfig, load_config
+from otf2d.core.errors import ConfigError, InputError
+from otf2d.monitoring.lifecycle import (
     CLOSED,
     IDLE,
     OPEN,
@@ -21,7 +21,7 @@ from monitoring.lifecycle import (
     load_activity,
     save_activity,
 )
-from monitoring.metrics import register_monitoring
+from otf2d.monitoring.metrics import register_monitoring
 
 T0 = 1_700_000_000.0
 CONFIG = LifecycleConfig(idle_after_minutes=10.0, close_after_idle_hours=2.0, retain_closed_minutes=30.0)

@@ -12,9 +12,9 @@ from monitoring_truth import good_grid, junk_grid, monitor_with_grids
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.lifecycle import SessionLifecycle
-from monitoring.metrics import MonitoringCollector, exported_names, register_monitoring
-from monitoring.verdict import VERDICT_STATES
+from otf2d.monitoring.lifecycle import SessionLifecycle
+from otf2d.monitoring.metrics import MonitoringCollector, exported_names, register_monitoring
+from otf2d.monitoring.verdict import VERDICT_STATES
 
 NOW = 1_700_000_000.0
 PER_HOUR = 20000.0  # more than a grid's particles: each session's history rises from 0 over the hour
@@ -143,7 +143,7 @@ def test_a_failing_provider_does_not_break_the_scrape() -> None:
 
 
 def test_collector_lives_beside_the_engine_metrics_in_one_registry(monitor) -> None:
-    from engine.metrics import EngineMetrics
+    from otf2d.engine.serving.metrics import EngineMetrics
 
     engine = EngineMetrics()
     register_monitoring(monitor.states, engine.registry)  # no duplicated names
@@ -163,7 +163,7 @@ def test_promtool_check_metrics_passes(exposition: str) -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
 def test_the_streamer_exports_process_metrics_and_build_info_that_promtool_accepts() -> None:
-    from streamer.metrics import StreamerMetrics
+    from otf2d.streamer.metrics import StreamerMetrics
 
     text = generate_latest(StreamerMetrics("grid1").registry).decode()
     found = samples(text)

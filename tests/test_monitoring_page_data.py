@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from snapshot_factory import make_snapshot
 
-from monitoring.acquisition import summarize_acquisition
-from monitoring.page_charts import line_chart_svg, nice_ticks, verdict_strip_svg
-from monitoring.state import (
+from otf2d.monitoring.acquisition import summarize_acquisition
+from otf2d.monitoring.page_charts import line_chart_svg, nice_ticks, verdict_strip_svg
+from otf2d.monitoring.state import (
     MAX_TIMELINE_POINTS,
     SessionMonitor,
     VerdictPoint,
@@ -21,7 +21,7 @@ from monitoring.state import (
     point_to_json,
     thin_timeline,
 )
-from monitoring.status_page import EARLY_CONFIDENCE, render_status_page, scale_bar_angstrom
+from otf2d.monitoring.status_page import EARLY_CONFIDENCE, render_status_page, scale_bar_angstrom
 
 
 def test_the_micrograph_and_ctf_summary_matches_an_independent_count() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ConfigError
-from streamer.cli import add_args, config_from_args
+from otf2d.core.errors import ConfigError
+from otf2d.streamer.cli import add_args, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def _run(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> 
     stderr = (tmp_path / "stderr.log").open("w")
     try:
         return subprocess.run(
-            [sys.executable, "-m", "core.cli", *args],
+            [sys.executable, "-m", "otf2d.core.cli", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

@@ -8,7 +8,7 @@ Every panel's datasource is the dashboard variable ``$datasource`` (type "dataso
 Prometheus), so the dashboards work in a Grafana that already has its own Prometheus: provisioned
 (``deploy/grafana/provisioning/``; the variable falls back to the default Prometheus datasource)
 or imported through the UI (``__inputs`` asks which Prometheus to use). Metric names
-are those exported by ``monitoring/metrics.py``, ``engine/metrics.py`` and ``streamer/metrics.py``
+are those exported by ``monitoring/metrics.py``, ``engine/serving/metrics.py`` and ``streamer/metrics.py``
 and the recording rules of ``deploy/prometheus/rules/otf2d.rules.yml`` (``otf2d:…``).
 """
 

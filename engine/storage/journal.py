@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.particles import CtfParams, ParticleBatch
-from core.snapshot import OpticsGroup, ParticleAssignments
-from engine.segments import BlockLocation, SegmentStore
+from otf2d.core.errors import InputError
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.snapshot import OpticsGroup, ParticleAssignments
+from otf2d.engine.storage.segments import BlockLocation, SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class Journal:
         Parameters
         ----------
         entries
-            ``(header, batch)`` pairs as returned by :func:`core.wire.decode_batch`.
+            ``(header, batch)`` pairs as returned by :func:`otf2d.core.wire.decode_batch`.
 
         Returns
         -------
