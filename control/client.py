@@ -24,6 +24,7 @@ import zmq
 
 from otf2d.core.errors import DecodeError, Otf2dError
 from otf2d.core.wire import (
+    KIND_CLOSE_SESSION,
     KIND_PAUSE,
     KIND_PING,
     KIND_PONG,
@@ -147,6 +148,10 @@ class EngineClient:
         """Mark class ``class_number`` (1-based, as numbered in the newest snapshot and gallery)
         ``"good"`` or ``"junk"``, or ``"auto"`` to remove the override; kept across restarts."""
         return self.request(KIND_SET_CLASS_OVERRIDE, session=session, class_number=int(class_number), override=override)
+
+    def close_session(self, session: str) -> dict[str, Any]:
+        """Close ``session``: the collection has ended (its files stay; it leaves ``/metrics`` later)."""
+        return self.request(KIND_CLOSE_SESSION, session=session)
 
 
 __all__ = ["EngineClient", "EngineRequestError", "EngineTimeoutError"]

@@ -61,6 +61,9 @@ def format_status(status: dict[str, Any]) -> str:
         snap = s.get("last_snapshot")
         snap_text = f"snapshot {snap['iteration']} ({now - snap['written_at']:.0f} s ago)" if snap else "no snapshot"
         flags = " PAUSED" if s.get("paused") else ""
+        life = s.get("lifecycle") or {}
+        if life.get("state") in ("idle", "closed"):
+            flags += f" {life['state'].upper()}"
         error = f" ERROR {s['error']}" if s.get("error") else ""
         lines.append(
             f"  {name}: {s.get('phase', '?')}{flags}, {s.get('particles_journaled', 0)} journaled, "

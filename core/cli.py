@@ -22,6 +22,7 @@ from types import ModuleType
 
 from otf2d.core import __version__
 from otf2d.core.errors import Otf2dError
+from otf2d.core.logsetup import LOG_FORMATS, configure_logging
 
 GROUP = "otf2d.commands"
 
@@ -62,8 +63,27 @@ def _top_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"otf2d {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="text, json (one object per line) or auto (default: text, without timestamps under journald)",
+    )
     parser.add_argument("command", choices=sorted(commands), metavar="COMMAND", help="what to run")
     return parser
+
+
+def _command_index(argv: Sequence[str]) -> int:
+    """Index of the subcommand in ``argv``: the first word that is neither an option nor its value."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--log-format":
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i
+    return len(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,13 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _commands()
     # Split global options from the subcommand and its own arguments.
-    split = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    split = _command_index(argv)
     top = _top_parser(commands)
     ns = top.parse_args(argv[: split + 1])
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(ns.verbose + 1, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.WARNING - 10 * min(ns.verbose + 1, 2), ns.log_format)
     module = _load(commands[ns.command])
     doc = (module.__doc__ or "").strip()
     parser = argparse.ArgumentParser(

@@ -171,11 +171,34 @@ class VerdictConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    """When a session turns idle, when it closes by itself and how long a closed one stays in ``/metrics``.
+
+    A session is *open* while particles arrive, *idle* after ``idle_after_minutes`` without a new
+    particle, and *closed* by ``otf2d close`` or after ``close_after_idle_hours`` idle (0: never by
+    itself). A closed session keeps its files; its series leave ``/metrics`` ``retain_closed_minutes``
+    after it closed (long enough for Prometheus to see it closed and resolve its alerts).
+    """
+
+    idle_after_minutes: float = 10.0
+    close_after_idle_hours: float = 12.0
+    retain_closed_minutes: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.idle_after_minutes <= 0:
+            raise ConfigError(None, f"sessions.idle_after_minutes must be > 0, got {self.idle_after_minutes}")
+        for name in ("close_after_idle_hours", "retain_closed_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(None, f"sessions.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Otf2dConfig:
     """A whole configuration file: one section per component (more sections come with them)."""
 
     classification: Class2DParams = field(default_factory=Class2DParams)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    sessions: LifecycleConfig = field(default_factory=LifecycleConfig)
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -239,4 +262,4 @@ def load_config(path: str | Path) -> Otf2dConfig:
         raise ConfigError(path, exc.what) from exc
 
 
-__all__ = ["Class2DParams", "Otf2dConfig", "VerdictConfig", "from_mapping", "load_config"]
+__all__ = ["Class2DParams", "LifecycleConfig", "Otf2dConfig", "VerdictConfig", "from_mapping", "load_config"]

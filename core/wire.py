@@ -151,6 +151,7 @@ KIND_PAUSE = "pause"
 KIND_RESUME = "resume"
 KIND_START_SESSION = "start_session"
 KIND_SET_CLASS_OVERRIDE = "set_class_override"
+KIND_CLOSE_SESSION = "close_session"
 KIND_REPLY = "reply"
 
 #: Column order of the ``(n, 9)`` float64 CTF frame: the fields of :class:`CtfParams`.
@@ -186,6 +187,7 @@ _CONTROL_SPECS: dict[str, _FieldSpec] = {
         "class_number": ((int,), True),
         "override": ((str,), True),
     },
+    KIND_CLOSE_SESSION: {"request_id": ((str,), True), "session": ((str,), True)},
     KIND_REPLY: {
         "request_id": ((str,), True),
         "ok": ((bool,), True),
@@ -594,6 +596,7 @@ __all__ = [
     "IMAGE_DTYPES",
     "KIND_ACK",
     "KIND_BATCH",
+    "KIND_CLOSE_SESSION",
     "KIND_NACK",
     "KIND_PAUSE",
     "KIND_PING",

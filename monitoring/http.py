@@ -4,13 +4,15 @@
 told otherwise and answers only ``GET``/``HEAD``:
 
 ==================================  ==========================================================
-``/``                               status page (HTML, reloads itself every few seconds)
+``/``                               status page (HTML, refreshes its sessions in place every few seconds)
+``/fragment.html``                  the page's sessions alone (what the page fetches to refresh)
 ``/status.json``                    every session's state (``MonitoringState.to_json``)
 ``/gallery.png``                    gallery of the default session (the most recently updated)
 ``/classes/<N>.png``                class N (RELION number, 1-based) of the default session
 ``/sessions/<name>/status.json``    one session's state
 ``/sessions/<name>/gallery.png``    its gallery, largest class first, junk classes in red
 ``/sessions/<name>/classes/<N>.png``  one of its classes
+``/sessions/<name>/averages/<N>.png``  class N's average alone (no label: the page's tiles, scale bar)
 ``/metrics``                        Prometheus exposition of the given registry
 ``/healthz``                        ``ok``
 ==================================  ==========================================================
@@ -30,6 +32,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -42,11 +45,18 @@ from otf2d.core.errors import InputError
 from otf2d.monitoring.snapshots.gallery import render_class_png, render_gallery
 from otf2d.monitoring.state import MonitoringState, StateProvider
 from otf2d.monitoring.status_page import render_status_page
+from otf2d.monitoring.snapshots.gallery import render_class_png, render_gallery, to_uint8
+from otf2d.monitoring.state import MonitoringState, StateProvider
+from otf2d.monitoring.status_page import render_status_page, sessions_html
 
 log = logging.getLogger(__name__)
 
 #: PNGs kept in the render cache.
 PNG_CACHE_ENTRIES = 256
+#: Edge of the bare class averages served for the page's tiles, pixels.
+AVERAGE_PX = 384
+#: ``() -> {session: lifecycle state}`` (open, idle, closed) for the page's chips.
+LifecycleProvider = Callable[[], Mapping[str, str]]
 
 
 def fast_png(image: Image.Image) -> bytes:
@@ -79,6 +89,8 @@ class StatusServer:
         Reload period of the status page.
     title
         Title of the status page.
+    lifecycle
+        Each session's lifecycle state, shown beside its name (optional).
     """
 
     def __init__(
@@ -90,8 +102,10 @@ class StatusServer:
         port: int = 0,
         refresh_seconds: float = 5.0,
         title: str = "otf2d status",
+        lifecycle: LifecycleProvider | None = None,
     ) -> None:
         self.provider = provider
+        self.lifecycle = lifecycle
         self.registry = registry
         self.host = host
         self.requested_port = port
@@ -188,6 +202,28 @@ class StatusServer:
 
         return self._cached(key, render)
 
+    def average_png(self, state: MonitoringState, number: int) -> bytes:
+        """Class ``number``'s average alone, :data:`AVERAGE_PX` square, as PNG bytes (for the page's tiles)."""
+        if not 1 <= number <= state.snapshot.n_classes:
+            raise _NotFound(f"session {state.session!r} has classes 1..{state.snapshot.n_classes}, not {number}")
+        key = ("average", state.session, id(state), state.computed_at, number)
+
+        def render() -> bytes:
+            image = Image.fromarray(to_uint8(state.snapshot.averages[number - 1]), mode="L")
+            return fast_png(image.resize((AVERAGE_PX, AVERAGE_PX), Image.Resampling.LANCZOS))
+
+        return self._cached(key, render)
+
+    def lifecycle_states(self) -> dict[str, str]:
+        """Each session's lifecycle state (empty without a provider or when it fails)."""
+        if self.lifecycle is None:
+            return {}
+        try:
+            return dict(self.lifecycle())
+        except Exception:  # the page must render without it
+            log.exception("lifecycle provider failed")
+            return {}
+
     def status_json(self, states: dict[str, MonitoringState]) -> bytes:
         """``{"generated_at": t, "sessions": {name: state}}`` as strict JSON."""
         now = time.time()
@@ -207,9 +243,16 @@ class StatusServer:
     def _route(self, parts: list[str], accept: str) -> tuple[int, str, bytes]:
         if not parts:
             page = render_status_page(
-                self.states(), refresh_seconds=self.refresh_seconds, title=self.title, metrics=self.registry is not None
+                self.states(),
+                refresh_seconds=self.refresh_seconds,
+                title=self.title,
+                metrics=self.registry is not None,
+                lifecycle=self.lifecycle_states(),
             )
             return 200, "text/html; charset=utf-8", page.encode("utf-8")
+        if parts == ["fragment.html"]:
+            fragment = sessions_html(self.states(), time.time(), self.lifecycle_states())
+            return 200, "text/html; charset=utf-8", fragment.encode("utf-8")
         if parts == ["healthz"]:
             return 200, "text/plain; charset=utf-8", b"ok\n"
         if parts == ["metrics"]:
@@ -234,11 +277,12 @@ class StatusServer:
             return 200, "image/png", self.gallery_png(state)
         if rest == ["status.json"]:
             return 200, "application/json", json.dumps(state.to_json(), allow_nan=False).encode("utf-8")
-        if len(rest) == 2 and rest[0] == "classes" and rest[1].endswith(".png"):
+        if len(rest) == 2 and rest[0] in ("classes", "averages") and rest[1].endswith(".png"):
             stem = rest[1][: -len(".png")]
             if not stem.isdigit():
                 raise _NotFound(f"class {stem!r} is not a class number")
-            return 200, "image/png", self.class_png(state, int(stem))
+            render = self.class_png if rest[0] == "classes" else self.average_png
+            return 200, "image/png", render(state, int(stem))
         raise _NotFound("/".join(rest))
 
 

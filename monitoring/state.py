@@ -14,16 +14,25 @@ Rates come from the count history over the trailing ``rate_window_seconds``; the
 (``now``) counts as a sample holding the last count, so a stalled session's rate falls to 0.
 Good particles are the classified particles times the good fraction of the snapshot (particles
 outside junk classes).
+
+The page shows rates after :data:`SHOWN_RATE_MIN_SPAN_SECONDS` of history (``shown_*`` fields);
+the verdict waits for ``min_rate_span_seconds`` (a rate from ten seconds is fine to look at, not
+to judge a grid by). Each state appends a :class:`VerdictPoint` to the session's timeline: the
+verdict and the numbers the page plots over time (particles, junk fraction, good particles per
+hour, best resolution); :func:`point_to_json` / :func:`point_from_json` keep it on disk.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,12 +42,17 @@ from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.quality import QualityReport, mask_radius_pixels, score_classes
 from otf2d.monitoring.verdict import GridNumbers, Verdict, forecast_seconds, grid_verdict
+from otf2d.monitoring.acquisition import AcquisitionSummary
+from otf2d.monitoring.quality import QualityReport, mask_radius_pixels, score_classes
+from otf2d.monitoring.verdict import VERDICT_STATES, GridNumbers, Verdict, forecast_seconds, grid_verdict
 from otf2d.monitoring.views import ViewReport, distribution_entropy, view_distribution
 
 #: Most count samples kept per session.
 MAX_HISTORY_SAMPLES = 20000
-#: Most verdict timeline points kept per session.
+#: Most verdict timeline points kept per session (older ones are thinned, not dropped).
 MAX_TIMELINE_POINTS = 2000
+#: History the page needs before it shows a rate, seconds.
+SHOWN_RATE_MIN_SPAN_SECONDS = 10.0
 
 #: ``(unix time in seconds, cumulative particles classified)``.
 CountSample = tuple[float, float]
@@ -90,12 +104,125 @@ def rate_per_second(
 
 @dataclass(frozen=True)
 class VerdictPoint:
-    """One point of a session's verdict timeline."""
+    """One point of a session's timeline: the verdict and the numbers plotted over time."""
 
     unix_time: float
     particles: int
     state: str
     confidence: float
+    junk_fraction: float | None = None
+    good_particles: int | None = None
+    good_per_hour: float | None = None
+    best_resolution_angstrom: float | None = None
+
+
+_POINT_FIELDS = {
+    "time": "unix_time",
+    "particles": "particles",
+    "verdict": "state",
+    "confidence": "confidence",
+    "junk_fraction": "junk_fraction",
+    "good_particles": "good_particles",
+    "good_per_hour": "good_per_hour",
+    "best_resolution_angstrom": "best_resolution_angstrom",
+}
+
+
+def point_to_json(point: VerdictPoint) -> dict[str, Any]:
+    """A timeline point as strict JSON (the keys of ``/status.json``'s ``timeline``)."""
+    out: dict[str, Any] = {}
+    for key, attr in _POINT_FIELDS.items():
+        value = getattr(point, attr)
+        out[key] = _finite(value) if isinstance(value, float) else value
+    return out
+
+
+def point_from_json(data: Any, where: str) -> VerdictPoint:
+    """A timeline point from :func:`point_to_json`'s output.
+
+    Raises
+    ------
+    InputError
+        Not such a point (``where`` names the file and line).
+    """
+    if not isinstance(data, dict):
+        raise InputError(None, f"{where}: a timeline point must be an object")
+    state = data.get("verdict")
+    if state not in VERDICT_STATES:
+        raise InputError(None, f"{where}: verdict must be one of {list(VERDICT_STATES)}, got {state!r}")
+    numbers: dict[str, float | None] = {}
+    for key in ("time", "particles", "confidence", "junk_fraction", "good_particles", "good_per_hour"):
+        numbers[key] = _number(data.get(key), f"{where}: {key}", required=key in ("time", "particles", "confidence"))
+    resolution = _number(data.get("best_resolution_angstrom"), f"{where}: best_resolution_angstrom", required=False)
+    good = numbers["good_particles"]
+    return VerdictPoint(
+        unix_time=float(numbers["time"] or 0.0),
+        particles=int(numbers["particles"] or 0),
+        state=str(state),
+        confidence=float(numbers["confidence"] or 0.0),
+        junk_fraction=numbers["junk_fraction"],
+        good_particles=None if good is None else int(good),
+        good_per_hour=numbers["good_per_hour"],
+        best_resolution_angstrom=resolution,
+    )
+
+
+def _number(value: Any, where: str, *, required: bool) -> float | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise InputError(None, f"{where} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+#: File of a session's timeline, in its folder: one JSON point per line, appended at each state.
+TIMELINE_FILE = "monitoring_timeline.jsonl"
+
+
+def append_timeline(path: str | os.PathLike[str], point: VerdictPoint) -> None:
+    """Append one point to the timeline file ``path`` (created when missing)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(point_to_json(point), allow_nan=False) + "\n")
+
+
+def load_timeline(path: str | os.PathLike[str]) -> tuple[tuple[VerdictPoint, ...], list[str]]:
+    """The points of a timeline file (thinned to :data:`MAX_TIMELINE_POINTS`) and the problems found.
+
+    A line that is not a point (a torn last line after a crash, an edit) is skipped and named in
+    the problems (file and line number); a missing file is an empty timeline. When the file holds
+    more than twice the points kept, it is rewritten (atomically) with the thinned points.
+    """
+    from otf2d.monitoring.snapshots.atomic import write_text_atomic
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return (), []
+    except (OSError, UnicodeDecodeError) as exc:
+        return (), [f"{path}: cannot read the timeline: {exc}"]
+    points: list[VerdictPoint] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            points.append(point_from_json(json.loads(line), f"{path}:{number}"))
+        except (ValueError, InputError) as exc:
+            problems.append(str(exc) if isinstance(exc, InputError) else f"{path}:{number}: not JSON: {exc}")
+    points.sort(key=lambda q: q.unix_time)
+    kept = thin_timeline(points)
+    if len(lines) > 2 * MAX_TIMELINE_POINTS:
+        write_text_atomic(path, "".join(json.dumps(point_to_json(q), allow_nan=False) + "\n" for q in kept))
+    return kept, problems
+
+
+def thin_timeline(points: Sequence[VerdictPoint], limit: int = MAX_TIMELINE_POINTS) -> tuple[VerdictPoint, ...]:
+    """At most ``limit`` points: the older half is thinned to every other point, the newest kept."""
+    kept = list(points)
+    while len(kept) > limit:
+        half = len(kept) // 2
+        kept = kept[:half:2] + kept[half:]
+    return tuple(kept)
 
 
 @dataclass(frozen=True)
@@ -119,13 +246,17 @@ class MonitoringState:
     particles_classified
         Particles classified in the session so far (from the count history, else the snapshot).
     classified_per_second, good_per_second
-        Rates over the trailing window (``None`` until known).
+        Rates over the trailing window (``None`` until known) that the verdict judges.
+    shown_classified_per_second, shown_good_per_second
+        The same rates as soon as :data:`SHOWN_RATE_MIN_SPAN_SECONDS` of history exist (for the page).
     target_good_particles
         The forecast's target.
     forecast_seconds
         Time to the target at the current good rate (0 once reached, ``inf`` when unknown).
     timeline
         Earlier verdicts, oldest first (including this one).
+    acquisition
+        Micrographs and CTF of the snapshot's particles (when the publisher had the particle table).
     """
 
     session: str
@@ -141,6 +272,9 @@ class MonitoringState:
     target_good_particles: int
     forecast_seconds: float
     timeline: tuple[VerdictPoint, ...] = field(default_factory=tuple)
+    shown_classified_per_second: float | None = None
+    shown_good_per_second: float | None = None
+    acquisition: AcquisitionSummary | None = None
 
     @property
     def class_counts(self) -> np.ndarray:
@@ -215,8 +349,8 @@ class MonitoringState:
             "good_particles": self.good_particles,
             "junk_fraction": self.junk_fraction,
             "junk_classes": int(self.quality.junk.sum()),
-            "classified_per_hour": _per_hour(self.classified_per_second),
-            "good_per_hour": _per_hour(self.good_per_second),
+            "classified_per_hour": _per_hour(self.shown_classified_per_second),
+            "good_per_hour": _per_hour(self.shown_good_per_second),
             "target_good_particles": self.target_good_particles,
             "forecast_seconds": _finite(self.forecast_seconds),
             "class_entropy_ratio": self.class_entropy_ratio,
@@ -224,10 +358,10 @@ class MonitoringState:
             "views": self.views.to_json(),
             "verdict": self.verdict.to_json(),
             "classes": classes,
-            "timeline": [
-                {"time": p.unix_time, "particles": p.particles, "verdict": p.state, "confidence": p.confidence}
-                for p in self.timeline
-            ],
+            "timeline": [point_to_json(p) for p in self.timeline],
+            "acquisition": None if self.acquisition is None else self.acquisition.to_json(),
+            "pixel_size_angstrom": float(self.snapshot.pixel_size_angstrom),
+            "box_angstrom": float(self.snapshot.averages.shape[-1] * self.snapshot.pixel_size_angstrom),
         }
 
 
@@ -256,6 +390,7 @@ def compute_state(
     now: float | None = None,
     snapshot_time: float | None = None,
     timeline: Sequence[VerdictPoint] = (),
+    acquisition: AcquisitionSummary | None = None,
 ) -> MonitoringState:
     """Compute a session's monitoring state from a snapshot and its count history.
 
@@ -277,6 +412,8 @@ def compute_state(
         When the snapshot was taken (default ``now``).
     timeline
         Earlier verdict points; this state's verdict is appended.
+    acquisition
+        Micrographs and CTF of the snapshot's particles, kept in the state as given.
 
     Returns
     -------
@@ -303,10 +440,17 @@ def compute_state(
     classified_rate = rate_per_second(
         history, window_seconds=cfg.rate_window_seconds, min_span_seconds=cfg.min_rate_span_seconds, now=now
     )
+    shown_rate = rate_per_second(
+        history,
+        window_seconds=cfg.rate_window_seconds,
+        min_span_seconds=min(SHOWN_RATE_MIN_SPAN_SECONDS, cfg.min_rate_span_seconds),
+        now=now,
+    )
     counts = np.asarray(snapshot.particle_counts, dtype=np.int64)
     total = int(counts.sum())
     junk_fraction = float(counts[junk].sum() / total) if total > 0 else 0.0
     good_rate = None if classified_rate is None else classified_rate * (1.0 - junk_fraction)
+    shown_good = None if shown_rate is None else shown_rate * (1.0 - junk_fraction)
     good = round(classified * (1.0 - junk_fraction))
     numbers = GridNumbers(
         particles=classified,
@@ -318,7 +462,16 @@ def compute_state(
         best_resolution_angstrom=best_good_resolution(snapshot, junk),
     )
     verdict = grid_verdict(numbers, cfg)
-    point = VerdictPoint(now, classified, verdict.state, verdict.confidence)
+    point = VerdictPoint(
+        now,
+        classified,
+        verdict.state,
+        verdict.confidence,
+        junk_fraction=junk_fraction,
+        good_particles=good,
+        good_per_hour=_per_hour(shown_good),
+        best_resolution_angstrom=numbers.best_resolution_angstrom,
+    )
     return MonitoringState(
         session=session,
         snapshot=snapshot,
@@ -332,7 +485,10 @@ def compute_state(
         good_per_second=good_rate,
         target_good_particles=cfg.target_good_particles,
         forecast_seconds=forecast_seconds(good, good_rate, cfg.target_good_particles),
-        timeline=(*timeline, point)[-MAX_TIMELINE_POINTS:],
+        timeline=thin_timeline((*timeline, point)),
+        shown_classified_per_second=shown_rate,
+        shown_good_per_second=shown_good,
+        acquisition=acquisition,
     )
 
 
@@ -378,12 +534,19 @@ class SessionMonitor:
         *,
         overrides: Mapping[int, str] | None = None,
         snapshot_time: float | None = None,
+        acquisition: AcquisitionSummary | None = None,
     ) -> MonitoringState:
-        """Compute and store the session's state from a new snapshot; returns it."""
+        """Compute and store the session's state from a new snapshot; returns it.
+
+        ``acquisition`` defaults to the session's previous one (a re-publish after an override).
+        """
         now = self._clock()
         with self._lock:
             history = list(self._history.get(session, ()))
             timeline = list(self._timeline.get(session, ()))
+            previous = self._states.get(session)
+        if acquisition is None and previous is not None:
+            acquisition = previous.acquisition
         state = compute_state(
             snapshot,
             history,
@@ -393,11 +556,17 @@ class SessionMonitor:
             now=now,
             snapshot_time=snapshot_time,
             timeline=timeline,
+            acquisition=acquisition,
         )
         with self._lock:
             self._timeline[session] = list(state.timeline)
             self._states[session] = state
         return state
+
+    def restore_timeline(self, session: str, points: Sequence[VerdictPoint]) -> None:
+        """Start the session's timeline from ``points`` (read from disk after a restart)."""
+        with self._lock:
+            self._timeline[session] = list(thin_timeline(points))
 
     def remove(self, session: str) -> None:
         """Forget a session (its metrics disappear at the next scrape)."""
@@ -414,12 +583,18 @@ class SessionMonitor:
 
 __all__ = [
     "MAX_HISTORY_SAMPLES",
+    "TIMELINE_FILE",
     "CountSample",
     "MonitoringState",
     "SessionMonitor",
     "StateProvider",
     "VerdictPoint",
+    "append_timeline",
     "best_good_resolution",
     "compute_state",
+    "load_timeline",
+    "point_from_json",
+    "point_to_json",
     "rate_per_second",
+    "thin_timeline",
 ]

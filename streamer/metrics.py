@@ -1,7 +1,9 @@
 """Prometheus metrics of the streamer, in a private registry, served on ``--metrics-port``.
 
-Every metric carries the ``session`` label. Counters count since this process started; the
-gauges are read from the ledger, so they are right across restarts.
+Every ``otf2d_streamer_…`` metric carries the ``session`` label. Counters count since this process
+started; the gauges are read from the ledger, so they are right across restarts. The process
+collector adds ``process_*`` (resident memory, CPU seconds, open file descriptors) and
+``otf2d_build_info{version}`` says which otf2d runs.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, start_http_server
+
+from otf2d import core
 
 
 class StreamerMetrics:
@@ -79,6 +83,9 @@ class StreamerMetrics:
         self.files_waiting = gauge("otf2d_streamer_files_waiting", "Files noticed but not yet readable or read.")
         self.engine_up = gauge("otf2d_streamer_engine_up", "1 when the engine answered recently, else 0.")
         self.last_ack = gauge("otf2d_streamer_last_ack_timestamp_seconds", "Unix time of the last ACK.")
+        build = Gauge("otf2d_build_info", "1, labelled with the otf2d version", ["version"], registry=self.registry)
+        build.labels(core.__version__).set(1)
+        ProcessCollector(registry=self.registry)
         self._server: Any = None
         self._lock = threading.Lock()
 

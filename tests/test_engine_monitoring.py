@@ -42,6 +42,7 @@ from otf2d.engine.serving.monitoring_hooks import (
     overrides_for_snapshot,
 )
 from otf2d.monitoring.quality import load_overrides, save_overrides, score_classes
+from otf2d.monitoring.state import TIMELINE_FILE, load_timeline
 
 COUNTS = (5, 12, 0, 20, 3, 10)
 
@@ -254,9 +255,16 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             assert len(state["classes"]) == 4 and state["verdict"]["state"] == "pending"
             page = http_text(f"{ports.url}/")
             assert SESSION in page and "pending" in page
+            per_session = f'otf2d_session_classified_particles_total{{session="{SESSION}"}}'
+            wait_until(  # the per-session counters are sampled once a second
+                lambda: samples(http_text(f"{ports.url}/metrics")).get(per_session) == 80, 10, "per-session count"
+            )
             metrics = samples(http_text(f"{ports.url}/metrics"))
             assert metrics["otf2d_particles_classified_total"] == 80  # engine counters ...
-            assert metrics[f'otf2d_session_particles{{session="{SESSION}"}}'] == 80  # ... and monitoring gauges
+            assert metrics[per_session] == 80  # ... per session
+            assert metrics[f'otf2d_session_received_particles_total{{session="{SESSION}"}}'] == 80
+            assert metrics[f'otf2d_session_state{{session="{SESSION}",state="open"}}'] == 1.0
+            assert [k for k in metrics if k.startswith("otf2d_build_info{") and 'device="cpu"' in k]
             per_class = {k: v for k, v in metrics.items() if k.startswith("otf2d_class_particles{")}
             assert len(per_class) == 4 and sum(per_class.values()) == 80
 
@@ -270,7 +278,8 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
             state = _status_json(ports.url)
             assert state["classes"][0]["junk"] is True and state["classes"][0]["override"] == "junk"
             metrics = samples(http_text(f"{ports.url}/metrics"))
-            assert metrics[f'otf2d_class_junk{{class="1",session="{SESSION}"}}'] == 1.0
+            assert metrics[f'otf2d_class_junk{{class="{engine_class}",session="{SESSION}"}}'] == 1.0  # engine number
+            assert metrics[f'otf2d_class_size_rank{{class="{engine_class}",session="{SESSION}"}}'] == 1.0
             # the override asked for a snapshot: its files carry the flag (the gallery marks the class)
             second = _wait_snapshot(client, first)
             assert second > first
@@ -281,6 +290,25 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
                 "override", "--engine", ports.endpoint, "--session", SESSION, "--class", "9", "--as", "good"
             )
             assert refused.returncode == 2 and "classes 1..4" in refused.stderr
+
+            # the collection ended: close the session; its class series leave /metrics, its state says closed
+            closed = _otf2d("close", "--engine", ports.endpoint, "--session", SESSION)
+            assert closed.returncode == 0, closed.stderr + describe_failure(engine)
+            assert f"{SESSION}: closed (by user); 80 particles received" in closed.stdout
+            assert client.status(SESSION)["sessions"][SESSION]["lifecycle"]["state"] == "closed"
+            status_out = _otf2d("status", "--engine", ports.endpoint, "--session", SESSION)
+            assert status_out.returncode == 0 and f"{SESSION}: streaming CLOSED," in status_out.stdout, (
+                status_out.stdout
+            )
+            metrics = samples(http_text(f"{ports.url}/metrics"))
+            assert metrics[f'otf2d_session_state{{session="{SESSION}",state="closed"}}'] == 1.0
+            assert not [k for k in metrics if k.startswith("otf2d_class_particles{")]
+            record = json.loads((data / "sessions" / SESSION / "lifecycle.json").read_text())
+            assert record["closed_by"] == "user" and record["closed_at"] > 0
+            before_restart = len(load_timeline(data / "sessions" / SESSION / TIMELINE_FILE)[0])
+            assert before_restart >= 2 and state["timeline"]
+            unknown = _otf2d("close", "--engine", ports.endpoint, "--session", "nope")
+            assert unknown.returncode == 2 and "no session named 'nope'" in unknown.stderr
         assert engine.terminate() == 0, describe_failure(engine)
 
     # Restart without --http-port while the default status port is taken: the engine runs on, and
@@ -299,12 +327,53 @@ def test_status_page_metrics_and_overrides_on_a_running_engine(tmp_path: Path) -
                 mon = wait_until(
                     lambda: client.status(SESSION)["sessions"][SESSION].get("monitoring"), 60, "state after restart"
                 )
+                lifecycle = client.status(SESSION)["sessions"][SESSION]["lifecycle"]
+            assert lifecycle["state"] == "closed" and lifecycle["closed_by"] == "user"  # kept across the restart
             assert engine.terminate() == 0, describe_failure(engine)
         # the override is on the snapshot class that is the same engine class
         assert mon["iteration"] > second
+        assert mon["timeline_points"] > before_restart  # the plots over time survive the restart
         [(number, value)] = mon["overrides"].items()
         assert value == "junk"
         assert _engine_order(data, mon["iteration"])[int(number) - 1] + 1 == engine_class
         assert "no status page" in (logs / "engine2.log").read_text()
     finally:
         blocker.close()
+
+
+@pytest.mark.slow
+def test_a_closed_session_leaves_metrics_and_the_page_after_retain_closed(tmp_path: Path) -> None:
+    """With ``retain_closed_minutes = 0`` a closed session leaves at the next sample; its files stay."""
+    ports = engine_ports()
+    data = tmp_path / "data"
+    config = tmp_path / "engine.toml"
+    config.write_text("[sessions]\nretain_closed_minutes = 0\n")
+    argv = engine_argv(data, ports, "--config", str(config), "--snapshot-seconds", "0", "--snapshot-every", "0")
+    with started("engine", argv, tmp_path / "logs") as engine:
+        wait_for_engine(ports.endpoint, engine)
+        with EngineClient(ports.endpoint, timeout_s=10.0) as client:
+            for name in (SESSION, "still-open"):
+                client.start_session(name, PARAMS)
+            feeder = TestClient(ports.endpoint)
+            try:
+                send_batches(feeder, [(f"f:{m}", make_batch(SESSION, m, 20)) for m in range(4)])
+                send_batches(feeder, [(f"g:{m}", make_batch("still-open", m, 20)) for m in range(4)])
+            finally:
+                feeder.close()
+            for name in (SESSION, "still-open"):
+                wait_until(lambda n=name: client.status(n)["sessions"][n]["particles_classified"] == 80, 60, name)
+                client.snapshot(name)
+            wait_until(lambda: len(json.loads(http_text(f"{ports.url}/status.json"))["sessions"]) == 2, 60, "states")
+            client.close_session(SESSION)
+
+            def gone() -> bool:
+                page = json.loads(http_text(f"{ports.url}/status.json"))["sessions"]
+                return SESSION not in page and f'session="{SESSION}"' not in http_text(f"{ports.url}/metrics")
+
+            wait_until(gone, 30, "the closed session to leave /status.json and /metrics")
+            assert "still-open" in json.loads(http_text(f"{ports.url}/status.json"))["sessions"]
+            assert 'otf2d_session_state{session="still-open",state="open"} 1.0' in http_text(f"{ports.url}/metrics")
+            assert client.status(SESSION)["sessions"][SESSION]["lifecycle"]["state"] == "closed"  # still known
+        assert engine.terminate() == 0, describe_failure(engine)
+    folder = data / "sessions" / SESSION
+    assert (folder / "lifecycle.json").exists() and list((folder / "snapshots").glob("run_it*_classes.mrcs"))

@@ -12,6 +12,7 @@ from monitoring_truth import good_grid, junk_grid, monitor_with_grids
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from otf2d.monitoring.lifecycle import SessionLifecycle
 from otf2d.monitoring.metrics import MonitoringCollector, exported_names, register_monitoring
 from otf2d.monitoring.verdict import VERDICT_STATES
 
@@ -26,8 +27,11 @@ def monitor():
 
 @pytest.fixture(scope="module")
 def exposition(monitor) -> str:
+    life = SessionLifecycle(clock=lambda: NOW)
+    for name, state in monitor.states().items():
+        life.observe(name, state.particles_classified + 10, state.particles_classified)
     registry = CollectorRegistry()
-    register_monitoring(monitor.states, registry, clock=lambda: NOW + 8.0)
+    register_monitoring(monitor.states, registry, clock=lambda: NOW + 8.0, lifecycle=life)
     return generate_latest(registry).decode()
 
 
@@ -51,7 +55,7 @@ def test_every_documented_name_is_exported_with_bounded_labels(exposition: str) 
     for name, rows in found.items():
         assert name.startswith("otf2d_")
         for labels, _ in rows:
-            assert set(labels) <= {"session", "class", "verdict"}, (name, labels)
+            assert set(labels) <= {"session", "class", "verdict", "state"}, (name, labels)
     classes = {lab["class"] for lab, _ in found["otf2d_class_particles"]}
     assert classes == {str(k) for k in range(1, len(good_grid()) + 1)}
 
@@ -75,6 +79,10 @@ def test_values_match_the_state(monitor, exposition: str) -> None:
             assert value(found, "otf2d_class_particles", session=name, **{"class": str(k + 1)}) == n
             assert value(found, "otf2d_class_junk", session=name, **{"class": str(k + 1)}) == float(junk[k])
         assert value(found, "otf2d_distinct_views", session=name) == state.views.n_views
+        assert value(found, "otf2d_session_classified_particles_total", session=name) == state.particles_classified
+        assert value(found, "otf2d_session_received_particles_total", session=name) == state.particles_classified + 10
+        assert value(found, "otf2d_session_good_particles", session=name) == state.good_particles
+        assert value(found, "otf2d_session_state", session=name, state="open") == 1.0
         assert value(found, "otf2d_session_snapshot_age_seconds", session=name) == pytest.approx(50.0)
         assert value(found, "otf2d_session_snapshot_timestamp_seconds", session=name) == pytest.approx(NOW - 42.0)
         rate = value(found, "otf2d_good_particles_per_second", session=name)
@@ -87,6 +95,26 @@ def test_values_match_the_state(monitor, exposition: str) -> None:
         assert value(found, "otf2d_verdict_confidence_ratio", session=name) == pytest.approx(state.verdict.confidence)
     assert value(found, "otf2d_verdict", session="grid1", verdict="collect") == 1.0
     assert value(found, "otf2d_verdict", session="grid2", verdict="abandon") == 1.0
+
+
+def test_classes_keep_their_engine_number_as_label_and_the_size_rank_as_value(monitor) -> None:
+    import dataclasses
+
+    state = monitor.states()["grid1"]
+    k = state.snapshot.n_classes
+    order = [(3 * i + 1) % k for i in range(k)]  # snapshot class i (by size) is engine class order[i]
+    assert sorted(order) == list(range(k))
+    params = {**state.snapshot.parameters, "engine_class_of_snapshot_class": order}
+    resorted = dataclasses.replace(state, snapshot=dataclasses.replace(state.snapshot, parameters=params))
+    registry = CollectorRegistry()
+    register_monitoring(lambda: {"grid1": resorted}, registry)
+    found = samples(generate_latest(registry).decode())
+    counts = np.asarray(state.snapshot.particle_counts)
+    for rank, engine in enumerate(order):
+        labels = {"session": "grid1", "class": str(engine + 1)}
+        assert value(found, "otf2d_class_size_rank", **labels) == rank + 1
+        assert value(found, "otf2d_class_particles", **labels) == counts[rank]
+    assert len(found["otf2d_class_particles"]) == k
 
 
 def test_unknown_resolution_is_left_out_not_exported_as_inf(monitor) -> None:
@@ -131,3 +159,16 @@ def test_promtool_check_metrics_passes(exposition: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_the_streamer_exports_process_metrics_and_build_info_that_promtool_accepts() -> None:
+    from otf2d.streamer.metrics import StreamerMetrics
+
+    text = generate_latest(StreamerMetrics("grid1").registry).decode()
+    found = samples(text)
+    assert found["process_resident_memory_bytes"][0][1] > 0
+    [(labels, one)] = found["otf2d_build_info"]
+    assert one == 1.0 and labels["version"]
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr

@@ -33,6 +33,7 @@ from test_deploy_files import (
 )
 
 from otf2d.monitoring.http import StatusServer
+from otf2d.monitoring.lifecycle import SessionLifecycle
 from otf2d.monitoring.metrics import register_monitoring
 
 pytestmark = [
@@ -51,11 +52,13 @@ def query(base: str, expr: str) -> dict[str, Any]:
         return dict(json.loads(exc.read()))
 
 
-def drive_load(engine: Any, streamer: Any, stop: threading.Event) -> None:
+def drive_load(engine: Any, streamer: Any, life: SessionLifecycle, stop: threading.Event) -> None:
     """Counters and histograms that move, as a running engine and streamer would."""
     i = 0
     while not stop.is_set():
         i += 1
+        life.observe("grid1", 256 * i, 250 * i)
+        life.observe("grid2", 128 * i, 120 * i)
         engine.particles_received.inc(256)
         engine.particles_classified.inc(250)
         engine.particles_rejected.labels("invalid").inc(1)
@@ -84,10 +87,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory):
     monitor = monitor_with_grids({"grid1": good_grid(), "grid2": junk_grid()}, now=time.time(), particles_per_hour=2e4)
     engine = EngineMetrics()
     engine.bind_device_memory(lambda: {"allocated": 91 * 2**20, "reserved": 480 * 2**20})  # as a CUDA engine's
-    register_monitoring(monitor.states, engine.registry)
+    life = SessionLifecycle()
+    register_monitoring(monitor.states, engine.registry, lifecycle=life)
     streamer = StreamerMetrics("grid1")
     stop = threading.Event()
-    load = threading.Thread(target=drive_load, args=(engine, streamer, stop), daemon=True)
+    load = threading.Thread(target=drive_load, args=(engine, streamer, life, stop), daemon=True)
     load.start()
     status = StatusServer(monitor.states, registry=engine.registry)
     status.start()
@@ -191,7 +195,7 @@ def test_every_dashboard_and_recording_expression_returns_data(prometheus: str) 
         if not (a.get("status") == "success" and a["data"]["result"])
     }
     assert not empty, json.dumps(empty, indent=1)
-    sessions = {r["metric"]["session"] for r in answers["otf2d_verdict"]["data"]["result"]}
+    sessions = {r["metric"]["session"] for r in answers["otf2d_session_state"]["data"]["result"]}
     assert sessions == {"grid1", "grid2"}
 
 

@@ -147,7 +147,7 @@ def test_every_dashboard_and_rule_expression_returns_data(pipeline: tuple[str, s
         if not (a.get("status") == "success" and a["data"]["result"])
     }
     assert not empty, json.dumps(empty, indent=1)
-    sessions = {r["metric"]["session"] for r in answers["otf2d_verdict"]["data"]["result"]}
+    sessions = {r["metric"]["session"] for r in answers["otf2d_session_state"]["data"]["result"]}
     assert sessions == {SESSION}
 
 
@@ -171,6 +171,13 @@ def test_prometheus_sees_the_engine_counts(pipeline: tuple[str, str]) -> None:
     assert float(result["value"][1]) == state["n_classes"] == PIPELINE_PARAMS["n_classes"]
     received = query(base, "otf2d_particles_received_total")["data"]["result"]
     assert float(received[0]["value"][1]) > 0
+    # one session: its own counter follows the engine's (sampled once a second, so it may lag a
+    # scrape behind); the streamer exports process_* and build info
+    engine_total = "sum(otf2d_particles_received_total) - sum(otf2d_session_received_particles_total)"
+    lag = float(query(base, engine_total)["data"]["result"][0]["value"][1])
+    assert 0 <= lag < float(received[0]["value"][1])
+    for expr in ('process_resident_memory_bytes{job="otf2d-streamer"}', 'otf2d_build_info{job="otf2d-engine"}'):
+        assert query(base, expr)["data"]["result"], expr
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) is not installed")

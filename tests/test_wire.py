@@ -278,6 +278,7 @@ def test_control_round_trips() -> None:
         "resume": {"request_id": "r4"},
         "start_session": {"request_id": "r5", "session": "s", "params": {"n_classes": 50}},
         "set_class_override": {"request_id": "r6", "session": "s", "class_number": 3, "override": "junk"},
+        "close_session": {"request_id": "r7", "session": "s"},
         "reply": {"request_id": "r5", "ok": True, "result": {"sessions": ["s"]}},
     }
     assert set(examples) == set(CONTROL_KINDS)

@@ -4,8 +4,10 @@
 Run ``python deploy/grafana/build_dashboards.py`` after editing; ``tests/test_deploy_files.py``
 checks that the committed JSON is what this script writes. Standard library only.
 
-Every panel's datasource is the provisioned Prometheus datasource with the pinned uid
-:data:`DATASOURCE_UID` (``deploy/grafana/provisioning/datasources/prometheus.yml``). Metric names
+Every panel's datasource is the dashboard variable ``$datasource`` (type "datasource", any
+Prometheus), so the dashboards work in a Grafana that already has its own Prometheus: provisioned
+(``deploy/grafana/provisioning/``; the variable falls back to the default Prometheus datasource)
+or imported through the UI (``__inputs`` asks which Prometheus to use). Metric names
 are those exported by ``monitoring/metrics.py``, ``engine/serving/metrics.py`` and ``streamer/metrics.py``
 and the recording rules of ``deploy/prometheus/rules/otf2d.rules.yml`` (``otf2d:…``).
 """
@@ -17,11 +19,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: The uid of the datasource the provisioning file creates (the variable's default when provisioned).
 DATASOURCE_UID = "otf2d-prometheus"
-DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
+#: Every panel and query: the dashboard's datasource variable.
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+#: The import input the Grafana UI asks for (its choice becomes the variable's current value).
+IMPORT_INPUT = "DS_PROMETHEUS"
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
-#: Where the engine's status page answers, as seen from the viewers' browsers (edit per site).
-ENGINE_URL = "http://ENGINE:8001"
+#: Where the viewers' browsers fetch the engine's status pages and galleries: by default a path on
+#: Grafana's own origin that the facility's reverse proxy forwards to the engine
+#: (``deploy/proxy/nginx.conf``), so viewers need no route to the engine. Set per site.
+GALLERY_URL = "/otf2d"
 
 VERDICT_MAPPING = [
     {
@@ -219,10 +227,45 @@ def merged_table(
     )
 
 
+def datasource_variable() -> dict[str, Any]:
+    """``$datasource``: any Prometheus datasource (on import, the one chosen for ``__inputs``)."""
+    chosen = "${" + IMPORT_INPUT + "}"
+    return {
+        "name": "datasource",
+        "label": "Prometheus",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {"selected": True, "text": chosen, "value": chosen},
+        "hide": 0,
+        "refresh": 1,
+        "regex": "",
+        "options": [],
+        "description": "The Prometheus that scrapes the otf2d engine and streamers",
+    }
+
+
+def import_inputs() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": IMPORT_INPUT,
+            "label": "Prometheus",
+            "description": "The Prometheus that scrapes the otf2d engine and streamers",
+            "type": "datasource",
+            "pluginId": "prometheus",
+            "pluginName": "Prometheus",
+        }
+    ]
+
+
 def dashboard(
     uid: str, title: str, panels: list[dict[str, Any]], *, variables: list[dict[str, Any]], tags: list[str]
 ) -> dict[str, Any]:
     return {
+        "__inputs": import_inputs(),
+        "__requires": [
+            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+        ],
         "uid": uid,
         "title": title,
         "tags": ["otf2d", *tags],
@@ -234,7 +277,7 @@ def dashboard(
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
         "annotations": {"list": []},
-        "templating": {"list": variables},
+        "templating": {"list": [datasource_variable(), *variables]},
         "links": [
             {"title": "otf2d", "type": "dashboards", "tags": ["otf2d"], "asDropdown": True, "includeVars": False}
         ],
@@ -243,7 +286,7 @@ def dashboard(
 
 
 def session_variable(*, multi: bool) -> dict[str, Any]:
-    query = "label_values(otf2d_verdict, session)"
+    query = "label_values(otf2d_session_state, session)"
     return {
         "name": "session",
         "label": "Session",
@@ -298,7 +341,8 @@ def facility_overview() -> dict[str, Any]:
             [
                 (f"otf2d:verdict_code{{{sel}}}", "verdict", ""),
                 (f"otf2d_verdict_confidence_ratio{{{sel}}}", "confidence", "percentunit"),
-                (f"otf2d_session_particles{{{sel}}}", "particles", "short"),
+                (f"otf2d_session_state{{{sel}}} == 1", "state", ""),
+                (f"otf2d_session_classified_particles_total{{{sel}}}", "particles", "short"),
                 (f"otf2d_junk_fraction_ratio{{{sel}}}", "junk", "percentunit"),
                 (f"otf2d:good_particles_per_hour{{{sel}}}", "good / h", "short"),
                 (f"otf2d_distinct_views{{{sel}}}", "views", "short"),
@@ -307,7 +351,7 @@ def facility_overview() -> dict[str, Any]:
             ],
             w=24,
             h=8,
-            hide=["instance", "job", "__name__"],
+            hide=["instance", "job", "__name__", "Value #B"],
             mappings_for={"verdict": VERDICT_MAPPING},
         ),
         timeseries(
@@ -373,8 +417,10 @@ def facility_overview() -> dict[str, Any]:
 def gallery_panel(lay: Layout) -> dict[str, Any]:
     content = (
         '<div style="text-align:center">'
-        '<img src="${engine_url}/sessions/${session}/gallery.png?t=${__to}" '
-        'alt="class averages of ${session}" style="max-width:100%;height:auto">'
+        '<a href="${gallery_url}/" target="_blank">'
+        '<img src="${gallery_url}/sessions/${session}/gallery.png?t=${__to}" '
+        'alt="class averages of ${session} (not reachable at ${gallery_url}: see deploy/proxy/README.md)" '
+        'style="max-width:100%;height:auto"></a>'
         "</div>"
     )
     p = panel(
@@ -385,7 +431,9 @@ def gallery_panel(lay: Layout) -> dict[str, Any]:
         w=14,
         h=18,
         options={"mode": "html", "content": content},
-        description="The gallery PNG served by the engine's status page; the browser fetches it from $engine_url.",
+        description="The gallery PNG of the engine's status server, fetched by the viewer's browser from "
+        "$gallery_url (by default a path of Grafana's own origin that the reverse proxy forwards to the engine; "
+        "deploy/proxy/README.md). Click it for the full status page.",
     )
     return p
 
@@ -396,8 +444,8 @@ def session_detail() -> dict[str, Any]:
     panels = [
         stat(lay, "Verdict", f"otf2d:verdict_code{{{s}}}", mappings=VERDICT_MAPPING),
         stat(lay, "Confidence", f"otf2d_verdict_confidence_ratio{{{s}}}", unit="percentunit"),
-        stat(lay, "Particles", f"otf2d_session_particles{{{s}}}", unit="short"),
-        stat(lay, "Good particles", f"otf2d_good_particles{{{s}}}", unit="short"),
+        stat(lay, "Particles", f"otf2d_session_classified_particles_total{{{s}}}", unit="short"),
+        stat(lay, "Good particles", f"otf2d_session_good_particles{{{s}}}", unit="short"),
         stat(
             lay,
             "Junk",
@@ -423,7 +471,8 @@ def session_detail() -> dict[str, Any]:
             lay,
             "bargauge",
             "Particles per class",
-            [target(f"sort_desc(otf2d_class_particles{{{s}}})", "#{{class}}", instant=True)],
+            [target(f"sort_desc(otf2d_class_particles{{{s}}})", "class {{class}}", instant=True)],
+            description="Classes by their engine number (stable over time); the gallery numbers them by size.",
             w=10,
             h=18,
             unit="short",
@@ -439,8 +488,13 @@ def session_detail() -> dict[str, Any]:
             lay,
             "Particles per hour",
             [
-                target(f"otf2d:classified_particles_per_hour{{{s}}}", "classified", "A"),
-                target(f"otf2d:good_particles_per_hour{{{s}}}", "good", "B"),
+                target(
+                    f"3600 * rate(otf2d_session_classified_particles_total{{{s}}}[$__rate_interval])", "classified", "A"
+                ),
+                target(
+                    f"3600 * rate(otf2d_session_received_particles_total{{{s}}}[$__rate_interval])", "received", "B"
+                ),
+                target(f"otf2d:good_particles_per_hour{{{s}}}", "good (engine window)", "C"),
             ],
             unit="short",
         ),
@@ -482,6 +536,7 @@ def session_detail() -> dict[str, Any]:
             lay,
             "Classes",
             [
+                (f"otf2d_class_size_rank{{{s}}}", "size rank", "short"),
                 (f"otf2d_class_particles{{{s}}}", "particles", "short"),
                 (f"otf2d_class_junk_score{{{s}}}", "junk score", ""),
                 (f"otf2d_class_junk{{{s}}}", "junk", ""),
@@ -494,7 +549,7 @@ def session_detail() -> dict[str, Any]:
         timeseries(
             lay,
             "Class resolution (Å)",
-            [target(f"otf2d_class_resolution_angstroms{{{s}}}", "#{{class}}")],
+            [target(f"otf2d_class_resolution_angstroms{{{s}}}", "class {{class}}")],
             h=10,
             unit="short",
             custom={"fillOpacity": 0},
@@ -507,13 +562,14 @@ def session_detail() -> dict[str, Any]:
     variables = [
         session_variable(multi=False),
         {
-            "name": "engine_url",
-            "label": "Engine status URL",
+            "name": "gallery_url",
+            "label": "Status page URL",
             "type": "textbox",
-            "query": ENGINE_URL,
-            "current": {"text": ENGINE_URL, "value": ENGINE_URL},
-            "options": [{"selected": True, "text": ENGINE_URL, "value": ENGINE_URL}],
-            "description": "Base URL of the engine's status server as the viewers' browsers reach it",
+            "query": GALLERY_URL,
+            "current": {"text": GALLERY_URL, "value": GALLERY_URL},
+            "options": [{"selected": True, "text": GALLERY_URL, "value": GALLERY_URL}],
+            "description": "Where viewers' browsers reach the engine's status server: by default /otf2d on "
+            "Grafana's own origin, forwarded by the reverse proxy (deploy/proxy/nginx.conf)",
         },
     ]
     return dashboard("otf2d-session-detail", "otf2d — session detail", panels, variables=variables, tags=["session"])
@@ -579,6 +635,22 @@ def engine_health() -> dict[str, Any]:
                 target("otf2d_device_memory_bytes", "GPU {{kind}} {{instance}}", "B"),
             ],
             unit="bytes",
+        ),
+        timeseries(
+            lay,
+            "Streamer memory",
+            [
+                target('process_resident_memory_bytes{job="otf2d-streamer"}', "resident {{instance}}", "A"),
+            ],
+            unit="bytes",
+        ),
+        merged_table(
+            lay,
+            "Versions",
+            [("otf2d_build_info", "running", "")],
+            w=12,
+            h=8,
+            hide=["__name__", "Value #A"],
         ),
         timeseries(
             lay,

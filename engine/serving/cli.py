@@ -25,6 +25,11 @@ page stays on loopback). If the default status port is taken the engine runs wit
 (a warning says so); a port given explicitly must be free. ``otf2d override`` marks a class good
 or junk (kept in the session folder, applied to every later snapshot, kept across restarts).
 
+Sessions: open while particles arrive, idle after ``idle_after_minutes`` without one, closed by
+``otf2d close --session NAME`` or after ``close_after_idle_hours`` idle (the config's
+``[sessions]`` table); a closed session keeps its files and leaves ``/metrics``
+``retain_closed_minutes`` later.
+
 CPU threads: ``--threads N`` sets torch's intra-op threads (default one per core). On a small
 machine that also runs the streamer, one thread avoids OpenMP oversubscription, which can make
 classification steps tens of times slower.
@@ -160,7 +165,14 @@ def start_status_server(
     from otf2d.monitoring.http import StatusServer
 
     port = http_port(args)
-    server = StatusServer(monitoring.states, registry=registry, host=args.http_addr, port=port, title="otf2d engine")
+    server = StatusServer(
+        monitoring.states,
+        registry=registry,
+        host=args.http_addr,
+        port=port,
+        title="otf2d engine",
+        lifecycle=monitoring.lifecycle_states,
+    )
     try:
         server.start()
     except OSError as exc:
@@ -241,8 +253,9 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    verdict = load_config(args.config).verdict if args.config is not None else VerdictConfig()
-    monitoring = EngineMonitoring(verdict)
+    loaded = load_config(args.config) if args.config is not None else None
+    verdict = loaded.verdict if loaded is not None else VerdictConfig()
+    monitoring = EngineMonitoring(verdict, lifecycle=loaded.sessions if loaded is not None else None)
     service = EngineService(config, em_classifier_factory, device, monitoring.write_snapshot)
     monitoring.attach(service)
     log.info(

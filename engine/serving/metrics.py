@@ -16,6 +16,7 @@ Names (prefix ``otf2d_``; counters are exposed with ``_total``):
 ``otf2d_snapshot_age_seconds``              gauge      since the newest snapshot (+Inf before one)
 ``otf2d_device_memory_bytes{kind}``         gauge      GPU memory of torch, kind ∈ allocated, reserved
                                                        (CUDA engines only)
+``otf2d_build_info{version,torch,device}``  gauge      1, with the versions and the device as labels
 ``process_*``                               various    the process collector of prometheus-client:
                                                        ``process_resident_memory_bytes``, CPU seconds,
                                                        open file descriptors (Linux)
@@ -34,6 +35,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 REJECT_REASONS: tuple[str, ...] = ("invalid", "inconsistent", "duplicate")
 #: ``result`` label values of ``otf2d_messages_total``.
 MESSAGE_RESULTS: tuple[str, ...] = ("ack", "nack", "reject")
+#: Labels of ``otf2d_build_info``.
+BUILD_LABELS: tuple[str, ...] = ("version", "torch", "device")
 #: Buckets of the file → classified latency, seconds.
 LATENCY_BUCKETS_SECONDS = (0.25, 0.5, 1.0, 2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 #: Buckets of the duration of one EM step, seconds.
@@ -88,7 +91,15 @@ class EngineMetrics:
         self.device_memory = Gauge(
             "otf2d_device_memory_bytes", "GPU memory held by torch (CUDA engines only), by kind", ["kind"], registry=r
         )
+        self.build_info = Gauge(
+            "otf2d_build_info", "1, labelled with the otf2d and torch versions and the device", BUILD_LABELS, registry=r
+        )
         ProcessCollector(registry=r)
+
+    def set_build_info(self, version: str, torch_version: str, device: str) -> None:
+        """Expose ``otf2d_build_info{version,torch,device} 1`` (one series: an earlier one is removed)."""
+        self.build_info.clear()
+        self.build_info.labels(version, torch_version, device).set(1)
 
     def _snapshot_age(self) -> float:
         stamp = self._last_snapshot_time
@@ -128,4 +139,4 @@ class EngineMetrics:
         return stop
 
 
-__all__ = ["LATENCY_BUCKETS_SECONDS", "MESSAGE_RESULTS", "REJECT_REASONS", "EngineMetrics"]
+__all__ = ["BUILD_LABELS", "LATENCY_BUCKETS_SECONDS", "MESSAGE_RESULTS", "REJECT_REASONS", "EngineMetrics"]

@@ -14,7 +14,12 @@ into the service at three seams:
   ``sample_seconds`` (:meth:`SessionMonitor.record_classified`), from which the particle rates,
   the forecast and the verdict's rate criterion are computed;
 - **a control kind** (``otf2d.core.wire.KIND_SET_CLASS_OVERRIDE``, :meth:`handle_override`): a user marks
-  a class good or junk.
+  a class good or junk;
+- **the lifecycle** (:mod:`otf2d.monitoring.lifecycle`): the sampler also feeds every session's
+  received/classified counts to a :class:`SessionLifecycle` (open → idle → closed), exported as
+  per-session counters and ``otf2d_session_state``; ``close_session`` (``otf2d close``) closes a
+  session, which is checkpointed and snapshotted once more; the lifecycle is kept in
+  ``<session>/lifecycle.json`` across restarts.
 
 User overrides
 --------------
@@ -44,10 +49,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from otf2d.core.config import VerdictConfig
+from otf2d import core
+from otf2d.core.config import LifecycleConfig, VerdictConfig
 from otf2d.core.errors import InputError
 from otf2d.core.particles import CtfParams
 from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.monitoring.acquisition import summarize_acquisition
+from otf2d.monitoring.lifecycle import Activity, SessionLifecycle, lifecycle_path, load_activity, save_activity
 from otf2d.monitoring.metrics import register_monitoring
 from otf2d.monitoring.quality import (
     OVERRIDE_VALUES,
@@ -59,7 +67,7 @@ from otf2d.monitoring.quality import (
     with_junk_scores,
 )
 from otf2d.monitoring.snapshots import write_snapshot
-from otf2d.monitoring.state import MonitoringState, SessionMonitor
+from otf2d.monitoring.state import TIMELINE_FILE, MonitoringState, SessionMonitor, append_timeline, load_timeline
 
 if TYPE_CHECKING:
     from otf2d.engine.serving.service import EngineService
@@ -130,6 +138,8 @@ class EngineMonitoring:
         Period of the classified-count sampler.
     clock
         Source of unix time.
+    lifecycle
+        When sessions turn idle and closed (the config's ``[sessions]`` table).
     """
 
     def __init__(
@@ -139,8 +149,10 @@ class EngineMonitoring:
         write: Callable[..., Any] = write_snapshot,
         sample_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        lifecycle: LifecycleConfig | None = None,
     ) -> None:
         self.monitor = SessionMonitor(verdict, clock=clock)
+        self.lifecycle = SessionLifecycle(lifecycle, clock=clock, on_change=self._lifecycle_changed)
         self._write = write
         self._clock = clock
         self.sample_seconds = float(sample_seconds)
@@ -159,12 +171,20 @@ class EngineMonitoring:
         ``registry`` defaults to the service's metrics registry, so ``/metrics`` shows the engine's
         counters and the per-session class metrics together.
         """
-        from otf2d.core.wire import KIND_SET_CLASS_OVERRIDE
+        import torch
+
+        from otf2d.core.wire import KIND_CLOSE_SESSION, KIND_SET_CLASS_OVERRIDE
 
         self._service = service
         service.add_control_handler(KIND_SET_CLASS_OVERRIDE, self.handle_override)
+        service.add_control_handler(KIND_CLOSE_SESSION, self.handle_close)
         service.add_status_fields(self.status_fields)
-        register_monitoring(self.monitor.states, registry if registry is not None else service.metrics.registry)
+        service.metrics.set_build_info(core.__version__, torch.__version__, service.device.type)
+        register_monitoring(
+            self.monitor.states,
+            registry if registry is not None else service.metrics.registry,
+            lifecycle=self.lifecycle,
+        )
 
     def start(self) -> None:
         """Start the count sampler and ask for a snapshot of every classifying session (fresh state after a restart)."""
@@ -173,6 +193,7 @@ class EngineMonitoring:
             from otf2d.engine.serving.folding import Phase
 
             for folder in service.worker.folders():
+                self._restore_lifecycle(folder.name, folder.session.root)
                 if folder.phase is Phase.STREAMING:
                     service.worker.request(folder.name, "snapshot")
         if self._thread is None:
@@ -208,6 +229,79 @@ class EngineMonitoring:
         now = self._clock()
         for folder in service.worker.folders():
             self.monitor.record_classified(folder.name, folder.consumed, now)
+            self.lifecycle.observe(folder.name, folder.session.journal.count, folder.consumed, now)
+        self._forget_expired(now)
+
+    def _forget_expired(self, now: float) -> None:
+        """Drop the monitoring state of sessions closed longer than ``retain_closed_minutes``.
+
+        They leave the status page and ``/status.json`` as they left ``/metrics``; their files stay
+        (the timeline is read back from disk if particles reopen them).
+        """
+        states = self.monitor.states()
+        for name, activity in self.lifecycle.activities().items():
+            if name in states and not activity.exported(now, self.lifecycle.config):
+                self.monitor.remove(name)
+                log.info("session %s: closed for retain_closed_minutes, removed from the status page", name)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _restore_lifecycle(self, session: str, root: Path) -> None:
+        try:
+            activity = load_activity(lifecycle_path(root))
+        except InputError as exc:
+            log.error("session %s: lifecycle record ignored (the session counts as open): %s", session, exc)
+            activity = None
+        if activity is not None:
+            self.lifecycle.restore(session, activity)
+
+    def _restore_timeline(self, session: str, root: Path) -> None:
+        points, problems = load_timeline(root / TIMELINE_FILE)
+        for problem in problems[:5]:
+            log.warning("session %s: timeline point skipped: %s", session, problem)
+        if points:
+            self.monitor.restore_timeline(session, points)
+
+    def _lifecycle_changed(self, session: str, activity: Activity) -> None:
+        """Keep the lifecycle on disk; a closed session gets its last checkpoint and snapshot."""
+        service = self._service
+        held = service.session(session) if service is not None else None
+        if service is None or held is None:
+            return
+        save_activity(lifecycle_path(held.root), activity)
+        if activity.closed_at is not None:
+            service.worker.request(session, "checkpoint")
+            folder = service.worker.folder(session)
+            if folder is not None and folder.phase.value == "streaming":
+                service.worker.request(session, "snapshot")
+
+    def lifecycle_states(self) -> dict[str, str]:
+        """Each session's lifecycle state now (``open``, ``idle``, ``closed``): the status page's chips."""
+        now = self._clock()
+        return {name: a.state(now, self.lifecycle.config) for name, a in self.lifecycle.activities().items()}
+
+    def handle_close(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve a ``close_session`` request: the collection of the session has ended.
+
+        Raises
+        ------
+        InputError
+            No such session.
+        """
+        session = str(request["session"])
+        service = self._service
+        folder = service.worker.folder(session) if service is not None else None
+        if folder is None:
+            raise InputError(None, f"no session named {session!r}")
+        self.lifecycle.observe(session, folder.session.journal.count, folder.consumed)
+        activity = self.lifecycle.close(session, "user")
+        return {
+            "session": session,
+            "closed_at": activity.closed_at,
+            "closed_by": activity.closed_by,
+            "received": activity.received,
+            "classified": activity.classified,
+        }
 
     def _record(self, session: str) -> None:
         service = self._service
@@ -236,6 +330,8 @@ class EngineMonitoring:
             the overrides (snapshot class numbers) and junk threshold in its parameters
             (``otf2d.monitoring.quality.with_junk_scores``): what the ``_model.star`` and ``.cs`` carry.
         """
+        if session not in self.monitor.states():
+            self._restore_timeline(session, session_root)  # first state since a start or a reopen
         order = engine_class_order(snapshot)
         try:
             stored = load_overrides(session_root / OVERRIDES_FILE)
@@ -245,9 +341,19 @@ class EngineMonitoring:
         self._record(session)
         now = self._clock()
         light = without_particle_table(snapshot)
-        state = self.monitor.publish(session, light, overrides=overrides_for_snapshot(stored, order), snapshot_time=now)
+        state = self.monitor.publish(
+            session,
+            light,
+            overrides=overrides_for_snapshot(stored, order),
+            snapshot_time=now,
+            acquisition=summarize_acquisition(snapshot.particles),
+        )
         with self._lock:
             self._published[session] = _Published(light, session_root, now)
+        try:
+            append_timeline(session_root / TIMELINE_FILE, state.timeline[-1])
+        except OSError as exc:
+            log.error("session %s: timeline not kept on disk: %s", session, exc)
         return with_junk_scores(snapshot, state.quality)
 
     def write_snapshot(self, snapshot: ClassSnapshot, out_dir: str | Path, *, session: str = "", **kwargs: Any) -> Any:
@@ -334,11 +440,14 @@ class EngineMonitoring:
 
     def status_fields(self, session: str) -> dict[str, Any]:
         """The monitoring summary of ``session`` for the engine's status reply (``{}`` before a state)."""
+        activity = self.lifecycle.activities().get(session)
+        lifecycle = {} if activity is None else {"lifecycle": activity.to_json(self._clock(), self.lifecycle.config)}
         state = self.monitor.states().get(session)
         if state is None:
-            return {}
+            return lifecycle
         counts = state.class_counts
         return {
+            **lifecycle,
             "monitoring": {
                 "iteration": int(state.snapshot.iteration),
                 "verdict": state.verdict.state,
@@ -349,8 +458,9 @@ class EngineMonitoring:
                 "classes_populated": int((counts > 0).sum()),
                 "distinct_views": int(state.views.n_views),
                 "good_particles": int(state.good_particles),
+                "timeline_points": len(state.timeline),
                 "overrides": {str(n): v for n, v in sorted(state.quality.overrides.items())},
-            }
+            },
         }
 
 
