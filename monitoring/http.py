@@ -42,9 +42,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from otf2d.core.errors import InputError
-from otf2d.monitoring.snapshots.gallery import render_class_png, render_gallery
-from otf2d.monitoring.state import MonitoringState, StateProvider
-from otf2d.monitoring.status_page import render_status_page
 from otf2d.monitoring.snapshots.gallery import render_class_png, render_gallery, to_uint8
 from otf2d.monitoring.state import MonitoringState, StateProvider
 from otf2d.monitoring.status_page import render_status_page, sessions_html

@@ -40,8 +40,6 @@ import numpy as np
 from otf2d.core.config import VerdictConfig
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
-from otf2d.monitoring.quality import QualityReport, mask_radius_pixels, score_classes
-from otf2d.monitoring.verdict import GridNumbers, Verdict, forecast_seconds, grid_verdict
 from otf2d.monitoring.acquisition import AcquisitionSummary
 from otf2d.monitoring.quality import QualityReport, mask_radius_pixels, score_classes
 from otf2d.monitoring.verdict import VERDICT_STATES, GridNumbers, Verdict, forecast_seconds, grid_verdict

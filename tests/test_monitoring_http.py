@@ -22,7 +22,6 @@ from prometheus_client import CollectorRegistry
 from otf2d.monitoring.http import StatusServer
 from otf2d.monitoring.metrics import register_monitoring
 from otf2d.monitoring.snapshots.gallery import gallery_layout
-from otf2d.monitoring.status_page import VERDICT_COLOURS
 from otf2d.monitoring.status_page import VERDICT_COLOURS, state_version
 
 SESSIONS = {"krios1-good": good_grid, "krios2-junk": junk_grid, "glacios-preferred": preferred_grid}
