@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import InputError, MissingColumnError, UnsupportedFormatError
+from core.extra_columns import from_records
 from core.particles import RELION_CTF_DEFAULTS, CtfParams
 from core.readers.optics import OpticsOverrides, first_header, resolve_pixel_size
 from core.readers.project import default_session
@@ -179,6 +180,7 @@ def read_cryosparc_table(
         has_ctf="ctf/df1_A" in fields,
         format="cryosparc",
         stack_search_dirs=search,
+        extra=from_records(records),
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import InputError, MissingStackError
+from core.extra_columns import ExtraColumns
 from core.particles import CtfParams, ParticleKey
 from core.snapshot import OpticsGroup
 
@@ -93,6 +94,8 @@ class ParticleTable:
     stack_search_dirs
         Further directories where a stack is looked up by its base name when
         ``project_dir / stack_path`` does not exist (cryoSPARC: the ``.cs`` file's directory).
+    extra
+        Every column of the input's particle rows, unchanged (:mod:`core.extra_columns`), or ``None``.
     """
 
     source: Path
@@ -110,6 +113,7 @@ class ParticleTable:
     has_ctf: bool = True
     format: str = "relion"
     stack_search_dirs: tuple[Path, ...] = field(default=())
+    extra: ExtraColumns | None = None
 
     def __post_init__(self) -> None:
         stack_paths = np.asarray(self.stack_paths, dtype=str)
@@ -119,6 +123,8 @@ class ParticleTable:
         lengths = {"stack_paths": len(stack_paths), "ctf": len(self.ctf), "optics_groups": len(groups)}
         if self.micrograph_names is not None:
             lengths["micrograph_names"] = len(self.micrograph_names)
+        if self.extra is not None:
+            lengths["extra columns"] = len(self.extra)
         for name, length in lengths.items():
             if length != n:
                 raise InputError(self.source, f"{name} has {length} entries for {n} particles")
@@ -148,6 +154,7 @@ class ParticleTable:
             optics_groups=self.optics_groups[idx],
             micrograph_names=None if self.micrograph_names is None else self.micrograph_names[idx],
             alignments=None if self.alignments is None else self.alignments.take(idx),
+            extra=None if self.extra is None else self.extra.take(idx),
         )
         return ParticleTable(**values)
 

@@ -105,7 +105,7 @@ def write_snapshot(
         class_averages_cs=out / f"{base}_class_averages.cs",
         gallery_png=out / f"{base}_gallery.png",
     )
-    write_cryosparc_cs(snapshot, paths.particles_cs, session=session)
+    write_cryosparc_cs(snapshot, paths.particles_cs, session=session, project_dir=project_dir)
     write_class_averages_cs(snapshot, paths.class_averages_cs, classes_stack=star_path(paths.classes_mrcs, project_dir))
     write_gallery_png(snapshot, paths.gallery_png)
     pointer = {

@@ -62,6 +62,7 @@ import numpy.typing as npt
 from core.snapshot import ClassSnapshot
 from monitoring.snapshots.atomic import write_npy_atomic
 from monitoring.snapshots.class_quality import class_quality_columns
+from monitoring.snapshots.passthrough import location_fields, merge_cs_fields
 from monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
 from monitoring.snapshots.validation import check_snapshot
 
@@ -151,8 +152,18 @@ def _fixed_bytes(strings: Sequence[str] | np.ndarray) -> np.ndarray:
     return np.array(encoded, dtype=f"S{width}")
 
 
-def particles_cs_array(snapshot: ClassSnapshot, *, session: str = "", blob_sign: float = -1.0) -> np.ndarray:
+def particles_cs_array(
+    snapshot: ClassSnapshot,
+    *,
+    session: str = "",
+    blob_sign: float = -1.0,
+    project_dir: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
     """The particles of ``snapshot`` as a cryoSPARC-style structured array (see module docstring).
+
+    Every field of a ``.cs`` input, and ``location/*`` from a STAR input's coordinates (micrograph
+    shapes read from the micrographs under ``project_dir``), are written back as
+    :mod:`monitoring.snapshots.passthrough` says.
 
     Returns
     -------
@@ -219,7 +230,10 @@ def particles_cs_array(snapshot: ClassSnapshot, *, session: str = "", blob_sign:
     cs["alignments2D/class_posterior"] = parts.class_posterior
     cs["alignments2D/class"] = np.asarray(parts.class_index, dtype=np.int64)
     cs["alignments2D/class_ess"] = parts.class_ess
-    return cs
+    micrographs = parts.micrograph_names
+    if micrographs is None and parts.extra is not None and parts.extra.origin == "relion":
+        micrographs = parts.extra.get("rlnMicrographName")
+    return merge_cs_fields(cs, parts.extra, location_fields(parts.extra, micrographs, groups, project_dir))
 
 
 def write_cryosparc_cs(
@@ -228,6 +242,7 @@ def write_cryosparc_cs(
     *,
     session: str = "",
     blob_sign: float = -1.0,
+    project_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the particles of ``snapshot`` as a cryoSPARC-style ``.cs`` (NumPy format), atomically.
 
@@ -241,13 +256,16 @@ def write_cryosparc_cs(
         Session name, part of each particle's key and so of its ``uid``.
     blob_sign
         cryoSPARC's ``blob/sign`` for every particle.
+    project_dir
+        Where micrograph paths are relative to (for ``location/micrograph_shape``).
 
     Returns
     -------
     Path
         ``path``.
     """
-    return write_npy_atomic(path, particles_cs_array(snapshot, session=session, blob_sign=blob_sign))
+    cs = particles_cs_array(snapshot, session=session, blob_sign=blob_sign, project_dir=project_dir)
+    return write_npy_atomic(path, cs)
 
 
 def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.ndarray:

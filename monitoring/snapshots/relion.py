@@ -63,6 +63,7 @@ from core.errors import InputError
 from core.snapshot import ClassSnapshot
 from monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
 from monitoring.snapshots.class_quality import class_quality_columns
+from monitoring.snapshots.passthrough import merge_star_columns, relion_optics_extra, relion_particle_extra
 from monitoring.snapshots.validation import check_snapshot
 
 #: Written where a resolution (or an accuracy) is unknown; RELION's ``rlnCtfMaxResolution`` and
@@ -181,7 +182,8 @@ def data_star_blocks(snapshot: ClassSnapshot) -> dict[str, pd.DataFrame]:
 
     Voltage, Cs and amplitude contrast live in the optics table; where a particle's own value
     differs from its optics group's, that column is added to the particle table too (RELION
-    looks in the particle row first).
+    looks in the particle row first). Every column of the input's particle and optics rows
+    (``snapshot.particles.extra``) is written back, as :mod:`monitoring.snapshots.passthrough` says.
 
     Returns
     -------
@@ -233,7 +235,13 @@ def data_star_blocks(snapshot: ClassSnapshot) -> dict[str, pd.DataFrame]:
     columns["rlnLogLikeliContribution"] = np.asarray(parts.log_likelihood, dtype=np.float64)
     columns["rlnGroupNumber"] = np.ones(n, dtype=np.int64)
     columns["rlnNormCorrection"] = np.ones(n, dtype=np.float64)
-    return {"optics": optics, "particles": pd.DataFrame(columns)}
+    particles = merge_star_columns(columns, relion_particle_extra(parts.extra))
+    numbers = [g.number for g in snapshot.optics]
+    optics_extra = relion_optics_extra(parts.extra, group_numbers, numbers)
+    if optics_extra:
+        optics = pd.DataFrame(merge_star_columns({c: optics[c].to_numpy() for c in optics.columns}, optics_extra))
+        optics = optics[["rlnOpticsGroup", *(c for c in optics.columns if c != "rlnOpticsGroup")]]
+    return {"optics": optics, "particles": pd.DataFrame(particles)}
 
 
 def particle_set_digest(snapshot: ClassSnapshot) -> str:
