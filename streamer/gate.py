@@ -33,7 +33,7 @@ import numpy as np
 from core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
 from core.readers import StackPool, load_batch, read_particle_table
 from core.readers.table import ParticleTable
-from core.wire import CTF_FIELDS
+from core.wire import CTF_FIELDS, encode_metadata_frame
 from streamer.ledger import FileRecord, Ledger, PlannedBatch, particle_key
 from streamer.optics_source import OpticsCache, find_job_particles_star
 
@@ -344,9 +344,21 @@ class Gate:
                         pixel_size_angstrom=float(px),
                         source=source,
                         file_ready_time=mtime,
+                        metadata=_metadata_frame(table, rows),
                     )
                 )
         return batches
+
+
+def _metadata_frame(table: ParticleTable, rows: np.ndarray) -> bytes | None:
+    """The input columns of ``rows`` as a wire metadata frame; ``None`` (logged) when they cannot travel."""
+    if table.extra is None:
+        return None
+    try:
+        return encode_metadata_frame(table.extra.take(rows))
+    except InputError as exc:
+        log.warning("%s: the input's extra columns are not sent (%s)", table.source, exc)
+        return None
 
 
 __all__ = ["NOT_YET", "Gate", "GateConfig", "Outcome", "file_kind"]
