@@ -107,6 +107,8 @@ def test_cs_input_fields_come_back_unchanged(project: RoundtripProject, run_dir:
         extended[name] = source[name]
     extended["pick_stats/ncc_score"] = np.linspace(0.1, 0.9, len(source))
     extended["uid"] = np.arange(1000, 1000 + len(source), dtype=np.uint64)
+    extended["ctf/tilt_A"] = [[0.25, -0.5]] * len(source)  # a default-valued field of ours: the input's wins
+    extended["blob/import_sig"] = 1467678264753543796
     cs_in = project.root / "from_cs" / "input.cs"
     cs_in.parent.mkdir(exist_ok=True)
     with cs_in.open("wb") as fh:

@@ -24,19 +24,30 @@ cryoSPARC field                   from the snapshot (RELION label)
 ``alignments2D/class``            ``rlnClassNumber − 1`` (0-based)
 ``alignments2D/class_posterior``  posterior of the chosen class
 ``alignments2D/class_ess``        effective number of classes ``1 / Σ p_k²``
+``alignments2D/error``            ``−rlnLogLikeliContribution``: the negative log-likelihood of the
+                                  particle under its best (class, pose), in otf2d's noise model
+``blob/import_sig``               BLAKE2b-64 of ``"otf2d:" + session``: one signature per imported set,
+                                  as cryoSPARC gives every particle of one import the same value
 ================================  ==============================================================
 
-Fields otf2d does not compute get neutral values: ``split`` 0 (no half-sets), ``alpha`` 1 and
-``alpha_min`` 1 (no per-particle scale), and ``error``, ``error_min``, ``resid_pow``,
-``slice_pow``, ``image_pow``, ``cross_cor``, ``weight``, ``pose_ess``, ``shift_ess`` 0 (not
-computed, as in the real J2 file for ``weight`` and the ``*_ess``). The higher-order CTF terms
-(``ctf/shift_A``, ``tilt_A``, ``trefoil_A``, ``tetra_A``, ``anisomag``) and ``scale_const`` are 0,
-as in the J2 file; ``ctf/type`` is ``b"imported"`` (the CTF came from upstream); ``blob/sign`` is
-−1 by default, as in the J2 file for particles imported from RELION (override with ``blob_sign``).
+**Statistics are real or absent.** ``alignments2D/class_posterior`` is clipped to [0, 1] (float
+rounding of a sum of posteriors reaches 1.0000007). Of cryoSPARC's 18 ``alignments2D/*`` fields,
+those otf2d does not compute are **left out** (:data:`ALIGNMENTS2D_OMITTED`: ``error_min``,
+``resid_pow``, ``slice_pow``, ``image_pow``, ``cross_cor``, ``alpha``, ``alpha_min``, ``weight``,
+``pose_ess``, ``shift_ess``), rather than written as zeros or ones that cryoSPARC's subset-by-
+statistic filters would read as values; ``split`` is 0 (no half-sets). The classifier computes a
+per-particle scale and best cross-correlation internally, but the snapshot (``ParticleAssignments``)
+does not carry them yet. The higher-order CTF terms (``ctf/shift_A``, ``tilt_A``, ``trefoil_A``,
+``tetra_A``, ``anisomag``) and ``scale_const`` are 0, as in the J2 file; ``ctf/type`` is
+``b"imported"`` (the CTF came from upstream); ``blob/sign`` is −1 by default, as in the J2 file for
+particles imported from RELION (override with ``blob_sign``); a ``.cs`` input's own values of these
+(and of every other field it has) are written back (:mod:`monitoring.snapshots.passthrough`).
 
 The class-average companion (:func:`write_class_averages_cs`) has ``uid``, ``blob/path``,
-``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/res_A`` (per-class resolution, 999 Å when
-unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack. When the
+``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/sign``, ``blob/res_A`` (per-class resolution,
+999 Å when unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack. The
+averages are in the particles' own contrast, so their ``blob/sign`` is the particles' (a ``.cs``
+input's ``blob/sign`` when all its particles share one, else the default −1). When the
 snapshot is scored (``ClassSnapshot.junk_score`` set, see ``monitoring.snapshots.class_quality``) it
 also has, under otf2d's own prefix (a ``.cs`` reader such as cryosparc-tools keeps fields it does
 not know):
@@ -89,6 +100,25 @@ ALIGNMENTS2D_FIELDS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("alignments2D/class", "<u4", ()),
     ("alignments2D/class_ess", "<f4", ()),
 )
+
+#: cryoSPARC ``alignments2D/*`` fields otf2d does not compute, and so does not write.
+ALIGNMENTS2D_OMITTED: frozenset[str] = frozenset(
+    f"alignments2D/{name}"
+    for name in (
+        "error_min",
+        "resid_pow",
+        "slice_pow",
+        "image_pow",
+        "cross_cor",
+        "alpha",
+        "alpha_min",
+        "weight",
+        "pose_ess",
+        "shift_ess",
+    )
+)
+#: The ``alignments2D/*`` fields otf2d writes (cryoSPARC's names, dtypes and order).
+ALIGNMENTS2D_WRITTEN = tuple(f for f in ALIGNMENTS2D_FIELDS if f[0] not in ALIGNMENTS2D_OMITTED)
 
 #: otf2d's class-quality fields of the class-average ``.cs`` of a scored snapshot.
 CLASS_QUALITY_FIELDS: tuple[tuple[str, str], ...] = (
@@ -145,6 +175,21 @@ def particle_uids(stack_paths: Sequence[str] | np.ndarray, indices: npt.ArrayLik
     return out
 
 
+def import_signature(session: str) -> int:
+    """``blob/import_sig`` of the particles of ``session``: BLAKE2b-64 of ``"otf2d:" + session``."""
+    return int.from_bytes(hashlib.blake2b(f"otf2d:{session}".encode(), digest_size=8).digest(), "little")
+
+
+def particles_blob_sign(snapshot: ClassSnapshot, default: float = -1.0) -> float:
+    """The particles' ``blob/sign`` when a ``.cs`` input gave all of them one, else ``default``."""
+    extra = snapshot.particles.extra
+    signs = None if extra is None or extra.origin != "cryosparc" else extra.get("blob/sign")
+    if signs is None or len(signs) == 0 or signs.ndim != 1 or signs.dtype.kind != "f":
+        return default
+    first = float(signs[0])
+    return first if bool(np.all(signs == signs[0])) and first in (-1.0, 1.0) else default
+
+
 def _fixed_bytes(strings: Sequence[str] | np.ndarray) -> np.ndarray:
     """UTF-8 fixed-width bytes (``|S<max>``, at least 1 wide), as cryoSPARC stores strings."""
     encoded = [str(s).encode("utf-8") for s in strings]
@@ -194,8 +239,9 @@ def particles_cs_array(
             ("blob/shape", "<u4", (2,)),
             ("blob/psize_A", "<f4"),
             ("blob/sign", "<f4"),
+            ("blob/import_sig", "<u8"),
             *_CTF_FIELDS,
-            *ALIGNMENTS2D_FIELDS,
+            *ALIGNMENTS2D_WRITTEN,
         ]
     )
     cs = np.zeros(n, dtype=dtype)
@@ -205,6 +251,7 @@ def particles_cs_array(
     cs["blob/shape"] = np.stack([size, size], axis=1) if n else np.zeros((0, 2))
     cs["blob/psize_A"] = psize
     cs["blob/sign"] = blob_sign
+    cs["blob/import_sig"] = import_signature(session)
     ctf = parts.ctf
     cs["ctf/type"] = b"imported"
     cs["ctf/exp_group_id"] = groups - 1
@@ -225,9 +272,8 @@ def particles_cs_array(
     pose[pose >= np.float32(2 * np.pi)] = 0.0  # keep [0, 2π) after rounding to float32
     cs["alignments2D/pose"] = pose
     cs["alignments2D/psize_A"] = psize
-    cs["alignments2D/alpha"] = 1.0
-    cs["alignments2D/alpha_min"] = 1.0
-    cs["alignments2D/class_posterior"] = parts.class_posterior
+    cs["alignments2D/error"] = -np.asarray(parts.log_likelihood, dtype=np.float64)
+    cs["alignments2D/class_posterior"] = np.clip(np.asarray(parts.class_posterior, dtype=np.float64), 0.0, 1.0)
     cs["alignments2D/class"] = np.asarray(parts.class_index, dtype=np.int64)
     cs["alignments2D/class_ess"] = parts.class_ess
     micrographs = parts.micrograph_names
@@ -301,6 +347,7 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
             ("blob/idx", "<u4"),
             ("blob/shape", "<u4", (2,)),
             ("blob/psize_A", "<f4"),
+            ("blob/sign", "<f4"),
             ("blob/res_A", "<f4"),
             ("alignments2D/class", "<u4"),
             *(CLASS_QUALITY_FIELDS if quality is not None else ()),
@@ -312,6 +359,7 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
     cs["blob/idx"] = np.arange(k)
     cs["blob/shape"] = [h, w]
     cs["blob/psize_A"] = snapshot.pixel_size_angstrom
+    cs["blob/sign"] = particles_blob_sign(snapshot)
     res = np.asarray(snapshot.resolution_angstrom, dtype=np.float64).copy()
     res[~np.isfinite(res)] = UNKNOWN_RESOLUTION_ANGSTROM
     cs["blob/res_A"] = res
@@ -330,9 +378,13 @@ def write_class_averages_cs(snapshot: ClassSnapshot, path: str | os.PathLike[str
 
 __all__ = [
     "ALIGNMENTS2D_FIELDS",
+    "ALIGNMENTS2D_OMITTED",
+    "ALIGNMENTS2D_WRITTEN",
     "CLASS_QUALITY_FIELDS",
     "class_averages_cs_array",
+    "import_signature",
     "particle_uids",
+    "particles_blob_sign",
     "particles_cs_array",
     "write_class_averages_cs",
     "write_cryosparc_cs",

@@ -6,10 +6,11 @@ here with the particles' :class:`~core.extra_columns.ExtraColumns`. The rule, fo
 - a **2D result** (:data:`RELION_RESULT_LABELS`, ``alignments2D/*``) is replaced by otf2d's value,
   or dropped when otf2d writes no such column (an old ``rlnOriginX`` in pixels, an old
   ``alignments2D/error``): a previous job's answer must not pass for this one's;
-- a column otf2d also writes from the input (``rlnDefocusU``, ``ctf/df1_A``, ``blob/path``, ...) keeps
+- a column otf2d also writes from the input (``rlnDefocusU``, :data:`CS_DERIVED_FIELDS`) keeps
   the input's value and dtype unless otf2d's differs (a user's explicit override of voltage or
   pixel size), in which case otf2d's is written;
-- cryoSPARC's ``uid`` is always the input's (cryoSPARC joins on it);
+- a ``.cs`` field otf2d writes with a default (``uid``, ``blob/sign``, ``blob/import_sig``,
+  ``ctf/type``, the higher-order CTF terms) is always the input's (cryoSPARC joins on ``uid``);
 - every other column is written unchanged, in input order, before the columns otf2d adds.
 
 Across formats: a STAR input's coordinates become cryoSPARC ``location/*`` (:func:`location_fields`)
@@ -54,6 +55,26 @@ RELION_RESULT_LABELS: frozenset[str] = frozenset(
 )
 #: cryoSPARC field prefixes that are results of a 2D classification.
 CS_RESULT_PREFIXES: tuple[str, ...] = ("alignments2D/", "otf2d/")
+#: ``.cs`` fields otf2d derives from the input's values (and a user's explicit overrides): the input's
+#: value is written unless otf2d's differs. Every other non-result field is the input's, always.
+CS_DERIVED_FIELDS: frozenset[str] = frozenset(
+    {
+        "blob/path",
+        "blob/idx",
+        "blob/shape",
+        "blob/psize_A",
+        "ctf/exp_group_id",
+        "ctf/accel_kv",
+        "ctf/cs_mm",
+        "ctf/amp_contrast",
+        "ctf/df1_A",
+        "ctf/df2_A",
+        "ctf/df_angle_rad",
+        "ctf/phase_shift_rad",
+        "ctf/scale",
+        "ctf/bfactor",
+    }
+)
 #: Prefix of RELION columns carried into a ``.cs`` file.
 RELION_IN_CS_PREFIX = "relion/"
 
@@ -207,7 +228,7 @@ def merge_cs_fields(ours: np.ndarray, extra: ExtraColumns | None, added: Mapping
             if name.startswith(CS_RESULT_PREFIXES):
                 continue
             mine = ours[name] if name in (ours.dtype.names or ()) else None
-            keep_input = name == "uid" or mine is None or same_values(mine, values)
+            keep_input = name not in CS_DERIVED_FIELDS or mine is None or same_values(mine, values)
             columns[name] = values if keep_input or mine is None else mine
     for name in ours.dtype.names or ():
         columns.setdefault(name, ours[name])
@@ -221,6 +242,7 @@ def merge_cs_fields(ours: np.ndarray, extra: ExtraColumns | None, added: Mapping
 
 
 __all__ = [
+    "CS_DERIVED_FIELDS",
     "CS_RESULT_PREFIXES",
     "RELION_IN_CS_PREFIX",
     "RELION_RESULT_LABELS",
