@@ -3,6 +3,7 @@ RELION and cryoSPARC outputs, which RELION's own ``relion_star_handler`` and cry
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,9 +13,11 @@ import pandas as pd
 import pytest
 import starfile
 from roundtrip_project import MIC_SHAPE, RoundtripProject, make_project
+from snapshot_factory import make_snapshot
 
 from core.cli import main as otf2d
 from core.readers import read_particle_table
+from monitoring.snapshots import write_snapshot
 
 FAST = [
     "--classes", "2", "--batch-per-class", "6", "--online-em-iterations", "2",
@@ -162,3 +165,37 @@ def test_relion_star_handler_removes_duplicates_from_our_data_star(project: Roun
     # particle 2 sits 6 Å from particle 1 on the same micrograph: one of the two goes
     assert len(kept) == project.n - len(project.duplicate_rows)
     assert "rlnCoordinateX" in kept.columns and "rlnCtfFigureOfMerit" in kept.columns
+
+
+def test_cryosparc_tools_loads_every_cs_and_every_blob_path_resolves_under_the_stated_root(
+    project: RoundtripProject, run_dir: Path, shared_data: Path
+) -> None:
+    """Issue 14, item 3: particles and class averages load with cryosparc-tools, their fields have the
+    dtypes of a real cryoSPARC export, and every ``blob/path`` is relative to the root latest.json names."""
+    dataset_module = pytest.importorskip("cryosparc.dataset")
+    latest = json.loads((run_dir / "latest.json").read_text())
+    root = Path(latest["cryosparc_paths_relative_to"])
+    assert root == project.root.resolve()
+    real = dataset_module.Dataset.load(shared_data / "cryodrgn" / "cryosparc_J2_particles_exported.cs")
+    for role in ("particles_cs", "class_averages_cs"):
+        data = dataset_module.Dataset.load(run_dir / latest["files"][role])
+        paths = {p.lstrip(">") for p in data["blob/path"].tolist()}
+        assert paths and all(not Path(p).is_absolute() and (root / p).is_file() for p in paths), paths
+        common = [f for f in data.fields() if f in real.fields()]
+        assert "blob/sign" in common and "blob/path" in common
+        for field in common:
+            assert data[field].dtype == real[field].dtype, field
+            assert data[field].shape[1:] == real[field].shape[1:], field
+
+
+def test_engine_style_snapshot_without_project_dir_has_relative_class_average_paths(tmp_path: Path) -> None:
+    """An engine session started without a project directory: the class averages' blob/path is relative
+    to the snapshot directory (was absolute), and latest.json says so."""
+    out = tmp_path / "sessions" / "s" / "snapshots"
+    paths = write_snapshot(make_snapshot(), out, project_dir=None, session="s")
+    averages = np.load(paths.class_averages_cs, allow_pickle=False)
+    stored = {p.decode() for p in averages["blob/path"]}
+    assert stored == {paths.classes_mrcs.name}
+    latest = json.loads((out / "latest.json").read_text())
+    assert Path(latest["cryosparc_paths_relative_to"]) == out.resolve()
+    assert (Path(latest["cryosparc_paths_relative_to"]) / stored.pop()).is_file()
