@@ -199,3 +199,46 @@ def test_engine_style_snapshot_without_project_dir_has_relative_class_average_pa
     latest = json.loads((out / "latest.json").read_text())
     assert Path(latest["cryosparc_paths_relative_to"]) == out.resolve()
     assert (Path(latest["cryosparc_paths_relative_to"]) / stored.pop()).is_file()
+
+
+def _relion(binary: str, args: list[str], cwd: Path) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} not on PATH (Debian's relion package is not installed)")
+    done = subprocess.run([path, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"{binary} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.mark.relion
+def test_relion_refine_continues_from_our_classes_keeping_the_coordinates(
+    project: RoundtripProject, run_dir: Path
+) -> None:
+    """One iteration of RELION's own 2D classification from our _model.star and _data.star; RELION's
+    output still has the input's coordinates (so re-extraction can follow)."""
+    out = project.root / "Class2D" / "relion_check"
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["--i", str(_one(run_dir, "_data.star").relative_to(project.root))]
+    args += ["--ref", str(_one(run_dir, "_model.star").relative_to(project.root))]
+    args += ["--o", "Class2D/relion_check/run", "--iter", "1", "--K", "2", "--particle_diameter", "50"]
+    args += ["--psi_step", "30", "--offset_range", "2", "--offset_step", "2", "--ctf", "--j", "1", "--pool", "4"]
+    args += ["--dont_combine_weights_via_disc"]
+    _relion("relion_refine", args, project.root)
+    back = _blocks(out / "run_it001_data.star")["particles"].set_index("rlnImageName")
+    given = _blocks(project.particles_star)["particles"].set_index("rlnImageName").loc[back.index]
+    for label in ("rlnCoordinateX", "rlnCoordinateY", "rlnMicrographName", "rlnCtfFigureOfMerit"):
+        np.testing.assert_array_equal(back[label].to_numpy(), given[label].to_numpy(), label)
+
+
+@pytest.mark.relion
+def test_relion_star_handler_removes_duplicates_from_our_selection(project: RoundtripProject, run_dir: Path) -> None:
+    out = project.root / "Select" / "dedup"
+    assert otf2d(["select", str(run_dir), "--classes", "1,2", "--out", str(out)]) == 0
+    star = (out / "particles.star").relative_to(project.root)
+    _relion(
+        "relion_star_handler",
+        ["--i", str(star), "--o", "Select/dedup/nodup.star", "--remove_duplicates", "30"],
+        project.root,
+    )
+    kept = _blocks(out / "nodup.star")["particles"]
+    assert len(kept) == project.n - len(project.duplicate_rows)
