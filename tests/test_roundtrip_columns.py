@@ -120,8 +120,8 @@ def test_cs_input_fields_come_back_unchanged(project: RoundtripProject, run_dir:
     assert otf2d(["classify", str(cs_in), "--project-dir", str(project.root), "--out", str(out), *FAST]) == 0
     back = np.load(_one(out, "_particles.cs"), allow_pickle=False)
     for name in names:
-        if name.startswith("alignments2D/"):
-            continue
+        if name.startswith(("alignments2D/", "otf2d/")):
+            continue  # this run's results
         assert back.dtype[name] == extended.dtype[name], name
         np.testing.assert_array_equal(back[name], extended[name], name)
     np.testing.assert_array_equal(back["pick_stats/ncc_score"], extended["pick_stats/ncc_score"])

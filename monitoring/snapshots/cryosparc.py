@@ -24,6 +24,7 @@ cryoSPARC field                   from the snapshot (RELION label)
 ``alignments2D/class``            ``rlnClassNumber − 1`` (0-based)
 ``alignments2D/class_posterior``  posterior of the chosen class
 ``alignments2D/class_ess``        effective number of classes ``1 / Σ p_k²``
+``otf2d/junk_score``              the particle's junk score (:mod:`monitoring.particle_junk`)
 ``alignments2D/error``            ``−rlnLogLikeliContribution``: the negative log-likelihood of the
                                   particle under its best (class, pose), in otf2d's noise model
 ``blob/import_sig``               BLAKE2b-64 of ``"otf2d:" + session``: one signature per imported set,
@@ -71,6 +72,8 @@ import numpy as np
 import numpy.typing as npt
 
 from core.snapshot import ClassSnapshot
+from monitoring.particle_junk import CS_FIELD as PARTICLE_JUNK_FIELD
+from monitoring.particle_junk import particle_junk_scores
 from monitoring.snapshots.atomic import write_npy_atomic
 from monitoring.snapshots.class_quality import class_quality_columns
 from monitoring.snapshots.passthrough import location_fields, merge_cs_fields
@@ -242,6 +245,7 @@ def particles_cs_array(
             ("blob/import_sig", "<u8"),
             *_CTF_FIELDS,
             *ALIGNMENTS2D_WRITTEN,
+            (PARTICLE_JUNK_FIELD, "<f4"),
         ]
     )
     cs = np.zeros(n, dtype=dtype)
@@ -276,6 +280,7 @@ def particles_cs_array(
     cs["alignments2D/class_posterior"] = np.clip(np.asarray(parts.class_posterior, dtype=np.float64), 0.0, 1.0)
     cs["alignments2D/class"] = np.asarray(parts.class_index, dtype=np.int64)
     cs["alignments2D/class_ess"] = parts.class_ess
+    cs[PARTICLE_JUNK_FIELD] = particle_junk_scores(snapshot)
     micrographs = parts.micrograph_names
     if micrographs is None and parts.extra is not None and parts.extra.origin == "relion":
         micrographs = parts.extra.get("rlnMicrographName")

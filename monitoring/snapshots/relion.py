@@ -20,6 +20,8 @@ Values otf2d does not compute are written as neutral, documented constants:
 - ``rlnNormCorrection`` = ``rlnNormCorrectionAverage`` = 1 (no per-particle norm correction);
 - ``rlnGroupNumber`` = 1 and ``rlnNrGroups`` = 1 (one noise group);
 - ``rlnClassPriorOffsetX/Y`` = 0 (classes are re-centred; no per-class prior offset is tracked);
+- ``rlnOtf2dJunkScore``: otf2d's per-particle junk score (:mod:`monitoring.particle_junk`), a label
+  RELION does not know and keeps;
 - a resolution or accuracy that is unknown (``inf``/NaN in the snapshot) is written as
   :data:`UNKNOWN_RESOLUTION_ANGSTROM` (999 Å), RELION's and CTFFIND's "no estimate" convention;
 - ``rlnOverallFourierCompleteness`` = 1 for a class with a resolution estimate, else 0.
@@ -61,6 +63,8 @@ import pandas as pd
 import core
 from core.errors import InputError
 from core.snapshot import ClassSnapshot
+from monitoring.particle_junk import RELION_LABEL as PARTICLE_JUNK_LABEL
+from monitoring.particle_junk import particle_junk_scores
 from monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
 from monitoring.snapshots.class_quality import class_quality_columns
 from monitoring.snapshots.passthrough import merge_star_columns, relion_optics_extra, relion_particle_extra
@@ -235,6 +239,7 @@ def data_star_blocks(snapshot: ClassSnapshot) -> dict[str, pd.DataFrame]:
     columns["rlnLogLikeliContribution"] = np.asarray(parts.log_likelihood, dtype=np.float64)
     columns["rlnGroupNumber"] = np.ones(n, dtype=np.int64)
     columns["rlnNormCorrection"] = np.ones(n, dtype=np.float64)
+    columns[PARTICLE_JUNK_LABEL] = particle_junk_scores(snapshot)
     particles = merge_star_columns(columns, relion_particle_extra(parts.extra))
     numbers = [g.number for g in snapshot.optics]
     optics_extra = relion_optics_extra(parts.extra, group_numbers, numbers)
