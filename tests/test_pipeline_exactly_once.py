@@ -10,6 +10,8 @@ journaled and classified counts and its counters on ``/metrics``, the rows of th
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -134,3 +136,15 @@ def test_every_simulated_particle_is_classified_exactly_once(tmp_path: Path) -> 
     assert "rlnMicrographOriginalPixelSize" in optics.columns
     cs = np.load(snapshots / latest["files"]["particles_cs"], allow_pickle=False)
     assert "location/micrograph_path" in (cs.dtype.names or ())
+    binary = shutil.which("relion_star_handler")
+    if binary is not None:  # RELION's own duplicate removal needs the coordinates carried above
+        data_star = str(snapshots / latest["files"]["data_star"])
+        done = subprocess.run(
+            [binary, "--i", data_star, "--o", str(tmp_path / "nodup.star"), "--remove_duplicates", "30"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert 0 < len(starfile.read(tmp_path / "nodup.star", always_dict=True)["particles"]) <= PARTICLES
