@@ -16,8 +16,9 @@ with the particles; the writers put them back in every particle output (``_data.
 ``"cryosparc"``
     The ``.cs`` field names (``uid``, ``location/center_x_frac``, ...), with their dtypes.
 
-Values are NumPy arrays of shape ``(n,)`` or ``(n, k)``: numbers (``f``, ``i``, ``u``, ``b``),
-str (``U``, RELION) or fixed-width bytes (``S``, cryoSPARC). Object arrays are never kept.
+Values are NumPy arrays of shape ``(n,)`` or ``(n, k)``: numbers (``f``, ``i``, ``u``, ``b``) or
+fixed-width UTF-8 bytes (``S``: the readers store RELION's text columns so too, and cryoSPARC's
+strings are bytes already); ``str`` (``U``) arrays are accepted. Object arrays are never kept.
 """
 
 from __future__ import annotations
@@ -169,11 +170,13 @@ def _acceptable(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _series_values(series: object) -> np.ndarray:
-    """A STAR column as int64 / float64 / bool when it is numeric, else as str."""
+    """A STAR column as int64 / float64 / bool when it is numeric, else as UTF-8 bytes (``S``: a
+    quarter of the memory of ``str``, which matters for a million micrograph names)."""
     values = np.asarray(series.to_numpy())  # type: ignore[attr-defined]
     if values.dtype.kind in "iufb":
         return values
-    return np.asarray([str(v) for v in values], dtype=str) if len(values) else np.zeros(0, dtype="U1")
+    encoded = [str(v).encode("utf-8") for v in values.tolist()]
+    return np.array(encoded, dtype=f"S{max([1, *(len(e) for e in encoded)])}")
 
 
 def from_records(records: np.ndarray) -> ExtraColumns:

@@ -196,7 +196,8 @@ def location_fields(
     """cryoSPARC ``location/*`` for particles from a STAR file (see the module docstring)."""
     if micrographs is None or extra is None or extra.origin != "relion":
         return {}
-    names = np.asarray(micrographs, dtype=str)
+    raw = np.asarray(micrographs)
+    names = np.char.decode(raw, "utf-8", errors="replace") if raw.dtype.kind == "S" else raw.astype(str)
     uids = np.array(
         [int.from_bytes(hashlib.blake2b(m.encode(), digest_size=8).digest(), "little") for m in names.tolist()],
         dtype="<u8",
