@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.cli import main as otf2d
-from monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
-from selection.choose import choose_classes
-from selection.snapshot_reader import read_snapshot
-from simulator.config import SimulationConfig
-from simulator.session import simulate_session
+from otf2d.core.cli import main as otf2d
+from otf2d.monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
+from otf2d.selection.choose import choose_classes
+from otf2d.selection.snapshot_reader import read_snapshot
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.session import simulate_session
 
 SESSIONS = {
     "preferred": SimulationConfig(

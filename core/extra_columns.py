@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
+from otf2d.core.errors import InputError
 
 #: Prefix of the columns that came from a particle's row in RELION's ``data_optics`` table.
 OPTICS_PREFIX = "optics/"

@@ -27,9 +27,9 @@ from typing import Any
 import mrcfile
 import numpy as np
 
-from core.errors import InputError
-from core.particles import RELION_CTF_DEFAULTS
-from core.readers import (
+from otf2d.core.errors import InputError
+from otf2d.core.particles import RELION_CTF_DEFAULTS
+from otf2d.core.readers import (
     StackCheck,
     StackHeader,
     check_stacks,
@@ -37,8 +37,8 @@ from core.readers import (
     read_stack_header,
     sniff_format,
 )
-from core.readers.stacks import SUPPORTED_MODES
-from core.readers.table import ParticleTable
+from otf2d.core.readers.stacks import SUPPORTED_MODES
+from otf2d.core.readers.table import ParticleTable
 
 #: How many missing or broken stacks to name.
 SHOW_STACKS = 5

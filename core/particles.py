@@ -13,8 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import BoxSizeMismatchError, InputError, NonFiniteError, PixelSizeError
-from core.extra_columns import ExtraColumns
+from otf2d.core.errors import BoxSizeMismatchError, InputError, NonFiniteError, PixelSizeError
+from otf2d.core.extra_columns import ExtraColumns
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -120,7 +120,7 @@ class ParticleBatch:
     optics_groups
         ``(n,)`` int64: 1-based optics group of each particle.
     extra
-        Every column of the particles' input rows (:mod:`core.extra_columns`), or ``None``.
+        Every column of the particles' input rows (:mod:`otf2d.core.extra_columns`), or ``None``.
     """
 
     images: np.ndarray

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from core.snapshot import ClassSnapshot
+from otf2d.core.snapshot import ClassSnapshot
 
 FloatArray = npt.NDArray[np.float64]
 

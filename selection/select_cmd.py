@@ -17,7 +17,7 @@ Classes are chosen by number (--classes, 1-based as in the gallery and _model.st
 (--auto), by the junk score of every class (the red borders of the gallery; user overrides of an
 engine session are honoured), then --min-particles and --max-resolution drop classes on top. With
 --auto, particles of the kept classes whose own junk score (rlnOtf2dJunkScore: their class explains
-them far worse than its typical member, see monitoring.particle_junk) is above
+them far worse than its typical member, see otf2d.monitoring.particle_junk) is above
 --particle-junk-threshold are left out too.
 
 Written under --out (each file atomically):
@@ -35,9 +35,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.errors import InputError
-from monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
-from selection.source import (
+from otf2d.core.errors import InputError
+from otf2d.monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
+from otf2d.selection.source import (
     add_class_args,
     add_source_args,
     choose_from_args,
@@ -46,7 +46,7 @@ from selection.source import (
     load_source,
     relative_note,
 )
-from selection.write import write_selection
+from otf2d.selection.write import write_selection
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ import signal
 from pathlib import Path
 from types import FrameType
 
-from streamer.daemon import Streamer, StreamerConfig
+from otf2d.streamer.daemon import Streamer, StreamerConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import starfile
 from roundtrip_project import MIC_SHAPE, RoundtripProject, make_project
 from snapshot_factory import make_snapshot
 
-from core.cli import main as otf2d
-from core.readers import read_particle_table
-from monitoring.snapshots import write_snapshot
+from otf2d.core.cli import main as otf2d
+from otf2d.core.readers import read_particle_table
+from otf2d.monitoring.snapshots import write_snapshot
 
 FAST = [
     "--classes", "2", "--batch-per-class", "6", "--online-em-iterations", "2",

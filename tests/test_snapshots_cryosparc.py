@@ -12,10 +12,10 @@ import pytest
 import starfile
 from snapshot_factory import COUNTS, IMAGE_PIXEL_SIZE, IMAGE_SIZE, PIXEL_SIZE, make_snapshot
 
-from core.errors import InputError
-from core.extra_columns import ExtraColumns
-from core.snapshot import ClassSnapshot
-from monitoring.snapshots.cryosparc import (
+from otf2d.core.errors import InputError
+from otf2d.core.extra_columns import ExtraColumns
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.snapshots.cryosparc import (
     ALIGNMENTS2D_OMITTED,
     class_averages_cs_array,
     import_signature,
@@ -24,7 +24,7 @@ from monitoring.snapshots.cryosparc import (
     write_class_averages_cs,
     write_cryosparc_cs,
 )
-from monitoring.snapshots.relion import write_relion_class2d
+from otf2d.monitoring.snapshots.relion import write_relion_class2d
 
 J2 = "cryodrgn/cryosparc_J2_particles_exported.cs"
 

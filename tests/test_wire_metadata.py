@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.errors import DecodeError
-from core.extra_columns import ExtraColumns
-from core.particles import CtfParams, ParticleBatch
-from core.wire import decode_batch, decode_metadata_frame, encode_batch, encode_metadata_frame
+from otf2d.core.errors import DecodeError
+from otf2d.core.extra_columns import ExtraColumns
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.wire import decode_batch, decode_metadata_frame, encode_batch, encode_metadata_frame
 
 N = 5
 

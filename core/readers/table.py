@@ -1,7 +1,7 @@
 """The metadata-level particle table: everything about a set of particles except their pixels.
 
 A ``ParticleTable`` is what every reader returns (RELION STAR, cryoSPARC ``.cs``); images are read
-later, in chunks, by :mod:`core.readers.loader`. Values are in RELION's units and conventions:
+later, in chunks, by :mod:`otf2d.core.readers.loader`. Values are in RELION's units and conventions:
 1-based indices and optics groups, CTF in Å / degrees / kV / mm.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, MissingStackError
-from core.extra_columns import ExtraColumns
-from core.particles import CtfParams, ParticleKey
-from core.snapshot import OpticsGroup
+from otf2d.core.errors import InputError, MissingStackError
+from otf2d.core.extra_columns import ExtraColumns
+from otf2d.core.particles import CtfParams, ParticleKey
+from otf2d.core.snapshot import OpticsGroup
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -95,7 +95,7 @@ class ParticleTable:
         Further directories where a stack is looked up by its base name when
         ``project_dir / stack_path`` does not exist (cryoSPARC: the ``.cs`` file's directory).
     extra
-        Every column of the input's particle rows, unchanged (:mod:`core.extra_columns`), or ``None``.
+        Every column of the input's particle rows, unchanged (:mod:`otf2d.core.extra_columns`), or ``None``.
     """
 
     source: Path

@@ -24,7 +24,7 @@ cryoSPARC field                   from the snapshot (RELION label)
 ``alignments2D/class``            ``rlnClassNumber − 1`` (0-based)
 ``alignments2D/class_posterior``  posterior of the chosen class
 ``alignments2D/class_ess``        effective number of classes ``1 / Σ p_k²``
-``otf2d/junk_score``              the particle's junk score (:mod:`monitoring.particle_junk`)
+``otf2d/junk_score``              the particle's junk score (:mod:`otf2d.monitoring.particle_junk`)
 ``alignments2D/error``            ``−rlnLogLikeliContribution``: the negative log-likelihood of the
                                   particle under its best (class, pose), in otf2d's noise model
 ``blob/import_sig``               BLAKE2b-64 of ``"otf2d:" + session``: one signature per imported set,
@@ -42,14 +42,14 @@ does not carry them yet. The higher-order CTF terms (``ctf/shift_A``, ``tilt_A``
 ``tetra_A``, ``anisomag``) and ``scale_const`` are 0, as in the J2 file; ``ctf/type`` is
 ``b"imported"`` (the CTF came from upstream); ``blob/sign`` is −1 by default, as in the J2 file for
 particles imported from RELION (override with ``blob_sign``); a ``.cs`` input's own values of these
-(and of every other field it has) are written back (:mod:`monitoring.snapshots.passthrough`).
+(and of every other field it has) are written back (:mod:`otf2d.monitoring.snapshots.passthrough`).
 
 The class-average companion (:func:`write_class_averages_cs`) has ``uid``, ``blob/path``,
 ``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/sign``, ``blob/res_A`` (per-class resolution,
 999 Å when unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack. The
 averages are in the particles' own contrast, so their ``blob/sign`` is the particles' (a ``.cs``
 input's ``blob/sign`` when all its particles share one, else the default −1). When the
-snapshot is scored (``ClassSnapshot.junk_score`` set, see ``monitoring.snapshots.class_quality``) it
+snapshot is scored (``ClassSnapshot.junk_score`` set, see ``otf2d.monitoring.snapshots.class_quality``) it
 also has, under otf2d's own prefix (a ``.cs`` reader such as cryosparc-tools keeps fields it does
 not know):
 
@@ -71,14 +71,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.snapshot import ClassSnapshot
-from monitoring.particle_junk import CS_FIELD as PARTICLE_JUNK_FIELD
-from monitoring.particle_junk import particle_junk_scores
-from monitoring.snapshots.atomic import write_npy_atomic
-from monitoring.snapshots.class_quality import class_quality_columns
-from monitoring.snapshots.passthrough import location_fields, merge_cs_fields
-from monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
-from monitoring.snapshots.validation import check_snapshot
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.particle_junk import CS_FIELD as PARTICLE_JUNK_FIELD
+from otf2d.monitoring.particle_junk import particle_junk_scores
+from otf2d.monitoring.snapshots.atomic import write_npy_atomic
+from otf2d.monitoring.snapshots.class_quality import class_quality_columns
+from otf2d.monitoring.snapshots.passthrough import location_fields, merge_cs_fields
+from otf2d.monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
+from otf2d.monitoring.snapshots.validation import check_snapshot
 
 UIntArray = npt.NDArray[np.uint64]
 
@@ -211,7 +211,7 @@ def particles_cs_array(
 
     Every field of a ``.cs`` input, and ``location/*`` from a STAR input's coordinates (micrograph
     shapes read from the micrographs under ``project_dir``), are written back as
-    :mod:`monitoring.snapshots.passthrough` says.
+    :mod:`otf2d.monitoring.snapshots.passthrough` says.
 
     Returns
     -------

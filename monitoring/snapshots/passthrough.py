@@ -1,7 +1,7 @@
 """Writing the input's own columns back (issue 14): every particle output keeps every input column.
 
 The snapshot writers build their own columns (identity, CTF, optics, the 2D results) and hand them
-here with the particles' :class:`~core.extra_columns.ExtraColumns`. The rule, for each input column:
+here with the particles' :class:`~otf2d.core.extra_columns.ExtraColumns`. The rule, for each input column:
 
 - a **2D result** (:data:`RELION_RESULT_LABELS`, ``alignments2D/*``) is replaced by otf2d's value,
   or dropped when otf2d writes no such column (an old ``rlnOriginX`` in pixels, an old
@@ -34,7 +34,7 @@ import mrcfile
 import numpy as np
 import pandas as pd
 
-from core.extra_columns import ExtraColumns
+from otf2d.core.extra_columns import ExtraColumns
 
 #: RELION labels that are results of a 2D classification: replaced by otf2d's, never passed through.
 RELION_RESULT_LABELS: frozenset[str] = frozenset(

@@ -1,4 +1,4 @@
-"""RELION Class2D output from a :class:`~core.snapshot.ClassSnapshot` (RELION 3.1 layout).
+"""RELION Class2D output from a :class:`~otf2d.core.snapshot.ClassSnapshot` (RELION 3.1 layout).
 
 For one iteration ``NNN`` this writes, in RELION's own order (``ml_optimiser.cpp``), each file
 atomically:
@@ -20,14 +20,14 @@ Values otf2d does not compute are written as neutral, documented constants:
 - ``rlnNormCorrection`` = ``rlnNormCorrectionAverage`` = 1 (no per-particle norm correction);
 - ``rlnGroupNumber`` = 1 and ``rlnNrGroups`` = 1 (one noise group);
 - ``rlnClassPriorOffsetX/Y`` = 0 (classes are re-centred; no per-class prior offset is tracked);
-- ``rlnOtf2dJunkScore``: otf2d's per-particle junk score (:mod:`monitoring.particle_junk`), a label
+- ``rlnOtf2dJunkScore``: otf2d's per-particle junk score (:mod:`otf2d.monitoring.particle_junk`), a label
   RELION does not know and keeps;
 - a resolution or accuracy that is unknown (``inf``/NaN in the snapshot) is written as
   :data:`UNKNOWN_RESOLUTION_ANGSTROM` (999 Å), RELION's and CTFFIND's "no estimate" convention;
 - ``rlnOverallFourierCompleteness`` = 1 for a class with a resolution estimate, else 0.
 
 Class quality: when the snapshot is scored (``ClassSnapshot.junk_score`` set, see
-``monitoring.snapshots.class_quality``), ``data_model_classes`` gets one more column,
+``otf2d.monitoring.snapshots.class_quality``), ``data_model_classes`` gets one more column,
 ``rlnPredictedClassScore`` = 1 − junk score. It is the label RELION ≥ 4 gives the class ranker's
 predicted merit of a 2D class (``relion_class_ranker``, "2D class merit scores predicted by RELION
 model"): a *goodness* in [0, 1], higher is better, and the Subset-selection job keeps classes at or
@@ -60,15 +60,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import core
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.particle_junk import RELION_LABEL as PARTICLE_JUNK_LABEL
-from monitoring.particle_junk import particle_junk_scores
-from monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
-from monitoring.snapshots.class_quality import class_quality_columns
-from monitoring.snapshots.passthrough import merge_star_columns, relion_optics_extra, relion_particle_extra
-from monitoring.snapshots.validation import check_snapshot
+from otf2d import core
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.particle_junk import RELION_LABEL as PARTICLE_JUNK_LABEL
+from otf2d.monitoring.particle_junk import particle_junk_scores
+from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
+from otf2d.monitoring.snapshots.class_quality import class_quality_columns
+from otf2d.monitoring.snapshots.passthrough import merge_star_columns, relion_optics_extra, relion_particle_extra
+from otf2d.monitoring.snapshots.validation import check_snapshot
 
 #: Written where a resolution (or an accuracy) is unknown; RELION's ``rlnCtfMaxResolution`` and
 #: CTFFIND use 999 Å the same way.
@@ -187,7 +187,7 @@ def data_star_blocks(snapshot: ClassSnapshot) -> dict[str, pd.DataFrame]:
     Voltage, Cs and amplitude contrast live in the optics table; where a particle's own value
     differs from its optics group's, that column is added to the particle table too (RELION
     looks in the particle row first). Every column of the input's particle and optics rows
-    (``snapshot.particles.extra``) is written back, as :mod:`monitoring.snapshots.passthrough` says.
+    (``snapshot.particles.extra``) is written back, as :mod:`otf2d.monitoring.snapshots.passthrough` says.
 
     Returns
     -------

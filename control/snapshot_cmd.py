@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from engine.client import EngineClient, EngineTimeoutError
+from otf2d.control.client import EngineClient, EngineTimeoutError
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

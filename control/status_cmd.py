@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any
 
-from engine.client import EngineClient
+from otf2d.control.client import EngineClient
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,8 @@
 ::
 
     <data>/sessions/<dir>/session.json      name, parameters, project_dir, created (atomic)
-    <data>/sessions/<dir>/journal/          the journal and particle cache (engine.journal)
-    <data>/sessions/<dir>/checkpoint.npz    the newest checkpoint (engine.checkpoint)
+    <data>/sessions/<dir>/journal/          the journal and particle cache (otf2d.engine.storage.journal)
+    <data>/sessions/<dir>/checkpoint.npz    the newest checkpoint (otf2d.engine.storage.checkpoint)
     <data>/sessions/<dir>/snapshots/        RELION / cryoSPARC / PNG snapshots + latest.json
 
 ``<dir>`` is the session name when it is a plain file name (letters, digits, ``._-``, at most 100
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import Class2DParams, from_mapping
-from core.errors import ConfigError, InputError
-from engine.journal import Journal
-from engine.segments import fsync_directory
+from otf2d.core.config import Class2DParams, from_mapping
+from otf2d.core.errors import ConfigError, InputError
+from otf2d.engine.storage.journal import Journal
+from otf2d.engine.storage.segments import fsync_directory
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
 #: Keys of ``start_session`` params that are session options, not classification parameters.
@@ -52,7 +52,7 @@ def params_to_dict(params: Class2DParams) -> dict[str, Any]:
 def params_from_dict(values: dict[str, Any], where: str) -> Class2DParams:
     """Validated parameters from a JSON object (``null`` = the field's default, which is ``None``).
 
-    ``core.config.from_mapping`` reads TOML, which has no null: ``None`` values are left out before
+    ``otf2d.core.config.from_mapping`` reads TOML, which has no null: ``None`` values are left out before
     validation and must then come back as the field's default.
 
     Raises
@@ -99,7 +99,7 @@ class Session:
     """One collection session: name, parameters, folders and journal.
 
     The folding state (classifier, journal position folded so far) belongs to the worker
-    (:class:`engine.folding.SessionFolder`); the flags here are shared with the server thread.
+    (:class:`otf2d.engine.serving.folding.SessionFolder`); the flags here are shared with the server thread.
     """
 
     name: str

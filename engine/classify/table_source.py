@@ -1,8 +1,8 @@
-"""A particle table on disk as a random-access ``ParticleSource`` (``engine.em.driver``).
+"""A particle table on disk as a random-access ``ParticleSource`` (``otf2d.engine.em.driver``).
 
 ``otf2d classify`` never loads a whole data set: the driver asks for mini-batches of random rows
 during online EM and for consecutive chunks during full passes, and each request reads only those
-particles' images (``core.readers.load_batch`` through a shared stack-header cache, images memory
+particles' images (``otf2d.core.readers.load_batch`` through a shared stack-header cache, images memory
 mapped). Every read is reported to an optional callback, which is how the progress bar knows how
 far a full pass has got.
 """
@@ -14,18 +14,18 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.particles import ParticleBatch
-from core.readers import ParticleTable, StackPool, load_batch
+from otf2d.core.errors import InputError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.readers import ParticleTable, StackPool, load_batch
 
 
 class TableSource:
-    """Rows of a ``ParticleTable`` read on demand (satisfies ``engine.em.driver.ParticleSource``).
+    """Rows of a ``ParticleTable`` read on demand (satisfies ``otf2d.engine.em.driver.ParticleSource``).
 
     Parameters
     ----------
     table
-        From ``core.readers.read_particle_table``.
+        From ``otf2d.core.readers.read_particle_table``.
     on_read
         Called with the number of particles of every read, after it.
     check_finite

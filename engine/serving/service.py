@@ -1,11 +1,11 @@
 """The engine as a service, without the transport: sessions, durable ingest, control requests.
 
 :class:`EngineService` owns the sessions (each with its journal), the worker thread that folds
-particles into classes and the snapshot writer. The ZeroMQ server (:mod:`engine.server`) decodes
+particles into classes and the snapshot writer. The ZeroMQ server (:mod:`otf2d.engine.serving.server`) decodes
 messages and calls :meth:`EngineService.ingest` for data and :meth:`EngineService.control` for
 control requests; both return what to answer.
 
-Delivery answers (see ``core.wire``):
+Delivery answers (see ``otf2d.core.wire``):
 
 - ACK: the batch is durably journaled (``n_accepted`` new particles, ``n_duplicates`` already
   known); a re-sent ``msg_id`` is ACKed again with ``n_accepted = 0``.
@@ -20,7 +20,7 @@ Sessions are created by their first batch (with the engine's default parameters)
 session is still collecting its initial particles). A ``snapshot`` request also checkpoints; a
 ``pause`` request checkpoints the sessions it pauses. The composition root may serve more control
 kinds (:meth:`EngineService.add_control_handler`, e.g. ``set_class_override`` from
-``engine.monitoring_hooks``) and add fields to each session's status
+``otf2d.engine.serving.monitoring_hooks``) and add fields to each session's status
 (:meth:`EngineService.add_status_fields`).
 """
 
@@ -39,11 +39,11 @@ from typing import Any, BinaryIO
 
 import torch
 
-import core
-from core.config import Class2DParams
-from core.errors import ConfigError, InputError
-from core.particles import ParticleBatch
-from core.wire import (
+from otf2d import core
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import ConfigError, InputError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.wire import (
     KIND_ACK,
     KIND_NACK,
     KIND_PAUSE,
@@ -53,14 +53,14 @@ from core.wire import (
     KIND_START_SESSION,
     KIND_STATUS,
 )
-from engine.classifier_port import ClassifierFactory
-from engine.folding import Phase
-from engine.journal import AppendOutcome
-from engine.memory import device_memory_bytes, memory_status
-from engine.metrics import EngineMetrics
-from engine.session import SESSION_OPTIONS, Session, find_sessions, merge_params, params_to_dict
-from engine.snapshot_writer import SnapshotWrite, SnapshotWriter
-from engine.worker import Worker, WorkerConfig
+from otf2d.engine.resources.memory import device_memory_bytes, memory_status
+from otf2d.engine.serving.classifier_port import ClassifierFactory
+from otf2d.engine.serving.folding import Phase
+from otf2d.engine.serving.metrics import EngineMetrics
+from otf2d.engine.serving.session import SESSION_OPTIONS, Session, find_sessions, merge_params, params_to_dict
+from otf2d.engine.serving.snapshot_writer import SnapshotWrite, SnapshotWriter
+from otf2d.engine.serving.worker import Worker, WorkerConfig
+from otf2d.engine.storage.journal import AppendOutcome
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def box_problem(batch: ParticleBatch) -> str:
 
 @dataclass(frozen=True)
 class Answer:
-    """One reply to send: a ``core.wire`` kind and its fields."""
+    """One reply to send: a ``otf2d.core.wire`` kind and its fields."""
 
     kind: str
     fields: dict[str, Any]
@@ -132,7 +132,7 @@ class EngineService:
     device
         Where the classifiers compute.
     snapshot_write
-        ``monitoring.snapshots.write_snapshot`` (injected by the composition root).
+        ``otf2d.monitoring.snapshots.write_snapshot`` (injected by the composition root).
     metrics
         The engine's metrics (a private registry by default).
     """
@@ -164,7 +164,7 @@ class EngineService:
         self._status_fields: list[StatusFields] = []
 
     def add_control_handler(self, kind: str, handler: ControlHandler) -> None:
-        """Serve control requests of ``kind`` (a ``core.wire`` control kind) with ``handler``."""
+        """Serve control requests of ``kind`` (a ``otf2d.core.wire`` control kind) with ``handler``."""
         self._control_handlers[kind] = handler
 
     def add_status_fields(self, fields: StatusFields) -> None:
@@ -258,7 +258,7 @@ class EngineService:
         Parameters
         ----------
         entries
-            ``(header, batch)`` pairs from :func:`core.wire.decode_batch`.
+            ``(header, batch)`` pairs from :func:`otf2d.core.wire.decode_batch`.
 
         Returns
         -------

@@ -8,7 +8,7 @@ read its answers loses them rather than stalling the engine.
 
 Each turn of the loop takes every message already waiting (up to ``max_group`` messages or
 ``max_group_bytes``), answers pings and control requests at once, decodes the batches
-(:func:`core.wire.decode_batch`; a :class:`~core.errors.DecodeError` becomes a REJECT with the
+(:func:`otf2d.core.wire.decode_batch`; a :class:`~otf2d.core.errors.DecodeError` becomes a REJECT with the
 reason, never a crash) and hands them to :meth:`EngineService.ingest` together: one durable write
 per session for the whole group (group commit), then one ACK per batch.
 """
@@ -23,9 +23,9 @@ from typing import Any
 
 import zmq
 
-from core.errors import DecodeError
-from core.particles import ParticleBatch
-from core.wire import (
+from otf2d.core.errors import DecodeError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.wire import (
     KIND_ACK,
     KIND_BATCH,
     KIND_PING,
@@ -36,7 +36,7 @@ from core.wire import (
     encode_control,
     message_kind,
 )
-from engine.service import Answer, EngineService
+from otf2d.engine.serving.service import Answer, EngineService
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The worker hands over a :class:`SnapshotJob`. This thread reads every particle's
 assignment from the journal (the slow part, for hundreds of thousands of particles), asks the
 worker to build the ``ClassSnapshot`` from the classes as they are (``job.build``: it runs on the
 worker thread between two steps, and is quick), and calls the injected ``write`` function
-(``monitoring.snapshots.write_snapshot``; the engine's composition root passes it in). Jobs of
+(``otf2d.monitoring.snapshots.write_snapshot``; the engine's composition root passes it in). Jobs of
 one session coalesce: a job waiting behind a slow write is replaced by a newer one. After a write,
 snapshots older than the newest ``keep`` are deleted (``latest.json`` always names a complete one).
 """
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.heap import trim_heap
-from engine.metrics import EngineMetrics
-from engine.session import Session
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.engine.resources.heap import trim_heap
+from otf2d.engine.serving.metrics import EngineMetrics
+from otf2d.engine.serving.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class SnapshotWriter:
     Parameters
     ----------
     write
-        ``monitoring.snapshots.write_snapshot`` or anything with its signature.
+        ``otf2d.monitoring.snapshots.write_snapshot`` or anything with its signature.
     metrics
         Updated after each snapshot.
     keep

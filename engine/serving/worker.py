@@ -11,7 +11,7 @@ device. Each round it serves the sessions in turn:
 4. only when no session has anything to fold, one revisit step (E-step only) re-judges already
    folded particles;
 5. after a checkpoint, and in a round with nothing to fold, freed heap memory is handed back to the
-   OS (:class:`engine.heap.HeapTrimmer`, at most once per ``heap_trim_seconds``), so that the
+   OS (:class:`otf2d.engine.resources.heap.HeapTrimmer`, at most once per ``heap_trim_seconds``), so that the
    engine's resident size follows what it holds rather than the high-water mark of the last burst.
 
 The server thread calls :meth:`Worker.notify` after each durable append; control requests
@@ -34,14 +34,14 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.classifier_port import ClassifierFactory
-from engine.folding import Phase, SessionFolder
-from engine.heap import HeapTrimmer
-from engine.journal import JournalSlice
-from engine.metrics import EngineMetrics
-from engine.session import Session
-from engine.snapshot_writer import SnapshotJob, SnapshotWriter
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.engine.resources.heap import HeapTrimmer
+from otf2d.engine.serving.classifier_port import ClassifierFactory
+from otf2d.engine.serving.folding import Phase, SessionFolder
+from otf2d.engine.serving.metrics import EngineMetrics
+from otf2d.engine.serving.session import Session
+from otf2d.engine.serving.snapshot_writer import SnapshotJob, SnapshotWriter
+from otf2d.engine.storage.journal import JournalSlice
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +72,7 @@ class WorkerConfig:
     revisit
         Whether idle time is used to re-judge cached particles.
     heap_trim_seconds
-        Shortest interval between two trims of the heap (:mod:`engine.heap`) after checkpoints
+        Shortest interval between two trims of the heap (:mod:`otf2d.engine.resources.heap`) after checkpoints
         and in rounds with nothing to fold; 0 disables them.
     """
 

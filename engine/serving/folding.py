@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
-from engine.classifier_port import ClassifierFactory, ClassifierPort, Judgements
-from engine.journal import ASSIGNMENT_COLUMNS, JournalSlice
-from engine.session import Session, params_to_dict
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.engine.serving.classifier_port import ClassifierFactory, ClassifierPort, Judgements
+from otf2d.engine.serving.session import Session, params_to_dict
+from otf2d.engine.storage.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, JournalSlice
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import DecodeError, InputError
-from core.extra_columns import ExtraColumns
-from core.particles import CtfParams, ParticleBatch
-from core.snapshot import OpticsGroup, ParticleAssignments
-from core.wire import decode_metadata_frame, encode_metadata_frame
-from engine.segments import BlockLocation, SegmentStore
+from otf2d.core.errors import DecodeError, InputError
+from otf2d.core.extra_columns import ExtraColumns
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.snapshot import OpticsGroup, ParticleAssignments
+from otf2d.core.wire import decode_metadata_frame, encode_metadata_frame
+from otf2d.engine.storage.segments import BlockLocation, SegmentStore
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class Journal:
         Parameters
         ----------
         entries
-            ``(header, batch)`` pairs as returned by :func:`core.wire.decode_batch`.
+            ``(header, batch)`` pairs as returned by :func:`otf2d.core.wire.decode_batch`.
 
         Returns
         -------

@@ -1,11 +1,11 @@
 """The pieces of ``otf2d demo``: its plan, the three child processes, watching them, the summary.
 
 :class:`Demo` starts ``otf2d engine``, ``otf2d stream`` and ``otf2d simulate`` as child processes
-(``python -m core.cli …``, each logging to a file and in its own process session, so that Ctrl-C in
+(``python -m otf2d.core.cli …``, each logging to a file and in its own process session, so that Ctrl-C in
 the terminal reaches the demo only), watches the pipeline through the engine's control socket
-(:class:`engine.client.EngineClient`), the streamer's ``/metrics`` and the microscope's
+(:class:`otf2d.control.client.EngineClient`), the streamer's ``/metrics`` and the microscope's
 ``truth.csv``, and prints the status lines and the summary. Torch-free: the engine runs in its own
-process. :mod:`engine.demo_cmd` is the command.
+process. :mod:`otf2d.demo.demo_cmd` is the command.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from core.errors import Otf2dError
-from engine.client import EngineClient, EngineRequestError, EngineTimeoutError
+from otf2d.control.client import EngineClient, EngineRequestError, EngineTimeoutError
+from otf2d.core.errors import Otf2dError
 
 #: Session name of the demo.
 SESSION = "demo"
-#: Classification parameters of the demo engine (why: the docstring of engine.demo_cmd, `otf2d demo --help`).
+#: Classification parameters of the demo engine (why: the docstring of otf2d.demo.demo_cmd, `otf2d demo --help`).
 DEMO_CLASSIFICATION: dict[str, Any] = {
     "force_max_over_poses": True,
     "online_em_iterations": 5,
@@ -271,7 +271,7 @@ class Child:
 
 
 def micrograph_sizes(particles: int, micrographs: int) -> list[int]:
-    """Particles on each micrograph, as the simulator spreads them (``simulator.session.particles_per_micrograph``)."""
+    """Particles on each micrograph, as the simulator spreads them (``otf2d.simulator.session.particles_per_micrograph``)."""
     base, extra = divmod(particles, micrographs)
     return [base + (1 if m < extra else 0) for m in range(micrographs)]
 
@@ -393,7 +393,7 @@ class Demo:
         self.status_url = f"http://127.0.0.1:{self.http_port}/"
         self.signal_received: int | None = None
         self.started = time.monotonic()
-        python = [sys.executable, "-m", "core.cli"]
+        python = [sys.executable, "-m", "otf2d.core.cli"]
         engine = [*python, "engine", "--listen", self.endpoint, "--data", str(self.engine_dir)]
         engine += ["--config", str(self.config_path), "--device", plan.device, "--threads", str(plan.threads)]
         engine += ["--http-port", str(self.http_port), "--snapshot-seconds", "5", "--snapshot-every", "0"]

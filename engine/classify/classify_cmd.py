@@ -21,7 +21,7 @@ Written under --out (each file atomically; run_itNNN with NNN the number of EM i
   run_itNNN_particles.cs, run_itNNN_class_averages.cs                 cryoSPARC-style .cs
   run_itNNN_gallery.png                                               classes, largest first
   run_itNNN_otf2d.json, latest.json                                   provenance, newest snapshot
-Each class gets a junk score in [0, 1] (monitoring.quality; classes above the [verdict]
+Each class gets a junk score in [0, 1] (otf2d.monitoring.quality; classes above the [verdict]
 junk_score_threshold of --config, default 0.5, are junk): in the _model.star as
 rlnPredictedClassScore = 1 - junk score (RELION 4's class-ranker label), in the class-average .cs as
 otf2d/junk_score and otf2d/is_junk, and as red borders in the gallery.
@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from core.config import Class2DParams, VerdictConfig, load_config
-from core.errors import ConfigError
-from core.snapshot import ClassSnapshot
+from otf2d.core.config import Class2DParams, VerdictConfig, load_config
+from otf2d.core.errors import ConfigError
+from otf2d.core.snapshot import ClassSnapshot
 
 _DEFAULTS = Class2DParams()
 
@@ -268,11 +268,11 @@ def main(args: argparse.Namespace) -> int:
     """Run ``otf2d classify``; returns the exit status."""
     import torch
 
-    from core.readers import read_particle_table
-    from engine.offline import PhaseUpdate, classify_table, planned_particles
-    from engine.progress_bar import ProgressBar, format_duration
-    from monitoring.quality import score_snapshot
-    from monitoring.snapshots import write_snapshot
+    from otf2d.core.readers import read_particle_table
+    from otf2d.engine.classify.offline import PhaseUpdate, classify_table, planned_particles
+    from otf2d.engine.classify.progress_bar import ProgressBar, format_duration
+    from otf2d.monitoring.quality import score_snapshot
+    from otf2d.monitoring.snapshots import write_snapshot
 
     start = time.perf_counter()
     params = params_from_args(args)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.client import EngineClient
+from otf2d.control.client import EngineClient
 
 #: Values of ``--as``.
 CHOICES = ("good", "junk", "auto")

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import InputError
-from engine.segments import fsync_directory
+from otf2d.core.errors import InputError
+from otf2d.engine.storage.segments import fsync_directory
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""What the service needs from a classifier: the seam between the engine's plumbing and ``engine.em``.
+"""What the service needs from a classifier: the seam between the engine's plumbing and ``otf2d.engine.em``.
 
 The worker drives one :class:`ClassifierPort` per session. Every judging call returns the
 particles' new assignments as a :data:`Judgements` mapping (the columns of
-:data:`engine.journal.ASSIGNMENT_COLUMNS`, each an ``(n,)`` array), which the journal stores as
-each particle's latest assignment. :mod:`engine.em_adapter` wraps the online-EM classifier of
-``engine.em`` in this interface.
+:data:`otf2d.engine.storage.journal.ASSIGNMENT_COLUMNS`, each an ``(n,)`` array), which the journal stores as
+each particle's latest assignment. :mod:`otf2d.engine.serving.em_adapter` wraps the online-EM classifier of
+``otf2d.engine.em`` in this interface.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from core.config import Class2DParams
-from core.particles import ParticleBatch
-from core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.core.config import Class2DParams
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
 
-#: Column name (see ``engine.journal.ASSIGNMENT_COLUMNS``) → ``(n,)`` array, one entry per particle.
+#: Column name (see ``otf2d.engine.storage.journal.ASSIGNMENT_COLUMNS``) → ``(n,)`` array, one entry per particle.
 Judgements = Mapping[str, np.ndarray]
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import zmq
 
-from core.errors import DecodeError, Otf2dError
-from core.wire import (
+from otf2d.core.errors import DecodeError, Otf2dError
+from otf2d.core.wire import (
     KIND_PAUSE,
     KIND_PING,
     KIND_PONG,

@@ -1,12 +1,12 @@
 """Offline classification of a particle table: the engine side of ``otf2d classify`` (no output I/O).
 
-:func:`classify_table` runs ``engine.em.driver.classify_batches`` (cryoSPARC's schedule: random
+:func:`classify_table` runs ``otf2d.engine.em.driver.classify_batches`` (cryoSPARC's schedule: random
 initial classes, ``online_em_iterations`` online-EM iterations on random mini-batches of
 ``batch_size_per_class × K`` particles, ``final_full_iterations`` full passes) over a
-:class:`engine.table_source.TableSource`, so the images are read in batches as they are needed,
-and returns the final :class:`core.snapshot.ClassSnapshot` with every particle of the table, in
+:class:`otf2d.engine.classify.table_source.TableSource`, so the images are read in batches as they are needed,
+and returns the final :class:`otf2d.core.snapshot.ClassSnapshot` with every particle of the table, in
 table order, with its class, in-plane angle, shift and posterior. Writing it is the caller's
-business (``monitoring.snapshots.write_snapshot``, at the composition root).
+business (``otf2d.monitoring.snapshots.write_snapshot``, at the composition root).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.config import Class2DParams
-from core.readers import ParticleTable
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.em.driver import ClassificationResult, Progress, classify_batches
-from engine.table_source import TableSource
+from otf2d.core.config import Class2DParams
+from otf2d.core.readers import ParticleTable
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.engine.classify.table_source import TableSource
+from otf2d.engine.em.driver import ClassificationResult, Progress, classify_batches
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def classify_table(
     Parameters
     ----------
     table
-        Particles of one pixel size and box (``core.readers.read_particle_table``).
+        Particles of one pixel size and box (``otf2d.core.readers.read_particle_table``).
     params
         Classification parameters (``params.seed`` makes CPU runs reproducible).
     device, dtype

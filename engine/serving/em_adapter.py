@@ -1,6 +1,6 @@
-"""The online-EM classifier of ``engine.em`` behind the engine's :class:`~engine.classifier_port.ClassifierPort`.
+"""The online-EM classifier of ``otf2d.engine.em`` behind the engine's :class:`~otf2d.engine.serving.classifier_port.ClassifierPort`.
 
-- ``initialise``: the classifier's own schedule (``engine.em.driver.classify_batches``) on the
+- ``initialise``: the classifier's own schedule (``otf2d.engine.em.driver.classify_batches``) on the
   initial ``K × batch_size_per_class`` particles: random initial classes, ``online_em_iterations``
   online-EM iterations, ``final_full_iterations`` full passes; the assignments of those particles.
 - ``fold``: ``Classifier.step`` (E-step, online update with the decaying step size, M-step).
@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import Class2DParams
-from core.particles import ParticleBatch
-from core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
-from engine.classifier_port import Judgements
-from engine.em.assignments import Assignments
-from engine.em.classifier import Classifier
-from engine.em.driver import classify_batches
-from engine.journal import ASSIGNMENT_COLUMNS
+from otf2d.core.config import Class2DParams
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.engine.em.assignments import Assignments
+from otf2d.engine.em.classifier import Classifier
+from otf2d.engine.em.driver import classify_batches
+from otf2d.engine.serving.classifier_port import Judgements
+from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS
 
 
 def judgements(assignments: Assignments) -> Judgements:
@@ -32,7 +32,7 @@ def judgements(assignments: Assignments) -> Judgements:
 
 
 class EmClassifier:
-    """A session's :class:`engine.em.classifier.Classifier` (see the module docstring)."""
+    """A session's :class:`otf2d.engine.em.classifier.Classifier` (see the module docstring)."""
 
     def __init__(self, params: Class2DParams, box: tuple[int, int], pixel_size_angstrom: float, device: torch.device):
         self.params = params
@@ -71,7 +71,7 @@ class EmClassifier:
 def em_classifier_factory(
     params: Class2DParams, box: tuple[int, int], pixel_size_angstrom: float, device: torch.device
 ) -> EmClassifier:
-    """The :data:`~engine.classifier_port.ClassifierFactory` of the engine."""
+    """The :data:`~otf2d.engine.serving.classifier_port.ClassifierFactory` of the engine."""
     return EmClassifier(params, box, pixel_size_angstrom, device)
 
 

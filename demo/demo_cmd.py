@@ -48,7 +48,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from engine.demo_run import PARTICLES_PER_MICROGRAPH, Demo, DemoError, DemoPlan, fresh_run_dir
+from otf2d.demo.demo_run import PARTICLES_PER_MICROGRAPH, Demo, DemoError, DemoPlan, fresh_run_dir
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

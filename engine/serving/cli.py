@@ -32,7 +32,7 @@ classification steps tens of times slower.
 Memory: blocks of ``--mmap-threshold-mb`` (default 4) and more are mapped on their own and handed
 back to the OS when freed, so the heap fragments less under the steps' large tensors (on a CPU
 engine its memory grows 5-8 % from 20k to 200k particles, against +29 % with the C library's
-dynamic threshold, measured in :mod:`engine.heap`); 0 keeps the C library's own (dynamic)
+dynamic threshold, measured in :mod:`otf2d.engine.resources.heap`); 0 keeps the C library's own (dynamic)
 threshold, and a ``MALLOC_MMAP_THRESHOLD_`` in the environment wins. ``otf2d status`` shows the
 engine's memory (and the GPU's on CUDA); ``/metrics`` has it as ``process_resident_memory_bytes``.
 """
@@ -49,21 +49,21 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from core.config import Class2DParams, VerdictConfig, load_config
-from core.errors import ConfigError
-from engine.heap import MAX_MMAP_THRESHOLD_BYTES, set_mmap_threshold
+from otf2d.core.config import Class2DParams, VerdictConfig, load_config
+from otf2d.core.errors import ConfigError
+from otf2d.engine.resources.heap import MAX_MMAP_THRESHOLD_BYTES, set_mmap_threshold
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from engine.monitoring_hooks import EngineMonitoring
-    from monitoring.http import StatusServer
+    from otf2d.engine.serving.monitoring_hooks import EngineMonitoring
+    from otf2d.monitoring.http import StatusServer
 
 log = logging.getLogger(__name__)
 
 #: Port of the status page and /metrics when ``--http-port`` is not given (deploy/ scrapes it).
 DEFAULT_HTTP_PORT = 8001
-#: Default of ``--mmap-threshold-mb`` (measured in :mod:`engine.heap`).
+#: Default of ``--mmap-threshold-mb`` (measured in :mod:`otf2d.engine.resources.heap`).
 DEFAULT_MMAP_THRESHOLD_MB = 4.0
 
 
@@ -157,7 +157,7 @@ def start_status_server(
     ConfigError
         A port given with ``--http-port`` cannot be bound.
     """
-    from monitoring.http import StatusServer
+    from otf2d.monitoring.http import StatusServer
 
     port = http_port(args)
     server = StatusServer(monitoring.states, registry=registry, host=args.http_addr, port=port, title="otf2d engine")
@@ -178,7 +178,7 @@ def start_status_server(
 
 
 def apply_mmap_threshold(threshold_mb: float) -> None:
-    """Fix the C library's mmap threshold at ``threshold_mb`` (0: leave it; see :mod:`engine.heap`)."""
+    """Fix the C library's mmap threshold at ``threshold_mb`` (0: leave it; see :mod:`otf2d.engine.resources.heap`)."""
     limit_mb = MAX_MMAP_THRESHOLD_BYTES / 2**20
     if not 0 <= threshold_mb <= limit_mb:
         raise ConfigError(None, f"--mmap-threshold-mb must be 0 .. {limit_mb:g}, got {threshold_mb:g}")
@@ -205,11 +205,11 @@ def main(args: argparse.Namespace) -> int:
     import torch
     import zmq
 
-    from engine.em_adapter import em_classifier_factory
-    from engine.monitoring_hooks import EngineMonitoring
-    from engine.server import EngineServer, ServerConfig
-    from engine.service import EngineConfig, EngineService
-    from engine.worker import WorkerConfig
+    from otf2d.engine.serving.em_adapter import em_classifier_factory
+    from otf2d.engine.serving.monitoring_hooks import EngineMonitoring
+    from otf2d.engine.serving.server import EngineServer, ServerConfig
+    from otf2d.engine.serving.service import EngineConfig, EngineService
+    from otf2d.engine.serving.worker import WorkerConfig
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -1,19 +1,19 @@
 """Monitoring composed into the engine: junk scores and the verdict on every snapshot, rates, overrides.
 
-The engine's composition root (:mod:`engine.cli`) builds one :class:`EngineMonitoring` and plugs it
+The engine's composition root (:mod:`otf2d.engine.serving.cli`) builds one :class:`EngineMonitoring` and plugs it
 into the service at three seams:
 
 - **the snapshot write** (``EngineService(..., snapshot_write=monitoring.write_snapshot)``): each
-  snapshot built by the worker first goes through :meth:`monitoring.state.SessionMonitor.publish`
+  snapshot built by the worker first goes through :meth:`otf2d.monitoring.state.SessionMonitor.publish`
   (class quality, distinct views, rates, verdict), gets its effective junk scores
   (``ClassSnapshot.junk_score``, user overrides applied) and only then reaches
-  ``monitoring.snapshots.write_snapshot`` — so the RELION ``_model.star`` (``rlnPredictedClassScore``
+  ``otf2d.monitoring.snapshots.write_snapshot`` — so the RELION ``_model.star`` (``rlnPredictedClassScore``
   = 1 − junk score), the class-average ``.cs`` (``otf2d/junk_score``, ``otf2d/is_junk``,
   ``otf2d/override``) and the PNG gallery all carry the junk flags of the state the status page shows;
 - **the counts over time**: a sampler thread records every session's classified count each
   ``sample_seconds`` (:meth:`SessionMonitor.record_classified`), from which the particle rates,
   the forecast and the verdict's rate criterion are computed;
-- **a control kind** (``core.wire.KIND_SET_CLASS_OVERRIDE``, :meth:`handle_override`): a user marks
+- **a control kind** (``otf2d.core.wire.KIND_SET_CLASS_OVERRIDE``, :meth:`handle_override`): a user marks
   a class good or junk.
 
 User overrides
@@ -21,7 +21,7 @@ User overrides
 A request names a class as the newest snapshot and its gallery number it (1-based, largest class
 first). Classes are re-sorted by size at every snapshot, so the override is stored against the
 engine's own class number (``parameters["engine_class_of_snapshot_class"]`` of the snapshot maps
-one to the other) in ``<session>/class_overrides.json`` (``monitoring.quality.save_overrides``,
+one to the other) in ``<session>/class_overrides.json`` (``otf2d.monitoring.quality.save_overrides``,
 keys = engine class number + 1). Every later snapshot translates them back to its own numbering;
 the file is read at each snapshot, so overrides survive restarts. After a change the state is
 re-published at once (status page, ``/metrics``) and a snapshot is requested so that the files
@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from core.config import VerdictConfig
-from core.errors import InputError
-from core.particles import CtfParams
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from monitoring.metrics import register_monitoring
-from monitoring.quality import (
+from otf2d.core.config import VerdictConfig
+from otf2d.core.errors import InputError
+from otf2d.core.particles import CtfParams
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.monitoring.metrics import register_monitoring
+from otf2d.monitoring.quality import (
     OVERRIDE_VALUES,
     SESSION_OVERRIDES_FILE,
     engine_class_order,
@@ -58,11 +58,11 @@ from monitoring.quality import (
     save_overrides,
     with_junk_scores,
 )
-from monitoring.snapshots import write_snapshot
-from monitoring.state import MonitoringState, SessionMonitor
+from otf2d.monitoring.snapshots import write_snapshot
+from otf2d.monitoring.state import MonitoringState, SessionMonitor
 
 if TYPE_CHECKING:
-    from engine.service import EngineService
+    from otf2d.engine.serving.service import EngineService
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class EngineMonitoring:
     verdict
         Verdict thresholds (the config's ``[verdict]`` table).
     write
-        The snapshot writer called after scoring (``monitoring.snapshots.write_snapshot``).
+        The snapshot writer called after scoring (``otf2d.monitoring.snapshots.write_snapshot``).
     sample_seconds
         Period of the classified-count sampler.
     clock
@@ -159,7 +159,7 @@ class EngineMonitoring:
         ``registry`` defaults to the service's metrics registry, so ``/metrics`` shows the engine's
         counters and the per-session class metrics together.
         """
-        from core.wire import KIND_SET_CLASS_OVERRIDE
+        from otf2d.core.wire import KIND_SET_CLASS_OVERRIDE
 
         self._service = service
         service.add_control_handler(KIND_SET_CLASS_OVERRIDE, self.handle_override)
@@ -170,7 +170,7 @@ class EngineMonitoring:
         """Start the count sampler and ask for a snapshot of every classifying session (fresh state after a restart)."""
         service = self._service
         if service is not None:
-            from engine.folding import Phase
+            from otf2d.engine.serving.folding import Phase
 
             for folder in service.worker.folders():
                 if folder.phase is Phase.STREAMING:
@@ -234,7 +234,7 @@ class EngineMonitoring:
         ClassSnapshot
             ``snapshot`` with ``junk_score`` = the effective ``(K,)`` scores, overrides applied, and
             the overrides (snapshot class numbers) and junk threshold in its parameters
-            (``monitoring.quality.with_junk_scores``): what the ``_model.star`` and ``.cs`` carry.
+            (``otf2d.monitoring.quality.with_junk_scores``): what the ``_model.star`` and ``.cs`` carry.
         """
         order = engine_class_order(snapshot)
         try:

@@ -33,7 +33,7 @@ glibc's dynamic one     569 / 695 / 732               +28.6 %            72 s
 engine about a sixth of its particles per second (not one that keeps up: 750/s still did).
 ``--mmap-threshold-mb 0`` restores glibc's behaviour. (Earlier measurements of every threshold
 also grew by 70-100 MB in the first 100k particles: that was the E-step keeping one GEMM buffer per
-chunk width, fixed in :class:`engine.em.estep.GemmWorkspace`, not the allocator.) On CUDA, where
+chunk width, fixed in :class:`otf2d.engine.em.estep.GemmWorkspace`, not the allocator.) On CUDA, where
 the step tensors live on the GPU, the engine's RSS grew +2.8 % and +3.4 % from 20k to 200k (two
 runs on an H200), and the GPU memory torch reserved stayed at 478-480 MB.
 """
