@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otf2d.core.errors import BoxSizeMismatchError, InputError, NonFiniteError, PixelSizeError
+from otf2d.core.extra_columns import ExtraColumns
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -118,6 +119,8 @@ class ParticleBatch:
         ``(n,)`` int64: 1-based index of each particle in its stack.
     optics_groups
         ``(n,)`` int64: 1-based optics group of each particle.
+    extra
+        Every column of the particles' input rows (:mod:`otf2d.core.extra_columns`), or ``None``.
     """
 
     images: np.ndarray
@@ -127,6 +130,7 @@ class ParticleBatch:
     stack_paths: np.ndarray
     indices: IntArray
     optics_groups: IntArray
+    extra: ExtraColumns | None = None
 
     def __post_init__(self) -> None:
         images = self.images
@@ -145,6 +149,8 @@ class ParticleBatch:
                 raise InputError(None, f"{name} has {len(arr)} entries for {n} images")
         if len(optics) != n:
             raise InputError(None, f"optics_groups has {len(optics)} entries for {n} images")
+        if self.extra is not None and len(self.extra) != n:
+            raise InputError(None, f"extra columns have {len(self.extra)} rows for {n} images")
         if n and indices.min() < 1:
             raise InputError(None, "particle indices are 1-based; found an index below 1")
         object.__setattr__(self, "stack_paths", stack_paths)
@@ -200,6 +206,7 @@ class ParticleBatch:
             stack_paths=self.stack_paths[idx],
             indices=self.indices[idx],
             optics_groups=self.optics_groups[idx],
+            extra=None if self.extra is None else self.extra.take(idx),
         )
 
     @classmethod
@@ -229,6 +236,7 @@ class ParticleBatch:
             stack_paths=np.concatenate([p.stack_paths for p in parts]),
             indices=np.concatenate([p.indices for p in parts]),
             optics_groups=np.concatenate([p.optics_groups for p in parts]),
+            extra=ExtraColumns.concatenate([p.extra for p in parts]),
         )
 
 

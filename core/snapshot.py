@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otf2d.core.errors import InputError
+from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams
 
 FloatArray = npt.NDArray[np.float64]
@@ -59,7 +60,8 @@ class ParticleAssignments:
     ``class_index`` is 0-based. ``psi_degrees`` is RELION's ``rlnAnglePsi``; ``origin_x_angstrom`` /
     ``origin_y_angstrom`` are ``rlnOriginXAngst`` / ``rlnOriginYAngst``. ``pmax`` is the posterior of
     the chosen (class, pose), ``class_posterior`` that of the chosen class, ``class_ess`` the
-    effective number of classes ``1 / Σ p_k²``.
+    effective number of classes ``1 / Σ p_k²``. ``extra`` holds every column of the input's particle
+    rows (:mod:`otf2d.core.extra_columns`), written back by the snapshot writers, or ``None``.
     """
 
     stack_paths: np.ndarray
@@ -76,6 +78,7 @@ class ParticleAssignments:
     n_significant: IntArray
     log_likelihood: FloatArray
     micrograph_names: np.ndarray | None = None
+    extra: ExtraColumns | None = None
 
     def __post_init__(self) -> None:
         n = len(self.indices)
@@ -84,6 +87,8 @@ class ParticleAssignments:
                 raise InputError(None, f"assignments: {name} has {len(getattr(self, name))} entries, not {n}")
         if len(self.ctf) != n:
             raise InputError(None, f"assignments: ctf has {len(self.ctf)} entries, not {n}")
+        if self.extra is not None and len(self.extra) != n:
+            raise InputError(None, f"assignments: extra columns have {len(self.extra)} rows, not {n}")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -96,6 +101,8 @@ class ParticleAssignments:
         changes["ctf"] = self.ctf.take(idx)
         if self.micrograph_names is not None:
             changes["micrograph_names"] = np.asarray(self.micrograph_names)[idx]
+        if self.extra is not None:
+            changes["extra"] = self.extra.take(idx)
         return dataclasses.replace(self, **changes)
 
     def image_names(self) -> list[str]:

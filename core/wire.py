@@ -19,9 +19,11 @@ Transport
 - Use :func:`message_kind` to route an incoming message (``"batch"`` → :func:`decode_batch`,
   anything else → :func:`decode_control`).
 
-Data message (streamer → engine): kind ``"batch"``, exactly 3 frames
-=====================================================================
-``[header_json, images, ctf]``
+Data message (streamer → engine): kind ``"batch"``, 3 frames, or 4 with the metadata frame
+==========================================================================================
+``[header_json, images, ctf]`` or ``[header_json, images, ctf, metadata]``: ``metadata`` is every
+column of the particles' input rows, encoded by :func:`encode_metadata_frame` (its own version and
+validation, described with it). An engine older than the metadata frame rejects a 4-frame batch.
 
 ``images``
     The particle images, C order, **little-endian**, ``dtype`` ``"float32"`` or ``"float16"``,
@@ -135,6 +137,7 @@ from typing import Any
 import numpy as np
 
 from otf2d.core.errors import DecodeError, InputError
+from otf2d.core.extra_columns import MAX_COLUMNS, MAX_ROW_VALUES, ExtraColumns, check_column_name
 from otf2d.core.particles import CtfParams, ParticleBatch
 
 SCHEMA_VERSION = 1
@@ -308,7 +311,9 @@ def encode_batch(
         header["sent_time"] = float(sent_time)
     if attempt is not None:
         header["attempt"] = int(attempt)
-    return [_json_frame(header), image_bytes, ctf_bytes]
+    if batch.extra is None:
+        return [_json_frame(header), image_bytes, ctf_bytes]
+    return [_json_frame(header), image_bytes, ctf_bytes, encode_metadata_frame(batch.extra)]
 
 
 def _as_buffer(frame: Any, what: str) -> memoryview:
@@ -453,8 +458,8 @@ def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
         shape vs buffer size, checksum, list lengths, indices < 1, duplicate keys, pixel size
         ≤ 0, NaN/Inf in images or CTF. The message says which.
     """
-    if len(frames) != 3:
-        raise DecodeError(None, f"a batch message has 3 frames [header, images, ctf], got {len(frames)}")
+    if len(frames) not in (3, 4):
+        raise DecodeError(None, f"a batch message has 3 frames [header, images, ctf] (+ metadata), got {len(frames)}")
     header = _parse_header(frames[0])
     if header["kind"] != KIND_BATCH:
         raise DecodeError(None, f"expected kind 'batch', got {header['kind']!r}")
@@ -520,6 +525,7 @@ def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
             stack_paths=np.asarray(stack_paths, dtype=str),
             indices=indices,
             optics_groups=optics_groups,
+            extra=decode_metadata_frame(frames[3], n) if len(frames) == 4 else None,
         )
     except InputError as exc:  # pragma: no cover - every case is checked above
         raise DecodeError(None, exc.what) from exc
@@ -589,6 +595,159 @@ def decode_control(frames: Sequence[Any]) -> dict[str, Any]:
     return message
 
 
+# --------------------------------------------------------------------------- metadata frame
+#
+# The optional 4th frame of a batch: every column of the particles' input rows (issue 14), so the
+# engine's snapshots can write them back. Self-contained and versioned on its own:
+#
+#   frame  = u32 little-endian L | L bytes of UTF-8 JSON (the metadata header) | column data
+#   header = {"metadata_version": 1, "origin": "relion"|"cryosparc", "n_rows": n, "data_crc32": int,
+#             "columns": [{"name": str, "dtype": str, "shape": [n] or [n, k], "text": bool}, ...]}
+#
+# Column data are the columns' C-order bytes, one after another, in header order. ``dtype`` is one
+# of :data:`METADATA_DTYPES` (fixed-size numbers, ``|S<w>`` bytes); ``text`` marks a str column
+# sent as UTF-8 bytes. Never pickle; every size is bounded and checked against the frame length.
+
+METADATA_VERSION = 1
+#: Largest metadata frame accepted, bytes.
+MAX_METADATA_BYTES = 256 * 1024 * 1024
+#: Largest metadata header, bytes.
+MAX_METADATA_HEADER_BYTES = 1024 * 1024
+_METADATA_DTYPE = re.compile(r"^(<f[248]|<i[248]|\|i1|<u[248]|\|u1|\|b1|\|S[0-9]{1,5})$")
+#: What :data:`_METADATA_DTYPE` admits, in words (for error messages).
+METADATA_DTYPES = "<f2 <f4 <f8 |i1 <i2 <i4 <i8 |u1 <u2 <u4 <u8 |b1 |S1..|S99999"
+
+
+def _wire_column(values: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A column as it travels: little-endian numbers, or UTF-8 bytes for str (``text``)."""
+    if values.dtype.kind == "U":
+        encoded = np.char.encode(values, "utf-8")
+        return (encoded if encoded.dtype.itemsize else encoded.astype("S1")), True
+    if values.dtype.kind == "S":
+        return (values if values.dtype.itemsize else values.astype("S1")), False
+    return values.astype(values.dtype.newbyteorder("<")), False
+
+
+def encode_metadata_frame(extra: ExtraColumns) -> bytes:
+    """The metadata frame of ``extra`` (see above).
+
+    Raises
+    ------
+    InputError
+        A column whose dtype or size :func:`decode_metadata_frame` would refuse.
+    """
+    n = len(extra)
+    specs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, values in extra.columns.items():
+        wire, text = _wire_column(np.ascontiguousarray(values))
+        if _METADATA_DTYPE.match(wire.dtype.str) is None:
+            raise InputError(None, f"metadata column {name}: dtype {wire.dtype.str} cannot travel ({METADATA_DTYPES})")
+        specs.append({"name": name, "dtype": wire.dtype.str, "shape": [n, *wire.shape[1:]], "text": text})
+        chunks.append(np.ascontiguousarray(wire).tobytes())
+    data = b"".join(chunks)
+    header = _json_frame(
+        {
+            "metadata_version": METADATA_VERSION,
+            "origin": extra.origin,
+            "n_rows": n,
+            "data_crc32": _crc32(data),
+            "columns": specs,
+        }
+    )
+    frame = len(header).to_bytes(4, "little") + header + data
+    if len(header) > MAX_METADATA_HEADER_BYTES or len(frame) > MAX_METADATA_BYTES:
+        raise InputError(None, f"metadata frame of {len(frame)} bytes is larger than the limits")
+    return frame
+
+
+def _metadata_header(buf: memoryview) -> tuple[dict[str, Any], int]:
+    if buf.nbytes < 4:
+        raise DecodeError(None, "metadata frame is shorter than its 4-byte header length")
+    length = int.from_bytes(bytes(buf[:4]), "little")
+    if length > MAX_METADATA_HEADER_BYTES or 4 + length > buf.nbytes:
+        raise DecodeError(None, f"metadata header length {length} does not fit the frame of {buf.nbytes} bytes")
+    try:
+        header = json.loads(bytes(buf[4 : 4 + length]).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(None, f"metadata header is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise DecodeError(None, "metadata header must be a JSON object")
+    version = header.get("metadata_version")
+    if type(version) is not int or version != METADATA_VERSION:
+        raise DecodeError(None, f"unsupported metadata_version {version!r:.20}; this decoder speaks {METADATA_VERSION}")
+    return header, 4 + length
+
+
+def _metadata_column(spec: Any, n: int, seen: set[str]) -> tuple[str, np.dtype, tuple[int, ...], bool]:
+    if not isinstance(spec, dict):
+        raise DecodeError(None, "metadata column spec must be an object")
+    try:
+        name = check_column_name(spec.get("name"))
+    except InputError as exc:
+        raise DecodeError(None, f"metadata: {exc.what}") from exc
+    if name in seen:
+        raise DecodeError(None, f"metadata column {name} appears twice")
+    dtype_name = spec.get("dtype")
+    if not isinstance(dtype_name, str) or _METADATA_DTYPE.match(dtype_name) is None:
+        raise DecodeError(None, f"metadata column {name}: dtype {dtype_name!r:.40} is not one of {METADATA_DTYPES}")
+    dtype = np.dtype(dtype_name)
+    shape: Any = spec.get("shape")
+    ok_shape = isinstance(shape, list) and len(shape) in (1, 2) and all(type(s) is int for s in shape)
+    if not ok_shape or shape[0] != n or (len(shape) == 2 and not 1 <= shape[1] <= MAX_ROW_VALUES):
+        raise DecodeError(None, f"metadata column {name}: shape {shape!r:.60} is not [n] or [n, 1..{MAX_ROW_VALUES}]")
+    text = spec.get("text", False)
+    if type(text) is not bool or (text and dtype.kind != "S"):
+        raise DecodeError(None, f"metadata column {name}: 'text' must be a bool, true only for bytes")
+    return name, dtype, tuple(shape), text
+
+
+def decode_metadata_frame(frame: Any, n: int) -> ExtraColumns:
+    """Validate a metadata frame of ``n`` particles and rebuild its :class:`ExtraColumns`.
+
+    Raises
+    ------
+    DecodeError
+        Too large, bad length prefix or JSON, unknown version or origin, a row count other than
+        ``n``, a bad or repeated column name, a dtype outside :data:`METADATA_DTYPES`, a shape,
+        sizes that do not add up to the frame, a checksum mismatch, or text that is not UTF-8.
+    """
+    buf = _as_buffer(frame, "metadata")
+    if buf.nbytes > MAX_METADATA_BYTES:
+        raise DecodeError(None, f"metadata frame is {buf.nbytes} bytes, more than the limit {MAX_METADATA_BYTES}")
+    header, offset = _metadata_header(buf)
+    origin, rows, specs = header.get("origin"), header.get("n_rows"), header.get("columns")
+    if origin not in ("relion", "cryosparc"):
+        raise DecodeError(None, f"metadata origin must be 'relion' or 'cryosparc', got {origin!r:.40}")
+    if type(rows) is not int or rows != n:
+        raise DecodeError(None, f"metadata holds {rows!r:.20} rows for a batch of {n} particles")
+    if not isinstance(specs, list) or len(specs) > MAX_COLUMNS:
+        raise DecodeError(None, f"metadata 'columns' must be a list of at most {MAX_COLUMNS}")
+    crc = header.get("data_crc32")
+    if type(crc) is not int or crc != _crc32(buf[offset:]):
+        raise DecodeError(None, "metadata frame checksum mismatch")
+    columns: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, dtype, shape, text = _metadata_column(spec, n, set(columns))
+        size = math.prod(shape) * dtype.itemsize
+        if offset + size > buf.nbytes:
+            raise DecodeError(None, f"metadata column {name} needs {size} bytes; the frame ends before")
+        values = np.frombuffer(buf[offset : offset + size], dtype=dtype).reshape(shape)
+        offset += size
+        if text:
+            try:
+                values = np.char.decode(values, "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DecodeError(None, f"metadata column {name} holds text that is not UTF-8") from exc
+        columns[name] = values
+    if offset != buf.nbytes:
+        raise DecodeError(None, f"metadata frame has {buf.nbytes - offset} bytes after its last column")
+    try:
+        return ExtraColumns(origin, columns)
+    except InputError as exc:
+        raise DecodeError(None, f"metadata: {exc.what}") from exc
+
+
 __all__ = [
     "CONTROL_KINDS",
     "CTF_FIELDS",
@@ -612,8 +771,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "decode_batch",
     "decode_control",
+    "decode_metadata_frame",
     "encode_batch",
     "encode_control",
+    "encode_metadata_frame",
     "make_msg_id",
     "message_kind",
     "parse_msg_id",

@@ -15,7 +15,10 @@ folder must be visible from this machine).
 
 Classes are chosen by number (--classes, 1-based as in the gallery and _model.star) or, by default
 (--auto), by the junk score of every class (the red borders of the gallery; user overrides of an
-engine session are honoured), then --min-particles and --max-resolution drop classes on top.
+engine session are honoured), then --min-particles and --max-resolution drop classes on top. With
+--auto, particles of the kept classes whose own junk score (rlnOtf2dJunkScore: their class explains
+them far worse than its typical member, see otf2d.monitoring.particle_junk) is above
+--particle-junk-threshold are left out too.
 
 Written under --out (each file atomically):
   particles.star   RELION 3.1 (data_optics + data_particles): image names pointing at the original
@@ -32,6 +35,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from otf2d.core.errors import InputError
+from otf2d.monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
 from otf2d.selection.source import (
     add_class_args,
     add_source_args,
@@ -54,6 +59,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--absolute-paths", action="store_true", help="write absolute stack paths (default: relative to the project)"
     )
+    parser.add_argument(
+        "--particle-junk-threshold",
+        type=float,
+        default=DEFAULT_PARTICLE_THRESHOLD,
+        help="with --auto, also drop particles of kept classes whose own junk score (rlnOtf2dJunkScore) is "
+        f"above this (default {DEFAULT_PARTICLE_THRESHOLD}; 1 keeps whole classes)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the summary (no per-class table)")
 
 
@@ -63,6 +75,11 @@ def main(args: argparse.Namespace) -> int:
     loaded = source.loaded
     choice = choose_from_args(args, loaded)
     index = choice.particle_index(loaded.snapshot)
+    in_classes = len(index)
+    if choice.junk_scores is not None:
+        if not 0.0 <= args.particle_junk_threshold <= 1.0:
+            raise InputError(None, f"--particle-junk-threshold must lie in [0, 1], got {args.particle_junk_threshold}")
+        index = index[particle_junk_scores(loaded.snapshot)[index] <= args.particle_junk_threshold]
     details = {
         "command": "select",
         "chosen_by": "junk score" if choice.junk_scores is not None else "class numbers",
@@ -72,16 +89,20 @@ def main(args: argparse.Namespace) -> int:
         "min_particles": args.min_particles,
         "max_resolution_angstrom": args.max_resolution,
         "user_overrides": {str(c): v for c, v in sorted(choice.overrides.items())},
+        "particle_junk_threshold": args.particle_junk_threshold if choice.junk_scores is not None else None,
+        "particles_dropped_as_junk_in_kept_classes": in_classes - len(index),
     }
     files = write_selection(loaded, index, args.out, details=details, absolute_paths=args.absolute_paths)
     if not args.quiet:
         print("\n".join(class_table(choice, loaded)))
         print()
     total = len(loaded.snapshot.particles)
+    dropped = in_classes - len(index)
+    dropped_note = f"; {dropped:,} junk particles of those classes left out" if dropped else ""
     share = files.n_particles / total if total else 0.0
     print(
         f"Selected {files.n_particles:,} of {total:,} particles ({share:.0%}) from {source.description}: "
-        f"{describe_choice(choice, loaded.snapshot.n_classes)}. "
+        f"{describe_choice(choice, loaded.snapshot.n_classes)}{dropped_note}. "
         f"RELION particles: {files.particles_star} ({relative_note(loaded, args.absolute_paths)}); "
         f"cryoSPARC particles: {files.particles_cs}; record: {files.record_json}."
     )

@@ -328,6 +328,7 @@ def read_snapshot(
         n_significant=n_significant,
         log_likelihood=log_likelihood,
         micrograph_names=None if table.micrograph_names is None else np.asarray(table.micrograph_names, dtype=object),
+        extra=table.extra,
     )
     first_stack = str(table.stack_paths[0]) if n else None
     project = Path(project_dir) if project_dir is not None else table.project_dir

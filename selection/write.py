@@ -5,8 +5,9 @@
 ``data_particles``, image names pointing at the original stacks (relative to the project
 directory, as RELION writes them, or absolute with ``absolute_paths``), the 2D alignment kept
 (``rlnClassNumber`` as in the snapshot, ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst``, Pmax). The
-``.cs`` is ``otf2d.monitoring.snapshots.cryosparc.particles_cs_array`` of the same particles, keeping the
-``uid`` of the snapshot's own ``_particles.cs`` when it has one. A small JSON record says where the
+``.cs`` is ``otf2d.monitoring.snapshots.cryosparc.particles_cs_array`` of the same particles, keeping every
+field of the snapshot's own ``_particles.cs`` rows (``uid``, ``location/*``, a ``.cs`` input's fields)
+when it has one; the STAR keeps every column of the snapshot's ``_data.star``. A small JSON record says where the
 particles came from and how they were chosen.
 """
 
@@ -23,6 +24,7 @@ import numpy.typing as npt
 
 from otf2d import core
 from otf2d.core.errors import InputError
+from otf2d.core.extra_columns import from_records
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_npy_atomic, write_star_atomic
 from otf2d.monitoring.snapshots.cryosparc import particles_cs_array
@@ -144,12 +146,12 @@ def write_selection(
         subset = dataclasses.replace(subset, particles=particles)
     # Build both tables before writing anything, so bad input leaves no partial selection.
     blocks = data_star_blocks(subset)
-    cs = particles_cs_array(subset, session=loaded.session)
+    cs_subset = subset
     if loaded.particles_cs is not None:
-        original = loaded.particles_cs[idx]
-        cs["uid"] = original["uid"]
-        if "blob/sign" in (original.dtype.names or ()):
-            cs["blob/sign"] = original["blob/sign"]
+        # The snapshot's own .cs rows carry what a .cs input had (uid, location/*, pick_stats/*, ...).
+        cs_rows = from_records(loaded.particles_cs[idx])
+        cs_subset = dataclasses.replace(subset, particles=dataclasses.replace(subset.particles, extra=cs_rows))
+    cs = particles_cs_array(cs_subset, session=loaded.session, project_dir=loaded.project_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"particles_star": out / PARTICLES_STAR, "particles_cs": out / PARTICLES_CS}

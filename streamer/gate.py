@@ -54,7 +54,7 @@ from otf2d.core.errors import (
 )
 from otf2d.core.readers import StackPool, load_batch, read_particle_table
 from otf2d.core.readers.table import ParticleTable
-from otf2d.core.wire import CTF_FIELDS
+from otf2d.core.wire import CTF_FIELDS, encode_metadata_frame
 from otf2d.streamer.ledger import FileRecord, Ledger, PlannedBatch, particle_key, safe_text
 from otf2d.streamer.optics_source import OpticsCache, find_job_particles_star
 
@@ -449,9 +449,21 @@ class Gate:
                         pixel_size_angstrom=float(px),
                         source=source,
                         file_ready_time=mtime,
+                        metadata=_metadata_frame(table, rows),
                     )
                 )
         return batches
+
+
+def _metadata_frame(table: ParticleTable, rows: np.ndarray) -> bytes | None:
+    """The input columns of ``rows`` as a wire metadata frame; ``None`` (logged) when they cannot travel."""
+    if table.extra is None:
+        return None
+    try:
+        return encode_metadata_frame(table.extra.take(rows))
+    except InputError as exc:
+        log.warning("%s: the input's extra columns are not sent (%s)", table.source, exc)
+        return None
 
 
 __all__ = [

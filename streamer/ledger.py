@@ -18,6 +18,10 @@ Tables (one ledger per session):
     order), ``created_at``, ``sent_at``, ``acked_at``, ``attempts``, ``reason``.
     Images are *not* stored: they are read from the stacks when the batch is sent, so the backlog
     costs ~100 bytes per particle on disk and nothing in memory.
+``batch_metadata``
+    ``seq`` → ``frame``: the batch's input columns as a wire metadata frame
+    (:func:`otf2d.core.wire.encode_metadata_frame`), sent with the batch (issue 14); absent when the
+    file had none (and for batches planned by an older streamer).
 ``particles``
     ``key`` (``"NNNNNN@stack/path.mrcs"``, primary key) → ``seq``: every particle ever planned,
     so that a rewritten ``particles.star`` (or an ``_extract.star`` and the job's
@@ -122,6 +126,7 @@ CREATE INDEX IF NOT EXISTS batches_state ON batches (state, seq);
 CREATE INDEX IF NOT EXISTS batches_file ON batches (file);
 CREATE TABLE IF NOT EXISTS particles (key TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rejected (key TEXT PRIMARY KEY, file TEXT NOT NULL, reason TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_metadata (seq INTEGER PRIMARY KEY, frame BLOB NOT NULL);
 """
 
 
@@ -190,6 +195,8 @@ class PlannedBatch:
         Metadata file, relative to the project directory (provenance).
     file_ready_time
         Unix seconds when the metadata file became ready.
+    metadata
+        The particles' input columns as a wire metadata frame, or ``None``.
     """
 
     stack_paths: list[str]
@@ -200,6 +207,7 @@ class PlannedBatch:
     pixel_size_angstrom: float
     source: str
     file_ready_time: float
+    metadata: bytes | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -465,6 +473,8 @@ class Ledger:
                 seq = int(cursor.lastrowid or 0)
                 msg_id = make_msg_id(self.ledger_id, seq)
                 db.execute("UPDATE batches SET msg_id = ? WHERE seq = ?", (msg_id, seq))
+                if planned.metadata is not None:
+                    db.execute("INSERT INTO batch_metadata (seq, frame) VALUES (?, ?)", (seq, planned.metadata))
                 db.executemany(
                     "INSERT OR IGNORE INTO particles (key, seq) VALUES (?, ?)",
                     [
@@ -630,7 +640,8 @@ class Ledger:
 _OPEN_BATCH = (BatchState.PENDING.value, BatchState.SENT.value)
 _FILE_COLUMNS = "path, kind, size, mtime_ns, state, reason, attempts, next_try, first_seen, waiting_since, planned_at"
 _BATCH_COLUMNS = (
-    "seq, msg_id, file, state, attempts, source, pixel_size_angstrom, file_ready_time, particles_json, ctf, n_particles"
+    "seq, msg_id, file, state, attempts, source, pixel_size_angstrom, file_ready_time, particles_json, ctf, "
+    "n_particles, (SELECT frame FROM batch_metadata WHERE batch_metadata.seq = batches.seq)"
 )
 
 
@@ -681,6 +692,7 @@ def _batch_record(row: Sequence[Any]) -> BatchRecord:
             pixel_size_angstrom=float(row[6]),
             source=str(row[5]),
             file_ready_time=float(row[7]),
+            metadata=None if row[11] is None else bytes(row[11]),
         ),
     )
 

@@ -7,7 +7,7 @@ import numpy as np
 from otf2d.core.errors import InputError
 from otf2d.core.particles import CtfParams, ParticleBatch
 from otf2d.core.readers import read_images, read_stack_header
-from otf2d.core.wire import CTF_FIELDS
+from otf2d.core.wire import CTF_FIELDS, decode_metadata_frame
 from otf2d.streamer.ledger import PlannedBatch
 
 
@@ -29,7 +29,8 @@ def load_planned(planned: PlannedBatch, session: str) -> ParticleBatch:
     Raises
     ------
     InputError
-        A stack vanished, shrank, changed box, or holds NaN/Inf (the subclass says which).
+        A stack vanished, shrank, changed box, or holds NaN/Inf (the subclass says which); or
+        the ledger's metadata frame does not decode (``DecodeError``).
     """
     stacks = np.asarray(planned.stack_paths, dtype=str)
     indices = np.asarray(planned.indices, dtype=np.int64)
@@ -51,6 +52,7 @@ def load_planned(planned: PlannedBatch, session: str) -> ParticleBatch:
         stack_paths=stacks,
         indices=indices,
         optics_groups=np.asarray(planned.optics_groups, dtype=np.int64),
+        extra=None if planned.metadata is None else decode_metadata_frame(planned.metadata, len(indices)),
     )
     batch.check_finite(source=planned.source)
     return batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 from engine_helpers import ROOT, batch_frames, make_batch
 
+from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
-from otf2d.core.wire import decode_batch
+from otf2d.core.wire import decode_batch, encode_batch
 from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, Journal
 from otf2d.engine.storage.segments import segment_path
 
@@ -198,3 +200,32 @@ def test_sigkill_during_appends_loses_no_acknowledged_message(tmp_path: Path) ->
     assert len(keys) == len(set(keys)) == journal.count >= 6 * len(acked)
     journal.append_many([entry(make_batch(SESSION, 99, 3), "after:1")])
     assert journal.read(journal.count - 3, journal.count).batch.indices.tolist() == [1, 2, 3]
+
+
+def test_input_columns_are_journaled_with_their_particles(tmp_path: Path) -> None:
+    """Issue 14: each message's input columns (the wire's metadata frame) come back with the assignments,
+    aligned with the particles, duplicates dropped, after a reopen too."""
+    first = make_batch(SESSION, 1, 4)
+    second = make_batch(SESSION, 2, 3)
+    extra1 = ExtraColumns("relion", {"rlnCoordinateX": np.arange(4.0), "rlnMicrographName": np.array(["a"] * 4)})
+    extra2 = ExtraColumns("relion", {"rlnCoordinateX": 10 + np.arange(3.0), "rlnMicrographName": np.array(["b"] * 3)})
+    first = dataclasses.replace(first, extra=extra1)
+    # the second message repeats particle 1 of the first: it is dropped with its columns
+    second = dataclasses.replace(
+        second,
+        stack_paths=np.array([first.stack_paths[0], *second.stack_paths[1:]]),
+        indices=np.array([first.indices[0], *second.indices[1:]]),
+        extra=extra2,
+    )
+    journal = Journal(tmp_path / "j", SESSION)
+    for msg, batch in (("s:1", first), ("s:2", second)):
+        header, decoded = decode_batch(encode_batch(batch, msg_id=msg, source="f.star", file_ready_time=1.0))
+        journal.append_many([(header, decoded)])
+    assert journal.count == 6
+    values = {c: np.zeros(6) for c in ASSIGNMENT_COLUMNS}
+    journal.store_assignments(np.array([0, 2, 4, 5]), {c: v[:4] for c, v in values.items()})
+    journal.close()
+    got = Journal(tmp_path / "j", SESSION).assignments()
+    assert got.extra is not None
+    np.testing.assert_array_equal(got.extra.columns["rlnCoordinateX"], [0.0, 2.0, 11.0, 12.0])
+    assert got.extra.columns["rlnMicrographName"].tolist() == ["a", "a", "b", "b"]

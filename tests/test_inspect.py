@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 from pathlib import Path
+from typing import Any
 
+import mrcfile
 import numpy as np
 import pytest
 import starfile
@@ -118,3 +122,74 @@ def test_repeated_rows_are_reported(shared_data: Path, capsys: pytest.CaptureFix
     assert "particles:     15 (2 repeated row(s) dropped)" in out
     code, out, _ = _run(capsys, str(shared_data / "cryodrgn" / "relion5.star"), "--json")
     assert json.loads(out)["duplicate_rows_dropped"] == 2
+
+
+# ---------------------------------------------------------------- issue 14, item 4: what the file is
+
+
+def test_a_3d_map_is_called_a_map_not_a_stack(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, str(shared_data / "cryodrgn" / "hand-vol.mrc"))
+    assert code == 0 and "MRC 3D map" in out and "64 x 64 x 64 voxels" in out and "image stack" not in out
+
+
+def test_a_cryosparc_particle_stack_with_a_volume_space_group_is_a_stack(
+    shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, str(shared_data / "cryodrgn" / "empiar_10076_7.mrc"), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["kind"] == "image-stack" and report["images"] == 7
+
+
+def test_a_micrograph_is_one_micrograph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mic = tmp_path / "mic.mrc"
+    with mrcfile.new(mic) as mrc:
+        mrc.set_data(np.zeros((1, 1024, 1536), dtype=np.int8))
+    code, out, _ = _run(capsys, str(mic))
+    assert code == 0 and "single micrograph" in out and "1 (1536 x 1024 px)" in out
+
+
+@pytest.mark.parametrize(("suffix", "opener"), [(".map.gz", gzip.open), (".mrcs.bz2", bz2.open)])
+def test_compressed_mrc_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str, opener: Any) -> None:
+    plain = write_stack(tmp_path / "s.mrcs", random_images(4, 16), voxel_size=1.5)
+    packed = tmp_path / f"s{suffix}"
+    with opener(packed, "wb") as fh:
+        fh.write(plain.read_bytes())
+    code, out, _ = _run(capsys, str(packed), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["kind"] == "image-stack" and report["images"] == 4
+    assert report["compression"] == ("gzip" if suffix.endswith("gz") else "bzip2")
+    assert report["pixel_size_angstrom_in_header"] == pytest.approx(1.5)
+
+
+def test_a_compressed_star_is_refused_clearly(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    packed = tmp_path / "particles.star.gz"
+    with gzip.open(packed, "wb") as fh:
+        fh.write((shared_data / "cryodrgn" / "relion31.star").read_bytes())
+    code, _, err = _run(capsys, str(packed))
+    assert code == 2 and "gzip-compressed" in err and "not an MRC file" in err and "decompress" in err
+
+
+def test_relion30_says_which_ctf_values_were_defaulted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_stack(tmp_path / "s.mrcs", random_images(2, 16), voxel_size=1.0)
+    star = write_star(
+        tmp_path / "p.star",
+        star_loop(
+            "",
+            {
+                "rlnImageName": ["000001@s.mrcs", "000002@s.mrcs"],
+                "rlnDefocusU": [10000, 12000],
+                "rlnDefocusV": [10000, 12000],
+                "rlnVoltage": [300, 300],
+            },
+        ),
+        version=False,
+    )
+    code, out, _ = _run(capsys, str(star), "--json")
+    defaulted = json.loads(out)["ctf"]["defaulted"]
+    assert code == 0
+    assert defaulted["rlnSphericalAberration"] == "0" and defaulted["rlnAmplitudeContrast"] == "0"
+    assert "rlnVoltage" not in defaulted and "rlnDefocusV" not in defaulted
+    code, text, _ = _run(capsys, str(star), "--cs", "2.7")
+    assert "RELION 3.0 file: no optics table" in text and "rlnSphericalAberration" not in text

@@ -75,7 +75,21 @@ def test_factor_one_flattens_the_true_view_distribution(
     classified: ClassifiedSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     selected, balanced = tmp_path / "selected", tmp_path / "balanced"
-    assert otf2d(["select", str(classified.run_dir), "--out", str(selected), "--auto", "--quiet"]) == 0
+    assert (
+        otf2d(
+            [
+                "select",
+                str(classified.run_dir),
+                "--out",
+                str(selected),
+                "--auto",
+                "--quiet",
+                "--particle-junk-threshold",
+                "1",
+            ]
+        )
+        == 0
+    )
     code = otf2d(["rebalance", str(classified.run_dir), "--out", str(balanced), "--factor", "1", "--seed", "4"])
     assert code == 0
     printed = capsys.readouterr().out

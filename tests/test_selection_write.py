@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import starfile
-from selection_session import ClassifiedSession, classified_session
+from selection_session import ClassifiedSession, classified_session, is_junk
 from snapshot_factory import COUNTS, make_snapshot
 
 from otf2d.core.cli import main as otf2d
@@ -124,7 +124,22 @@ def test_select_command_on_a_classified_session(
     classified: ClassifiedSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "Select"
-    assert otf2d(["select", str(classified.run_dir), "--out", str(out), "--auto", "--min-particles", "10"]) == 0
+    assert (
+        otf2d(
+            [
+                "select",
+                str(classified.run_dir),
+                "--out",
+                str(out),
+                "--auto",
+                "--min-particles",
+                "10",
+                "--particle-junk-threshold",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     summary = printed.strip().splitlines()[-1]
     loaded = read_snapshot(classified.run_dir)
@@ -184,3 +199,28 @@ def test_relion_reads_the_selected_particles(classified: ClassifiedSession, tmp_
         image = read_stack_images(classified.project / stack, [int(index)])[0]
         assert float(avg) == pytest.approx(float(np.mean(image, dtype=np.float64)), abs=1e-5)
         assert float(angpix) == pytest.approx(4.0)
+
+
+@pytest.mark.slow
+def test_select_auto_leaves_out_junk_hiding_in_good_classes(classified: ClassifiedSession, tmp_path: Path) -> None:
+    """Issue 14: ``--auto`` also drops particles their class explains far worse than its typical member
+    (``rlnOtf2dJunkScore`` > 0.5). Against whole-class selection on the ground truth: what it leaves out is
+    several times richer in junk than what it keeps, and nearly every good particle stays."""
+    whole, default = tmp_path / "whole", tmp_path / "default"
+    assert otf2d(["select", str(classified.run_dir), "--out", str(whole), "--particle-junk-threshold", "1"]) == 0
+    assert otf2d(["select", str(classified.run_dir), "--out", str(default), "--quiet"]) == 0
+    whole_names = starfile.read(whole / "particles.star", always_dict=True)["particles"]["rlnImageName"].tolist()
+    chosen = starfile.read(default / "particles.star", always_dict=True)["particles"]
+    assert (chosen["rlnOtf2dJunkScore"] <= 0.5).all()
+    kept = set(chosen["rlnImageName"])
+    assert kept < set(whole_names)
+    junk = dict(zip(whole_names, is_junk(classified.truth_of(whole_names)), strict=True))
+    left_out = [n for n in whole_names if n not in kept]
+    good_whole = sum(not junk[n] for n in whole_names)
+    good_kept = sum(not junk[n] for n in kept)
+    assert good_kept >= 0.98 * good_whole
+    junk_rate_left_out = sum(junk[n] for n in left_out) / len(left_out)
+    junk_rate_whole = sum(junk.values()) / len(whole_names)
+    assert junk_rate_left_out >= 3 * junk_rate_whole
+    record = json.loads((default / "selection.json").read_text())
+    assert record["particles_dropped_as_junk_in_kept_classes"] == len(left_out)

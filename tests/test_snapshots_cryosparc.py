@@ -13,8 +13,12 @@ import starfile
 from snapshot_factory import COUNTS, IMAGE_PIXEL_SIZE, IMAGE_SIZE, PIXEL_SIZE, make_snapshot
 
 from otf2d.core.errors import InputError
+from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.snapshots.cryosparc import (
+    ALIGNMENTS2D_OMITTED,
+    class_averages_cs_array,
+    import_signature,
     particle_uids,
     particles_cs_array,
     write_class_averages_cs,
@@ -43,10 +47,12 @@ def test_alignments2d_fields_match_the_real_cryosparc_file(shared_data: Path, tm
     assert real.dtype.names is not None and ours.dtype.names is not None
     real_align = [n for n in real.dtype.names if n.startswith("alignments2D/")]
     ours_align = [n for n in ours.dtype.names if n.startswith("alignments2D/")]
-    assert ours_align == real_align  # same fields, same order
+    # same fields in the same order, less the statistics otf2d does not compute (absent, not faked)
+    assert ours_align == [n for n in real_align if n not in ALIGNMENTS2D_OMITTED]
+    assert len(ALIGNMENTS2D_OMITTED) == 10 and set(real_align) > ALIGNMENTS2D_OMITTED
     for name in real.dtype.names:
-        if name in ("blob/path", "blob/import_sig"):
-            continue  # path width depends on the paths; import_sig is cryoSPARC's import signature
+        if name == "blob/path" or name in ALIGNMENTS2D_OMITTED:
+            continue  # path width depends on the paths
         assert name in ours.dtype.names, name
         assert ours.dtype[name] == real.dtype[name], (name, ours.dtype[name], real.dtype[name])
     assert ours.dtype["blob/path"].kind == "S"
@@ -81,10 +87,11 @@ def test_values(tmp_path: Path) -> None:
     _close_f4(cs["alignments2D/class_ess"], parts.class_ess)
     np.testing.assert_array_equal(cs["alignments2D/psize_A"], np.float32(IMAGE_PIXEL_SIZE))
     assert np.all((cs["alignments2D/pose"] >= 0) & (cs["alignments2D/pose"] <= np.float32(2 * np.pi)))
-    # neutral values for what otf2d does not compute
-    np.testing.assert_array_equal(cs["alignments2D/alpha"], 1.0)
+    # real statistics, or none: error is the negative log-likelihood, the rest is absent
+    _close_f4(cs["alignments2D/error"], -parts.log_likelihood)
     np.testing.assert_array_equal(cs["alignments2D/split"], 0)
-    np.testing.assert_array_equal(cs["alignments2D/error"], 0.0)
+    assert not ALIGNMENTS2D_OMITTED & set(cs.dtype.names or ())
+    assert len(np.unique(cs["blob/import_sig"])) == 1 and cs["blob/import_sig"][0] == import_signature("")
 
 
 def test_pose_and_shift_conventions_on_a_known_particle(tmp_path: Path) -> None:
@@ -235,3 +242,23 @@ def test_invalid_class_quality_writes_nothing(
     with pytest.raises(InputError, match=message):
         write_relion_class2d(snapshot, tmp_path / "job")
     assert not list((tmp_path / "job").glob("*"))
+
+
+def test_class_posterior_is_clipped_to_one(tmp_path: Path) -> None:
+    snapshot = make_snapshot()
+    post = snapshot.particles.class_posterior.copy()
+    post[:2] = [1.0000007, -1e-9]
+    parts = dataclasses.replace(snapshot.particles, class_posterior=post)
+    cs = particles_cs_array(dataclasses.replace(snapshot, particles=parts))
+    assert cs["alignments2D/class_posterior"].max() <= 1.0
+    assert cs["alignments2D/class_posterior"][:2].tolist() == [1.0, 0.0]
+
+
+def test_class_averages_carry_the_particles_blob_sign() -> None:
+    snapshot = make_snapshot()
+    assert class_averages_cs_array(snapshot, "c.mrcs")["blob/sign"].tolist() == [-1.0] * snapshot.n_classes
+    n = len(snapshot.particles)
+    extra = ExtraColumns("cryosparc", {"blob/sign": np.ones(n, dtype="<f4")})
+    positive = dataclasses.replace(snapshot, particles=dataclasses.replace(snapshot.particles, extra=extra))
+    assert class_averages_cs_array(positive, "c.mrcs")["blob/sign"].tolist() == [1.0] * snapshot.n_classes
+    assert particles_cs_array(positive)["blob/sign"].tolist() == [1.0] * n  # the input's own sign comes back

@@ -160,7 +160,7 @@ def _bad_cases(good: list[bytes]) -> dict[str, list[Any]]:
     return {
         "no frames": [],
         "missing ctf frame": good[:2],
-        "extra frame": [*good, b"x"],
+        "extra frame": [*good, b"x", b"y"],
         "truncated images": [good[0], good[1][:-4], good[2]],
         "truncated ctf": [good[0], good[1], good[2][:-8]],
         "not json": [b"{not json", *good[1:]],

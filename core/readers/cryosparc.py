@@ -22,6 +22,7 @@ from otf2d.core.errors import (
     UnsupportedFormatError,
     ValueRangeError,
 )
+from otf2d.core.extra_columns import from_records
 from otf2d.core.particles import RELION_CTF_DEFAULTS, CtfParams
 from otf2d.core.readers.optics import OpticsOverrides, first_header, resolve_pixel_size
 from otf2d.core.readers.project import default_session, find_project_dir
@@ -234,6 +235,7 @@ def read_cryosparc_table(
         has_ctf="ctf/df1_A" in fields,
         format="cryosparc",
         stack_search_dirs=search,
+        extra=from_records(records),
     )
 
 

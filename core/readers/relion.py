@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from otf2d.core.errors import InputError, MissingColumnError, PixelSizeError
+from otf2d.core.extra_columns import from_dataframe
 from otf2d.core.particles import CtfParams
 from otf2d.core.readers.optics import CTF_LABELS, OPTICS_FIELDS, OpticsOverrides, first_header, resolve_pixel_size
 from otf2d.core.readers.project import default_session, find_project_dir
@@ -150,6 +151,11 @@ def read_relion_table(
         alignments=_alignments(path, particles, pixel_size),
         has_ctf=found_in["defocus_u_angstrom"] != "default",
         format=fmt,
+        extra=from_dataframe(
+            particles,
+            optics=None if optics is None else optics.table,
+            optics_rows=None if optics is None else optics.row_of_particle,
+        ),
     )
 
 

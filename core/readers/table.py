@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otf2d.core.errors import InputError, MissingStackError
+from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleKey
 from otf2d.core.readers.validate import is_absent, not_a_file_reason
 from otf2d.core.snapshot import OpticsGroup
@@ -99,6 +100,8 @@ class ParticleTable:
         ``project_dir / stack_path`` does not exist (cryoSPARC: the ``.cs`` file's directory).
     duplicates_dropped
         Rows of the file that repeated an earlier row's particle (stack, index) and were dropped.
+    extra
+        Every column of the input's particle rows, unchanged (:mod:`otf2d.core.extra_columns`), or ``None``.
     """
 
     source: Path
@@ -117,6 +120,7 @@ class ParticleTable:
     format: str = "relion"
     stack_search_dirs: tuple[Path, ...] = field(default=())
     duplicates_dropped: int = 0
+    extra: ExtraColumns | None = None
 
     def __post_init__(self) -> None:
         stack_paths = np.asarray(self.stack_paths, dtype=str)
@@ -126,6 +130,8 @@ class ParticleTable:
         lengths = {"stack_paths": len(stack_paths), "ctf": len(self.ctf), "optics_groups": len(groups)}
         if self.micrograph_names is not None:
             lengths["micrograph_names"] = len(self.micrograph_names)
+        if self.extra is not None:
+            lengths["extra columns"] = len(self.extra)
         for name, length in lengths.items():
             if length != n:
                 raise InputError(self.source, f"{name} has {length} entries for {n} particles")
@@ -155,6 +161,7 @@ class ParticleTable:
             optics_groups=self.optics_groups[idx],
             micrograph_names=None if self.micrograph_names is None else self.micrograph_names[idx],
             alignments=None if self.alignments is None else self.alignments.take(idx),
+            extra=None if self.extra is None else self.extra.take(idx),
         )
         return ParticleTable(**values)
 

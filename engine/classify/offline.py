@@ -77,13 +77,16 @@ def _phase_after(progress: Progress, params: Class2DParams) -> PhaseUpdate:
 
 
 def _with_table_metadata(particles: ParticleAssignments, table: ParticleTable) -> ParticleAssignments:
-    """Add the micrograph names of ``table`` when the particles are exactly its rows, in order."""
-    if table.micrograph_names is None or len(particles) != len(table):
+    """Add the micrograph names and every input column of ``table`` when the particles are exactly
+    its rows, in order."""
+    if (table.micrograph_names is None and table.extra is None) or len(particles) != len(table):
         return particles
     same = np.array_equal(particles.indices, table.indices) and np.array_equal(
         np.asarray(particles.stack_paths, dtype=str), table.stack_paths
     )
-    return dataclasses.replace(particles, micrograph_names=table.micrograph_names) if same else particles
+    if not same:
+        return particles
+    return dataclasses.replace(particles, micrograph_names=table.micrograph_names, extra=table.extra)
 
 
 def classify_table(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
 from otf2d.core.snapshot import ParticleAssignments
 from otf2d.engine.em.estep import Posteriors
@@ -153,12 +154,13 @@ def concatenate_particle_assignments(parts: Sequence[ParticleAssignments]) -> Pa
     """Join ``ParticleAssignments`` end to end (CTF and metadata included)."""
     if not parts:
         raise ValueError("nothing to concatenate")
-    names = [f.name for f in fields(ParticleAssignments) if f.name not in ("ctf", "micrograph_names")]
+    names = [f.name for f in fields(ParticleAssignments) if f.name not in ("ctf", "micrograph_names", "extra")]
     values = {name: np.concatenate([np.asarray(getattr(p, name)) for p in parts]) for name in names}
     mics = [p.micrograph_names for p in parts]
     return ParticleAssignments(
         ctf=CtfParams.concatenate([p.ctf for p in parts]),
         micrograph_names=None if any(m is None for m in mics) else np.concatenate([np.asarray(m) for m in mics]),
+        extra=ExtraColumns.concatenate([p.extra for p in parts]),
         **values,
     )
 

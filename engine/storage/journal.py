@@ -10,7 +10,9 @@ by ``ParticleKey(session, stack_path, image_index)``; the index refuses a second
 (``UNIQUE(stack_id, image_index)``), and a ``msg_id`` seen before is recognised so that a re-sent
 message is acknowledged again without storing anything. The ``particles`` table also holds every
 particle's CTF, optics group, ``file_ready_time`` and its **latest assignment** (class, psi, origin,
-posteriors), which the worker overwrites each time it judges the particle.
+posteriors), which the worker overwrites each time it judges the particle. The ``metadata`` table
+holds, per accepted message, its new particles' input columns (the wire's metadata frame, issue 14),
+so that snapshots write them back.
 
 Durability (:meth:`Journal.append_many`): the images of a group of messages are written to the
 current segment and ``fsync``-ed, then the index rows are committed in one transaction (the WAL is
@@ -33,9 +35,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from otf2d.core.errors import InputError
+from otf2d.core.errors import DecodeError, InputError
+from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
 from otf2d.core.snapshot import OpticsGroup, ParticleAssignments
+from otf2d.core.wire import decode_metadata_frame, encode_metadata_frame
 from otf2d.engine.storage.segments import BlockLocation, SegmentStore
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,7 @@ CREATE TABLE IF NOT EXISTS particles (
     judged_time REAL,
     UNIQUE (stack_id, image_index)
 );
+CREATE TABLE IF NOT EXISTS metadata (first_seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, frame BLOB NOT NULL);
 """
 
 
@@ -309,6 +314,7 @@ class Journal:
         chunk_rows: list[tuple[int, int, int, str, int, int]] = []  # first_seq, n, rel offset, dtype, h, w
         particle_rows: list[tuple[Any, ...]] = []
         message_rows: list[tuple[Any, ...]] = []
+        metadata_rows: list[tuple[int, int, bytes]] = []
         for header, batch in entries:
             msg_id = str(header["msg_id"])
             known = msg_id in group_msgs or (
@@ -362,6 +368,8 @@ class Journal:
             blocks.append(data)
             chunk_rows.append((seq, n_new, block_offset, dtype.name, box[0], box[1]))
             block_offset += len(data)
+            if batch.extra is not None:
+                metadata_rows.append((seq, n_new, encode_metadata_frame(batch.extra.take(take))))
             ctf = batch.ctf
             for j in take.tolist():
                 particle_rows.append(
@@ -402,6 +410,7 @@ class Journal:
             placeholders = ", ".join("?" * (5 + len(CTF_COLUMNS)))
             columns = ", ".join(("seq", "stack_id", "image_index", "optics_group", "file_ready_time", *CTF_COLUMNS))
             conn.executemany(f"INSERT INTO particles ({columns}) VALUES ({placeholders})", particle_rows)
+            conn.executemany("INSERT INTO metadata (first_seq, n, frame) VALUES (?, ?, ?)", metadata_rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -542,7 +551,7 @@ class Journal:
                 "SELECT COUNT(*) FROM particles WHERE class_index IS NOT NULL AND seq < ?", (stop,)
             ).fetchone()[0]
         )
-        columns = ("stack_id", "image_index", "optics_group", *CTF_COLUMNS, *ASSIGNMENT_COLUMNS)
+        columns = ("seq", "stack_id", "image_index", "optics_group", *CTF_COLUMNS, *ASSIGNMENT_COLUMNS)
         table = np.empty((n, len(columns)), dtype=np.float64)
         cursor = conn.execute(
             f"SELECT {', '.join(columns)} FROM particles WHERE class_index IS NOT NULL AND seq < ? ORDER BY seq",
@@ -556,7 +565,7 @@ class Journal:
             table[filled : filled + len(rows)] = rows
             filled += len(rows)
         table = table[:filled]
-        stack_ids = table[:, 0].astype(np.int64)
+        stack_ids = table[:, 1].astype(np.int64)
         paths_by_id = np.empty(int(stack_ids.max(initial=0)) + 1, dtype=object)
         for sid, path in conn.execute("SELECT stack_id, path FROM stacks WHERE stack_id < ?", (len(paths_by_id),)):
             paths_by_id[sid] = path
@@ -576,7 +585,33 @@ class Journal:
             class_ess=col["class_ess"],
             n_significant=col["n_significant"].astype(np.int64),
             log_likelihood=col["log_likelihood"],
+            extra=self._extra_columns(col["seq"].astype(np.int64), stop),
         )
+
+    def _extra_columns(self, seqs: IntArray, stop: int) -> ExtraColumns | None:
+        """The input columns of the particles at journal positions ``seqs`` (ascending), or ``None``
+        when some of them arrived without any (or their columns differ in kind from message to message)."""
+        if len(seqs) == 0:
+            return None
+        parts: list[ExtraColumns | None] = []
+        position = np.full(stop, -1, dtype=np.int64)
+        offset = 0
+        query = "SELECT first_seq, n, frame FROM metadata WHERE first_seq < ? ORDER BY first_seq"
+        rows = self._conn().execute(query, (stop,))
+        for first, n, frame in rows:
+            try:
+                parts.append(decode_metadata_frame(frame, int(n)))
+            except DecodeError:
+                log.warning("journal %s: unreadable metadata of particles %d..%d", self.directory, first, first + n - 1)
+                return None
+            end = min(int(first) + int(n), stop)
+            position[int(first) : end] = np.arange(offset, offset + end - int(first))
+            offset += int(n)
+        where = position[seqs]
+        if not parts or (where < 0).any():
+            return None
+        joined = ExtraColumns.concatenate(parts)
+        return None if joined is None else joined.take(where)
 
     def optics_groups(self) -> list[OpticsGroup]:
         """One :class:`OpticsGroup` per optics group number seen, from its first particle."""

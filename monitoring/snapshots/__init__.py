@@ -12,6 +12,13 @@ pointer always finds a complete snapshot::
     <out_dir>/run_it007_class_averages.cs   cryoSPARC-style class averages (→ the .mrcs)
     <out_dir>/run_it007_gallery.png         gallery, largest class first
     <out_dir>/latest.json                   {"iteration": 7, "files": {...}, ...}
+
+Paths in the ``.cs`` files are never absolute (unless a stack path was): the particles' ``blob/path``
+is their stack path as read (relative to the project directory), and the class averages'
+``blob/path`` is the classes stack relative to :func:`cryosparc_path_root`: the project directory
+when the writer is given one (``otf2d classify``: the input's project directory; an engine session
+started with a ``project_dir``), else the snapshot directory itself. ``latest.json`` names that
+root as ``cryosparc_paths_relative_to``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,12 @@ class SnapshotPaths:
             "class_averages_cs": self.class_averages_cs,
             "gallery_png": self.gallery_png,
         }
+
+
+def cryosparc_path_root(out_dir: str | os.PathLike[str], project_dir: str | os.PathLike[str] | None) -> Path:
+    """The directory the ``blob/path`` of the class-average ``.cs`` is relative to: the project
+    directory (that of the particles' stack paths) when known, else the snapshot directory."""
+    return Path(project_dir) if project_dir is not None else Path(out_dir)
 
 
 def write_snapshot(
@@ -105,8 +118,9 @@ def write_snapshot(
         class_averages_cs=out / f"{base}_class_averages.cs",
         gallery_png=out / f"{base}_gallery.png",
     )
-    write_cryosparc_cs(snapshot, paths.particles_cs, session=session)
-    write_class_averages_cs(snapshot, paths.class_averages_cs, classes_stack=star_path(paths.classes_mrcs, project_dir))
+    write_cryosparc_cs(snapshot, paths.particles_cs, session=session, project_dir=project_dir)
+    cs_root = cryosparc_path_root(out, project_dir)
+    write_class_averages_cs(snapshot, paths.class_averages_cs, classes_stack=star_path(paths.classes_mrcs, cs_root))
     write_gallery_png(snapshot, paths.gallery_png)
     pointer = {
         "iteration": paths.iteration,
@@ -115,6 +129,7 @@ def write_snapshot(
         "n_particles": len(snapshot.particles),
         "n_classes": snapshot.n_classes,
         "files": {role: p.name for role, p in paths.files().items()},
+        "cryosparc_paths_relative_to": os.path.abspath(cs_root),
     }
     write_json_atomic(out / LATEST_POINTER, pointer)
     return paths
@@ -153,6 +168,7 @@ _ROLES = (
 __all__ = [
     "LATEST_POINTER",
     "SnapshotPaths",
+    "cryosparc_path_root",
     "read_latest",
     "render_class_png",
     "render_gallery",

@@ -24,19 +24,31 @@ cryoSPARC field                   from the snapshot (RELION label)
 ``alignments2D/class``            ``rlnClassNumber − 1`` (0-based)
 ``alignments2D/class_posterior``  posterior of the chosen class
 ``alignments2D/class_ess``        effective number of classes ``1 / Σ p_k²``
+``otf2d/junk_score``              the particle's junk score (:mod:`otf2d.monitoring.particle_junk`)
+``alignments2D/error``            ``−rlnLogLikeliContribution``: the negative log-likelihood of the
+                                  particle under its best (class, pose), in otf2d's noise model
+``blob/import_sig``               BLAKE2b-64 of ``"otf2d:" + session``: one signature per imported set,
+                                  as cryoSPARC gives every particle of one import the same value
 ================================  ==============================================================
 
-Fields otf2d does not compute get neutral values: ``split`` 0 (no half-sets), ``alpha`` 1 and
-``alpha_min`` 1 (no per-particle scale), and ``error``, ``error_min``, ``resid_pow``,
-``slice_pow``, ``image_pow``, ``cross_cor``, ``weight``, ``pose_ess``, ``shift_ess`` 0 (not
-computed, as in the real J2 file for ``weight`` and the ``*_ess``). The higher-order CTF terms
-(``ctf/shift_A``, ``tilt_A``, ``trefoil_A``, ``tetra_A``, ``anisomag``) and ``scale_const`` are 0,
-as in the J2 file; ``ctf/type`` is ``b"imported"`` (the CTF came from upstream); ``blob/sign`` is
-−1 by default, as in the J2 file for particles imported from RELION (override with ``blob_sign``).
+**Statistics are real or absent.** ``alignments2D/class_posterior`` is clipped to [0, 1] (float
+rounding of a sum of posteriors reaches 1.0000007). Of cryoSPARC's 18 ``alignments2D/*`` fields,
+those otf2d does not compute are **left out** (:data:`ALIGNMENTS2D_OMITTED`: ``error_min``,
+``resid_pow``, ``slice_pow``, ``image_pow``, ``cross_cor``, ``alpha``, ``alpha_min``, ``weight``,
+``pose_ess``, ``shift_ess``), rather than written as zeros or ones that cryoSPARC's subset-by-
+statistic filters would read as values; ``split`` is 0 (no half-sets). The classifier computes a
+per-particle scale and best cross-correlation internally, but the snapshot (``ParticleAssignments``)
+does not carry them yet. The higher-order CTF terms (``ctf/shift_A``, ``tilt_A``, ``trefoil_A``,
+``tetra_A``, ``anisomag``) and ``scale_const`` are 0, as in the J2 file; ``ctf/type`` is
+``b"imported"`` (the CTF came from upstream); ``blob/sign`` is −1 by default, as in the J2 file for
+particles imported from RELION (override with ``blob_sign``); a ``.cs`` input's own values of these
+(and of every other field it has) are written back (:mod:`otf2d.monitoring.snapshots.passthrough`).
 
 The class-average companion (:func:`write_class_averages_cs`) has ``uid``, ``blob/path``,
-``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/res_A`` (per-class resolution, 999 Å when
-unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack. When the
+``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/sign``, ``blob/res_A`` (per-class resolution,
+999 Å when unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack. The
+averages are in the particles' own contrast, so their ``blob/sign`` is the particles' (a ``.cs``
+input's ``blob/sign`` when all its particles share one, else the default −1). When the
 snapshot is scored (``ClassSnapshot.junk_score`` set, see ``otf2d.monitoring.snapshots.class_quality``) it
 also has, under otf2d's own prefix (a ``.cs`` reader such as cryosparc-tools keeps fields it does
 not know):
@@ -60,8 +72,11 @@ import numpy as np
 import numpy.typing as npt
 
 from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.particle_junk import CS_FIELD as PARTICLE_JUNK_FIELD
+from otf2d.monitoring.particle_junk import particle_junk_scores
 from otf2d.monitoring.snapshots.atomic import write_npy_atomic
 from otf2d.monitoring.snapshots.class_quality import class_quality_columns
+from otf2d.monitoring.snapshots.passthrough import location_fields, merge_cs_fields
 from otf2d.monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
 from otf2d.monitoring.snapshots.validation import check_snapshot
 
@@ -88,6 +103,25 @@ ALIGNMENTS2D_FIELDS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("alignments2D/class", "<u4", ()),
     ("alignments2D/class_ess", "<f4", ()),
 )
+
+#: cryoSPARC ``alignments2D/*`` fields otf2d does not compute, and so does not write.
+ALIGNMENTS2D_OMITTED: frozenset[str] = frozenset(
+    f"alignments2D/{name}"
+    for name in (
+        "error_min",
+        "resid_pow",
+        "slice_pow",
+        "image_pow",
+        "cross_cor",
+        "alpha",
+        "alpha_min",
+        "weight",
+        "pose_ess",
+        "shift_ess",
+    )
+)
+#: The ``alignments2D/*`` fields otf2d writes (cryoSPARC's names, dtypes and order).
+ALIGNMENTS2D_WRITTEN = tuple(f for f in ALIGNMENTS2D_FIELDS if f[0] not in ALIGNMENTS2D_OMITTED)
 
 #: otf2d's class-quality fields of the class-average ``.cs`` of a scored snapshot.
 CLASS_QUALITY_FIELDS: tuple[tuple[str, str], ...] = (
@@ -144,6 +178,21 @@ def particle_uids(stack_paths: Sequence[str] | np.ndarray, indices: npt.ArrayLik
     return out
 
 
+def import_signature(session: str) -> int:
+    """``blob/import_sig`` of the particles of ``session``: BLAKE2b-64 of ``"otf2d:" + session``."""
+    return int.from_bytes(hashlib.blake2b(f"otf2d:{session}".encode(), digest_size=8).digest(), "little")
+
+
+def particles_blob_sign(snapshot: ClassSnapshot, default: float = -1.0) -> float:
+    """The particles' ``blob/sign`` when a ``.cs`` input gave all of them one, else ``default``."""
+    extra = snapshot.particles.extra
+    signs = None if extra is None or extra.origin != "cryosparc" else extra.get("blob/sign")
+    if signs is None or len(signs) == 0 or signs.ndim != 1 or signs.dtype.kind != "f":
+        return default
+    first = float(signs[0])
+    return first if bool(np.all(signs == signs[0])) and first in (-1.0, 1.0) else default
+
+
 def _fixed_bytes(strings: Sequence[str] | np.ndarray) -> np.ndarray:
     """UTF-8 fixed-width bytes (``|S<max>``, at least 1 wide), as cryoSPARC stores strings."""
     encoded = [str(s).encode("utf-8") for s in strings]
@@ -151,8 +200,18 @@ def _fixed_bytes(strings: Sequence[str] | np.ndarray) -> np.ndarray:
     return np.array(encoded, dtype=f"S{width}")
 
 
-def particles_cs_array(snapshot: ClassSnapshot, *, session: str = "", blob_sign: float = -1.0) -> np.ndarray:
+def particles_cs_array(
+    snapshot: ClassSnapshot,
+    *,
+    session: str = "",
+    blob_sign: float = -1.0,
+    project_dir: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
     """The particles of ``snapshot`` as a cryoSPARC-style structured array (see module docstring).
+
+    Every field of a ``.cs`` input, and ``location/*`` from a STAR input's coordinates (micrograph
+    shapes read from the micrographs under ``project_dir``), are written back as
+    :mod:`otf2d.monitoring.snapshots.passthrough` says.
 
     Returns
     -------
@@ -183,8 +242,10 @@ def particles_cs_array(snapshot: ClassSnapshot, *, session: str = "", blob_sign:
             ("blob/shape", "<u4", (2,)),
             ("blob/psize_A", "<f4"),
             ("blob/sign", "<f4"),
+            ("blob/import_sig", "<u8"),
             *_CTF_FIELDS,
-            *ALIGNMENTS2D_FIELDS,
+            *ALIGNMENTS2D_WRITTEN,
+            (PARTICLE_JUNK_FIELD, "<f4"),
         ]
     )
     cs = np.zeros(n, dtype=dtype)
@@ -194,6 +255,7 @@ def particles_cs_array(snapshot: ClassSnapshot, *, session: str = "", blob_sign:
     cs["blob/shape"] = np.stack([size, size], axis=1) if n else np.zeros((0, 2))
     cs["blob/psize_A"] = psize
     cs["blob/sign"] = blob_sign
+    cs["blob/import_sig"] = import_signature(session)
     ctf = parts.ctf
     cs["ctf/type"] = b"imported"
     cs["ctf/exp_group_id"] = groups - 1
@@ -214,12 +276,15 @@ def particles_cs_array(snapshot: ClassSnapshot, *, session: str = "", blob_sign:
     pose[pose >= np.float32(2 * np.pi)] = 0.0  # keep [0, 2π) after rounding to float32
     cs["alignments2D/pose"] = pose
     cs["alignments2D/psize_A"] = psize
-    cs["alignments2D/alpha"] = 1.0
-    cs["alignments2D/alpha_min"] = 1.0
-    cs["alignments2D/class_posterior"] = parts.class_posterior
+    cs["alignments2D/error"] = -np.asarray(parts.log_likelihood, dtype=np.float64)
+    cs["alignments2D/class_posterior"] = np.clip(np.asarray(parts.class_posterior, dtype=np.float64), 0.0, 1.0)
     cs["alignments2D/class"] = np.asarray(parts.class_index, dtype=np.int64)
     cs["alignments2D/class_ess"] = parts.class_ess
-    return cs
+    cs[PARTICLE_JUNK_FIELD] = particle_junk_scores(snapshot)
+    micrographs = parts.micrograph_names
+    if micrographs is None and parts.extra is not None and parts.extra.origin == "relion":
+        micrographs = parts.extra.get("rlnMicrographName")
+    return merge_cs_fields(cs, parts.extra, location_fields(parts.extra, micrographs, groups, project_dir))
 
 
 def write_cryosparc_cs(
@@ -228,6 +293,7 @@ def write_cryosparc_cs(
     *,
     session: str = "",
     blob_sign: float = -1.0,
+    project_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the particles of ``snapshot`` as a cryoSPARC-style ``.cs`` (NumPy format), atomically.
 
@@ -241,13 +307,16 @@ def write_cryosparc_cs(
         Session name, part of each particle's key and so of its ``uid``.
     blob_sign
         cryoSPARC's ``blob/sign`` for every particle.
+    project_dir
+        Where micrograph paths are relative to (for ``location/micrograph_shape``).
 
     Returns
     -------
     Path
         ``path``.
     """
-    return write_npy_atomic(path, particles_cs_array(snapshot, session=session, blob_sign=blob_sign))
+    cs = particles_cs_array(snapshot, session=session, blob_sign=blob_sign, project_dir=project_dir)
+    return write_npy_atomic(path, cs)
 
 
 def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.ndarray:
@@ -283,6 +352,7 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
             ("blob/idx", "<u4"),
             ("blob/shape", "<u4", (2,)),
             ("blob/psize_A", "<f4"),
+            ("blob/sign", "<f4"),
             ("blob/res_A", "<f4"),
             ("alignments2D/class", "<u4"),
             *(CLASS_QUALITY_FIELDS if quality is not None else ()),
@@ -294,6 +364,7 @@ def class_averages_cs_array(snapshot: ClassSnapshot, classes_stack: str) -> np.n
     cs["blob/idx"] = np.arange(k)
     cs["blob/shape"] = [h, w]
     cs["blob/psize_A"] = snapshot.pixel_size_angstrom
+    cs["blob/sign"] = particles_blob_sign(snapshot)
     res = np.asarray(snapshot.resolution_angstrom, dtype=np.float64).copy()
     res[~np.isfinite(res)] = UNKNOWN_RESOLUTION_ANGSTROM
     cs["blob/res_A"] = res
@@ -312,9 +383,13 @@ def write_class_averages_cs(snapshot: ClassSnapshot, path: str | os.PathLike[str
 
 __all__ = [
     "ALIGNMENTS2D_FIELDS",
+    "ALIGNMENTS2D_OMITTED",
+    "ALIGNMENTS2D_WRITTEN",
     "CLASS_QUALITY_FIELDS",
     "class_averages_cs_array",
+    "import_signature",
     "particle_uids",
+    "particles_blob_sign",
     "particles_cs_array",
     "write_class_averages_cs",
     "write_cryosparc_cs",

@@ -20,6 +20,8 @@ Values otf2d does not compute are written as neutral, documented constants:
 - ``rlnNormCorrection`` = ``rlnNormCorrectionAverage`` = 1 (no per-particle norm correction);
 - ``rlnGroupNumber`` = 1 and ``rlnNrGroups`` = 1 (one noise group);
 - ``rlnClassPriorOffsetX/Y`` = 0 (classes are re-centred; no per-class prior offset is tracked);
+- ``rlnOtf2dJunkScore``: otf2d's per-particle junk score (:mod:`otf2d.monitoring.particle_junk`), a label
+  RELION does not know and keeps;
 - a resolution or accuracy that is unknown (``inf``/NaN in the snapshot) is written as
   :data:`UNKNOWN_RESOLUTION_ANGSTROM` (999 Å), RELION's and CTFFIND's "no estimate" convention;
 - ``rlnOverallFourierCompleteness`` = 1 for a class with a resolution estimate, else 0.
@@ -61,8 +63,11 @@ import pandas as pd
 from otf2d import core
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.particle_junk import RELION_LABEL as PARTICLE_JUNK_LABEL
+from otf2d.monitoring.particle_junk import particle_junk_scores
 from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
 from otf2d.monitoring.snapshots.class_quality import class_quality_columns
+from otf2d.monitoring.snapshots.passthrough import merge_star_columns, relion_optics_extra, relion_particle_extra
 from otf2d.monitoring.snapshots.validation import check_snapshot
 
 #: Written where a resolution (or an accuracy) is unknown; RELION's ``rlnCtfMaxResolution`` and
@@ -181,7 +186,8 @@ def data_star_blocks(snapshot: ClassSnapshot) -> dict[str, pd.DataFrame]:
 
     Voltage, Cs and amplitude contrast live in the optics table; where a particle's own value
     differs from its optics group's, that column is added to the particle table too (RELION
-    looks in the particle row first).
+    looks in the particle row first). Every column of the input's particle and optics rows
+    (``snapshot.particles.extra``) is written back, as :mod:`otf2d.monitoring.snapshots.passthrough` says.
 
     Returns
     -------
@@ -233,7 +239,14 @@ def data_star_blocks(snapshot: ClassSnapshot) -> dict[str, pd.DataFrame]:
     columns["rlnLogLikeliContribution"] = np.asarray(parts.log_likelihood, dtype=np.float64)
     columns["rlnGroupNumber"] = np.ones(n, dtype=np.int64)
     columns["rlnNormCorrection"] = np.ones(n, dtype=np.float64)
-    return {"optics": optics, "particles": pd.DataFrame(columns)}
+    columns[PARTICLE_JUNK_LABEL] = particle_junk_scores(snapshot)
+    particles = merge_star_columns(columns, relion_particle_extra(parts.extra))
+    numbers = [g.number for g in snapshot.optics]
+    optics_extra = relion_optics_extra(parts.extra, group_numbers, numbers)
+    if optics_extra:
+        optics = pd.DataFrame(merge_star_columns({c: optics[c].to_numpy() for c in optics.columns}, optics_extra))
+        optics = optics[["rlnOpticsGroup", *(c for c in optics.columns if c != "rlnOpticsGroup")]]
+    return {"optics": optics, "particles": pd.DataFrame(particles)}
 
 
 def particle_set_digest(snapshot: ClassSnapshot) -> str:
