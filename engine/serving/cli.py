@@ -40,7 +40,6 @@ engine's memory (and the GPU's on CUDA); ``/metrics`` has it as ``process_reside
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
@@ -49,6 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from otf2d.core.classification_flags import add_classification_args, params_from_args
 from otf2d.core.config import Class2DParams, VerdictConfig, load_config
 from otf2d.core.errors import ConfigError
 from otf2d.engine.resources.heap import MAX_MMAP_THRESHOLD_BYTES, set_mmap_threshold
@@ -71,10 +71,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """The options of ``otf2d engine``."""
     parser.add_argument("--listen", default="tcp://*:5555", help="ROUTER endpoint to bind (default %(default)s)")
     parser.add_argument("--data", required=True, type=Path, help="directory of the engine's state")
-    parser.add_argument("--config", type=Path, help="TOML file; its [classification] table sets session defaults")
-    parser.add_argument("--classes", type=int, help="number of classes of new sessions (overrides the config)")
     parser.add_argument(
-        "--batch-per-class", type=int, help="batch_size_per_class of new sessions (overrides the config)"
+        "--config", type=Path, help="TOML file; its [classification] table sets session defaults (flags win)"
     )
     parser.add_argument("--snapshot-every", type=int, default=2000, help="snapshot every N particles folded")
     parser.add_argument("--snapshot-seconds", type=float, default=30.0, help="snapshot every S seconds (if changed)")
@@ -118,23 +116,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--metrics-port", type=int, help="also serve /metrics alone on this port")
     parser.add_argument("--metrics-addr", default="0.0.0.0", help="address of --metrics-port (default %(default)s)")
+    add_classification_args(
+        parser, "classification defaults of new sessions (cryoSPARC's parameters and defaults; flags override --config)"
+    )
 
 
 def session_defaults(args: argparse.Namespace) -> Class2DParams:
-    """Classification defaults of new sessions: the config's table, then the flags.
+    """Classification defaults of new sessions: cryoSPARC's, then the config's table, then the flags.
 
     Raises
     ------
     ConfigError
         An invalid config file or flag value.
     """
-    params = load_config(args.config).classification if args.config is not None else Class2DParams()
-    overrides = {}
-    if args.classes is not None:
-        overrides["n_classes"] = args.classes
-    if args.batch_per_class is not None:
-        overrides["batch_size_per_class"] = args.batch_per_class
-    return dataclasses.replace(params, **overrides) if overrides else params
+    return params_from_args(args)
 
 
 def http_port(args: argparse.Namespace) -> int:
