@@ -39,8 +39,8 @@ import numpy as np
 
 from otf2d.core.classification_flags import add_classification_args, params_from_args
 from otf2d.core.config import VerdictConfig, load_config
-from otf2d.core.errors import ConfigError
 from otf2d.core.snapshot import ClassSnapshot
+from otf2d.engine.resources.device import add_device_args, choose_device
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -52,10 +52,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     add_classification_args(parser, "classification (cryoSPARC's parameters; defaults are cryoSPARC's)")
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to compute (default auto)"
-    )
-    run.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: torch's choice)")
+    add_device_args(run)
     run.add_argument(
         "--optics-from", type=Path, default=None, help="RELION file whose data_optics applies (for _extract.star input)"
     )
@@ -98,7 +95,6 @@ def junk_summary(snapshot: ClassSnapshot) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``otf2d classify``; returns the exit status."""
-    import torch
 
     from otf2d.core.readers import read_particle_table
     from otf2d.engine.classify.offline import PhaseUpdate, classify_table, planned_particles
@@ -108,13 +104,7 @@ def main(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     params = params_from_args(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(None, "--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(None, f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    device = choose_device(args.device, args.threads)
     table = read_particle_table(args.input, project_dir=args.project_dir, optics_from=args.optics_from)
     print(
         f"otf2d classify: {len(table)} particles from {args.input} (box {table.box_size} px, "

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING
 from otf2d.core.classification_flags import add_classification_args, params_from_args
 from otf2d.core.config import Class2DParams, VerdictConfig, load_config
 from otf2d.core.errors import ConfigError
+from otf2d.engine.resources.device import add_device_args, check_threads, choose_device
 from otf2d.engine.resources.heap import MAX_MMAP_THRESHOLD_BYTES, set_mmap_threshold
 
 if TYPE_CHECKING:
@@ -90,14 +91,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-backlog", type=int, default=0, help="NACK while more particles wait (0: never)")
     parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16", help="cached images")
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="longest fold of pending work on stop")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to classify")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads of the tensor math (default: torch's, one per core); on a small machine shared with "
-        "the streamer, 1 avoids oversubscription",
-    )
+    add_device_args(parser)
     parser.add_argument(
         "--mmap-threshold-mb",
         type=float,
@@ -194,8 +188,7 @@ def main(args: argparse.Namespace) -> int:
             f"--metrics-port {args.metrics_port} is the status port: /metrics is served there already "
             "(give --http-addr 0.0.0.0 to reach it from other hosts, or another --metrics-port)",
         )
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(None, f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads)
     apply_mmap_threshold(args.mmap_threshold_mb)
     import torch
     import zmq
@@ -206,11 +199,7 @@ def main(args: argparse.Namespace) -> int:
     from otf2d.engine.serving.service import EngineConfig, EngineService
     from otf2d.engine.serving.worker import WorkerConfig
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(None, "--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = choose_device(args.device, args.threads)
     worker = WorkerConfig(
         max_step_particles=args.max_step,
         checkpoint_every=args.checkpoint_every,
