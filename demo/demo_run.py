@@ -29,6 +29,7 @@ from types import FrameType
 from typing import IO, Any
 
 from otf2d.control.client import EngineClient, EngineRequestError, EngineTimeoutError
+from otf2d.core.durable import write_bytes_atomic
 from otf2d.core.errors import Otf2dError
 
 #: Session name of the demo.
@@ -604,11 +605,7 @@ class Demo:
         body = http_get(f"{self.status_url}status.json", 10.0)
         if body is None:
             return None
-        path = self.run_dir / "status.json"
-        tmp = path.with_name(".status.json.tmp")
-        tmp.write_bytes(body)
-        os.replace(tmp, path)
-        return path
+        return write_bytes_atomic(self.run_dir / "status.json", body)
 
     def summary(self, obs: Observation, snapshot_record: dict[str, Any], state_path: Path | None) -> str:
         """The closing summary: counts, verdict and reasons, where every output is."""

@@ -16,7 +16,7 @@ Paths inside STAR files are relative to the project directory (the output direct
 
 from __future__ import annotations
 
-import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import starfile
+
+from otf2d.core.durable import atomic_output
 
 #: Columns of ``truth.csv``: RELION labels where RELION has one, so that a classifier's
 #: ``_data.star`` can be compared column by column.
@@ -64,13 +66,11 @@ def write_stack(
     """
     data = np.ascontiguousarray(images, dtype=np.float32)
     if growth == "atomic":
-        tmp = path.with_name(path.name + ".tmp")
-        with mrcfile.new(tmp, overwrite=True) as mrc:
+        with as_relion_does(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(data)
             mrc.set_image_stack()
             mrc.voxel_size = pixel_size_angstrom
             _set_fixed_label(mrc)
-        os.replace(tmp, path)
         return
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(data[:1])
@@ -91,11 +91,15 @@ def _set_fixed_label(mrc: Any) -> None:
     mrc.header.nlabl = 1
 
 
+def as_relion_does(path: Path) -> AbstractContextManager[Path]:
+    """RELION's atomic write (``MetaDataTable::write``): ``<path>.tmp``, then a rename; no ``fsync``."""
+    return atomic_output(path, temporary=path.with_name(path.name + ".tmp"), fsync=False)
+
+
 def write_star(path: Path, blocks: dict[str, pd.DataFrame]) -> None:
     """Write STAR blocks atomically: ``path.tmp`` then rename (as RELION does)."""
-    tmp = path.with_name(path.name + ".tmp")
-    starfile.write(blocks, tmp)
-    os.replace(tmp, path)
+    with as_relion_does(path) as tmp:
+        starfile.write(blocks, tmp)
 
 
 def optics_table(
@@ -162,9 +166,8 @@ def extract_table(
 
 def start_truth(path: Path) -> None:
     """Create ``truth.csv`` with its header only (atomically)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(",".join(TRUTH_COLUMNS) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with as_relion_does(path) as tmp:
+        tmp.write_text(",".join(TRUTH_COLUMNS) + "\n", encoding="utf-8")
 
 
 def append_truth(path: Path, rows: pd.DataFrame) -> None:
@@ -178,6 +181,7 @@ def append_truth(path: Path, rows: pd.DataFrame) -> None:
 __all__ = [
     "TRUTH_COLUMNS",
     "append_truth",
+    "as_relion_does",
     "extract_table",
     "optics_table",
     "start_truth",

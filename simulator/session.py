@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from otf2d.simulator.particles import (
 )
 from otf2d.simulator.relion_output import (
     append_truth,
+    as_relion_does,
     extract_table,
     optics_table,
     start_truth,
@@ -162,14 +162,11 @@ def _write_provenance(setup: SimulationSetup, out_dir: Path) -> None:
         "conventions": "RELION 3.1: Euler ZYZ (rot, tilt, psi); particle centre at box//2 - origin/pixel; "
         "rlnImageName indices 1-based; truth.csv columns use RELION labels",
     }
-    tmp = out_dir / "simulation.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "simulation.json")
-    tmp_map = out_dir / "truth_map.mrc.tmp"
-    with mrcfile.new(tmp_map, overwrite=True) as mrc:
+    with as_relion_does(out_dir / "simulation.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    with as_relion_does(out_dir / "truth_map.mrc") as tmp_map, mrcfile.new(tmp_map, overwrite=True) as mrc:
         mrc.set_data(setup.volume.astype(np.float32))
         mrc.voxel_size = setup.volume_pixel_size_angstrom
-    os.replace(tmp_map, out_dir / "truth_map.mrc")
 
 
 def iter_session(

@@ -18,17 +18,11 @@ import starfile
 from PIL import Image
 from snapshot_factory import make_snapshot
 
+from otf2d.core.classification_flags import FORCE_MAX_FIELD, PARAM_FLAGS, PRECISION_FIELD, params_from_args
 from otf2d.core.cli import main as otf2d
 from otf2d.core.config import Class2DParams
 from otf2d.core.errors import ConfigError
-from otf2d.engine.classify.classify_cmd import (
-    FORCE_MAX_FIELD,
-    PARAM_FLAGS,
-    PRECISION_FIELD,
-    add_args,
-    junk_summary,
-    params_from_args,
-)
+from otf2d.engine.classify.classify_cmd import add_args, junk_summary
 from otf2d.monitoring.quality import (
     count_features,
     image_features,

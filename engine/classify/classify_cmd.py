@@ -31,138 +31,16 @@ A progress bar (phase, iteration, particles, particles/s, ETA) goes to stderr; a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from otf2d.core.config import Class2DParams, VerdictConfig, load_config
-from otf2d.core.errors import ConfigError
+from otf2d.core.classification_flags import add_classification_args, params_from_args
+from otf2d.core.config import VerdictConfig, load_config
 from otf2d.core.snapshot import ClassSnapshot
-
-_DEFAULTS = Class2DParams()
-
-
-@dataclass(frozen=True)
-class ParamFlag:
-    """One command-line flag of a ``Class2DParams`` field."""
-
-    field: str
-    flags: tuple[str, ...]
-    help: str
-    type: Callable[[str], Any] = str
-    metavar: str | None = None
-    boolean: bool = False
-
-
-def _default(name: str) -> Any:
-    return getattr(_DEFAULTS, name)
-
-
-#: Every field of ``Class2DParams`` and its flag (``--force-max``/``--marginalise`` share one field).
-PARAM_FLAGS: tuple[ParamFlag, ...] = (
-    ParamFlag("n_classes", ("--classes", "-K"), "number of classes", int, "K"),
-    ParamFlag(
-        "initial_uncertainty_factor",
-        ("--icuf",),
-        "initial classification uncertainty factor: posterior temperature at the start, annealed to 1",
-        float,
-        "F",
-    ),
-    ParamFlag(
-        "max_resolution_angstrom", ("--max-res",), "maximum resolution used (sets the internal box), A", float, "A"
-    ),
-    ParamFlag(
-        "max_alignment_resolution_angstrom",
-        ("--max-align-res",),
-        "maximum alignment resolution, A (default: --max-res)",
-        float,
-        "A",
-    ),
-    ParamFlag(
-        "min_alignment_resolution_angstrom",
-        ("--min-align-res",),
-        "minimum alignment resolution, A, against micelles (default: off)",
-        float,
-        "A",
-    ),
-    ParamFlag(
-        "mask_diameter_angstrom",
-        ("--mask-diameter",),
-        "circular mask diameter, A (default: 85%% of the box)",
-        float,
-        "A",
-    ),
-    ParamFlag(
-        "mask_outer_diameter_angstrom",
-        ("--mask-outer-diameter",),
-        "outer diameter of the soft mask edge, A (default: 1.2 x --mask-diameter, at most the box)",
-        float,
-        "A",
-    ),
-    ParamFlag("online_em_iterations", ("--online-em-iterations",), "number of online-EM iterations", int, "N"),
-    ParamFlag("batch_size_per_class", ("--batch-per-class",), "online-EM batch size per class", int, "N"),
-    ParamFlag("final_full_iterations", ("--final-full-iterations",), "number of final full EM passes", int, "N"),
-    ParamFlag("zero_pad_factor", ("--zero-pad",), "2D zero-padding factor", int, "F"),
-    ParamFlag("per_particle_scale", ("--per-particle-scale",), "fit a scale per particle", boolean=True),
-    ParamFlag("clamp_solvent", ("--clamp-solvent",), "zero the classes outside the mask", boolean=True),
-    ParamFlag("non_negativity", ("--non-negativity",), "no negative density in the classes", boolean=True),
-    ParamFlag("recenter", ("--recenter",), "re-centre classes on their centre of mass", boolean=True),
-    ParamFlag(
-        "recenter_threshold",
-        ("--recenter-threshold",),
-        "re-centring uses pixels above this fraction of the class maximum",
-        float,
-        "F",
-    ),
-    ParamFlag(
-        "align_filaments_vertically",
-        ("--align-filaments-vertically",),
-        "turn elongated classes upright",
-        boolean=True,
-    ),
-    ParamFlag("sort_by_size", ("--sort",), "number classes by size, largest first", boolean=True),
-    ParamFlag(
-        "in_plane_step_degrees",
-        ("--in-plane-step",),
-        "in-plane angular step, degrees (default: RELION's rule 360/ceil(pi x diameter / resolution))",
-        float,
-        "DEG",
-    ),
-    ParamFlag(
-        "max_shift_angstrom", ("--max-shift",), "largest shift searched, A (default: 10%% of the mask)", float, "A"
-    ),
-    ParamFlag(
-        "noise_anneal_start_iteration",
-        ("--noise-anneal-start",),
-        "online-EM iteration where the ICUF annealing starts",
-        int,
-        "N",
-    ),
-    ParamFlag(
-        "noise_anneal_iterations", ("--noise-anneal-iterations",), "iterations the ICUF annealing takes", int, "N"
-    ),
-    ParamFlag("seed", ("--seed",), "random seed (same seed, same result on the CPU)", int, "N"),
-)
-
-#: The field set by ``--force-max`` / ``--marginalise``.
-FORCE_MAX_FIELD = "force_max_over_poses"
-#: The field set by ``--precision``.
-PRECISION_FIELD = "precision"
-
-
-def _help_default(f: ParamFlag) -> str:
-    value = _default(f.field)
-    if value is None:
-        return f.help  # the help text says what it is derived from
-    if f.boolean:
-        return f"{f.help} (default: {'on' if value else 'off'})"
-    return f"{f.help} (default: {value})"
+from otf2d.engine.resources.device import add_device_args, choose_device
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -172,44 +50,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="TOML file whose [classification] table sets the options (flags win)"
     )
-    cls = parser.add_argument_group("classification (cryoSPARC's parameters; defaults are cryoSPARC's)")
-    for f in PARAM_FLAGS:
-        if f.boolean:
-            cls.add_argument(
-                *f.flags, dest=f.field, action=argparse.BooleanOptionalAction, default=None, help=_help_default(f)
-            )
-        else:
-            cls.add_argument(
-                *f.flags, dest=f.field, type=f.type, metavar=f.metavar, default=None, help=_help_default(f)
-            )
-    poses = cls.add_mutually_exclusive_group()
-    poses.add_argument(
-        "--force-max",
-        dest=FORCE_MAX_FIELD,
-        action="store_const",
-        const=True,
-        default=None,
-        help="maximise over poses and shifts (default: on when --classes > 20)",
-    )
-    poses.add_argument(
-        "--marginalise",
-        dest=FORCE_MAX_FIELD,
-        action="store_const",
-        const=False,
-        help="marginalise over poses and shifts (default: on when --classes <= 20)",
-    )
-    cls.add_argument(
-        "--precision",
-        dest=PRECISION_FIELD,
-        choices=("fp32", "bf16", "fp16"),
-        default=None,
-        help=f"precision of the E-step matrix products (default: {_DEFAULTS.precision}; see benchmarks/classify.py)",
-    )
+    add_classification_args(parser, "classification (cryoSPARC's parameters; defaults are cryoSPARC's)")
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to compute (default auto)"
-    )
-    run.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: torch's choice)")
+    add_device_args(run)
     run.add_argument(
         "--optics-from", type=Path, default=None, help="RELION file whose data_optics applies (for _extract.star input)"
     )
@@ -224,20 +67,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--cs", type=float, default=None, metavar="MM", help="spherical aberration, mm")
     run.add_argument("--amplitude-contrast", type=float, default=None, metavar="Q0", help="fraction, e.g. 0.1")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def params_from_args(args: argparse.Namespace) -> Class2DParams:
-    """The classification parameters: cryoSPARC's defaults, then ``--config``, then the flags given.
-
-    Raises
-    ------
-    ConfigError
-        An invalid config file or an invalid value.
-    """
-    params = load_config(args.config).classification if getattr(args, "config", None) is not None else Class2DParams()
-    names = [f.field for f in PARAM_FLAGS] + [FORCE_MAX_FIELD, PRECISION_FIELD]
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return dataclasses.replace(params, **overrides) if overrides else params
 
 
 def junk_threshold_from_args(args: argparse.Namespace) -> float:
@@ -270,7 +99,6 @@ def junk_summary(snapshot: ClassSnapshot) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``otf2d classify``; returns the exit status."""
-    import torch
 
     from otf2d.core.readers import read_particle_table
     from otf2d.engine.classify.offline import PhaseUpdate, classify_table, planned_particles
@@ -280,13 +108,7 @@ def main(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     params = params_from_args(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(None, "--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(None, f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    device = choose_device(args.device, args.threads)
     table = read_particle_table(
         args.input,
         project_dir=args.project_dir,
@@ -333,14 +155,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = [
-    "FORCE_MAX_FIELD",
-    "PARAM_FLAGS",
-    "PRECISION_FIELD",
-    "ParamFlag",
-    "add_args",
-    "junk_summary",
-    "junk_threshold_from_args",
-    "main",
-    "params_from_args",
-]
+__all__ = ["add_args", "junk_summary", "junk_threshold_from_args", "main"]

@@ -45,7 +45,6 @@ engine's memory (and the GPU's on CUDA); ``/metrics`` has it as ``process_reside
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
@@ -54,8 +53,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from otf2d.core.classification_flags import add_classification_args, params_from_args
 from otf2d.core.config import Class2DParams, VerdictConfig, load_config
 from otf2d.core.errors import ConfigError
+from otf2d.engine.resources.device import add_device_args, check_threads, choose_device
 from otf2d.engine.resources.heap import MAX_MMAP_THRESHOLD_BYTES, set_mmap_threshold
 
 if TYPE_CHECKING:
@@ -76,10 +77,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """The options of ``otf2d engine``."""
     parser.add_argument("--listen", default="tcp://*:5555", help="ROUTER endpoint to bind (default %(default)s)")
     parser.add_argument("--data", required=True, type=Path, help="directory of the engine's state")
-    parser.add_argument("--config", type=Path, help="TOML file; its [classification] table sets session defaults")
-    parser.add_argument("--classes", type=int, help="number of classes of new sessions (overrides the config)")
     parser.add_argument(
-        "--batch-per-class", type=int, help="batch_size_per_class of new sessions (overrides the config)"
+        "--config", type=Path, help="TOML file; its [classification] table sets session defaults (flags win)"
     )
     parser.add_argument("--snapshot-every", type=int, default=2000, help="snapshot every N particles folded")
     parser.add_argument("--snapshot-seconds", type=float, default=30.0, help="snapshot every S seconds (if changed)")
@@ -97,14 +96,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-backlog", type=int, default=0, help="NACK while more particles wait (0: never)")
     parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16", help="cached images")
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="longest fold of pending work on stop")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to classify")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads of the tensor math (default: torch's, one per core); on a small machine shared with "
-        "the streamer, 1 avoids oversubscription",
-    )
+    add_device_args(parser)
     parser.add_argument(
         "--mmap-threshold-mb",
         type=float,
@@ -123,23 +115,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--metrics-port", type=int, help="also serve /metrics alone on this port")
     parser.add_argument("--metrics-addr", default="0.0.0.0", help="address of --metrics-port (default %(default)s)")
+    add_classification_args(
+        parser, "classification defaults of new sessions (cryoSPARC's parameters and defaults; flags override --config)"
+    )
 
 
 def session_defaults(args: argparse.Namespace) -> Class2DParams:
-    """Classification defaults of new sessions: the config's table, then the flags.
+    """Classification defaults of new sessions: cryoSPARC's, then the config's table, then the flags.
 
     Raises
     ------
     ConfigError
         An invalid config file or flag value.
     """
-    params = load_config(args.config).classification if args.config is not None else Class2DParams()
-    overrides = {}
-    if args.classes is not None:
-        overrides["n_classes"] = args.classes
-    if args.batch_per_class is not None:
-        overrides["batch_size_per_class"] = args.batch_per_class
-    return dataclasses.replace(params, **overrides) if overrides else params
+    return params_from_args(args)
 
 
 def http_port(args: argparse.Namespace) -> int:
@@ -211,8 +200,7 @@ def main(args: argparse.Namespace) -> int:
             f"--metrics-port {args.metrics_port} is the status port: /metrics is served there already "
             "(give --http-addr 0.0.0.0 to reach it from other hosts, or another --metrics-port)",
         )
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(None, f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads)
     apply_mmap_threshold(args.mmap_threshold_mb)
     import torch
     import zmq
@@ -223,11 +211,7 @@ def main(args: argparse.Namespace) -> int:
     from otf2d.engine.serving.service import EngineConfig, EngineService
     from otf2d.engine.serving.worker import WorkerConfig
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(None, "--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = choose_device(args.device, args.threads)
     worker = WorkerConfig(
         max_step_particles=args.max_step,
         checkpoint_every=args.checkpoint_every,

@@ -135,10 +135,10 @@ class SessionFolder:
     def _store(self, part: JournalSlice, judgements: Judgements) -> None:
         missing = [c for c in ASSIGNMENT_COLUMNS if c not in judgements]
         if missing:
-            raise InputError(None, f"classifier returned no {missing}")
+            raise RuntimeError(f"classifier returned no {missing}")
         for column in ASSIGNMENT_COLUMNS:
             if len(judgements[column]) != len(part):
-                raise InputError(None, f"classifier returned {len(judgements[column])} {column} for {len(part)}")
+                raise RuntimeError(f"classifier returned {len(judgements[column])} {column} for {len(part)}")
         self.session.journal.store_assignments(part.seqs, judgements)
         self.judged_since_snapshot += len(part)
 
@@ -167,7 +167,7 @@ class SessionFolder:
     def fold(self, max_particles: int) -> JournalSlice:
         """Fold the next (at most ``max_particles``) journal particles in; returns them."""
         if self.classifier is None:
-            raise InputError(None, f"session {self.name} is not streaming")
+            raise RuntimeError(f"session {self.name} is not streaming")
         part = self.session.journal.read(self.consumed, self.consumed + max_particles)
         judgements = self.classifier.fold(part.batch)
         self._store(part, judgements)
@@ -282,7 +282,7 @@ class SessionFolder:
     def snapshot(self, particles: ParticleAssignments, iteration: int) -> ClassSnapshot:
         """The classes now with ``particles`` (call on the worker thread: it reads the classifier)."""
         if self.classifier is None:
-            raise InputError(None, f"session {self.name} has no classes yet")
+            raise RuntimeError(f"session {self.name} has no classes yet")
         return self.classifier.snapshot(particles, iteration=iteration, optics=self.session.journal.optics_groups())
 
     def describe(self) -> dict[str, Any]:

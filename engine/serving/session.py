@@ -16,19 +16,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from otf2d.core.config import Class2DParams, from_mapping
+from otf2d.core.durable import fsync_directory, write_json_atomic
 from otf2d.core.errors import ConfigError, InputError
 from otf2d.engine.storage.journal import Journal
-from otf2d.engine.storage.segments import fsync_directory
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
 #: Keys of ``start_session`` params that are session options, not classification parameters.
@@ -79,21 +77,6 @@ def merge_params(defaults: Class2DParams, overrides: dict[str, Any], where: str)
     return params_from_dict({**params_to_dict(defaults), **overrides}, where)
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` to ``path`` atomically (temp file, fsync, rename, fsync directory)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 @dataclass
 class Session:
     """One collection session: name, parameters, folders and journal.
@@ -131,6 +114,8 @@ class Session:
                 "project_dir": self.project_dir,
                 "created": self.created,
             },
+            sort_keys=True,
+            newline=False,
         )
 
     @classmethod
@@ -198,5 +183,4 @@ __all__ = [
     "params_from_dict",
     "params_to_dict",
     "session_directory_name",
-    "write_json_atomic",
 ]

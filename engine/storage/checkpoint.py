@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from otf2d.core.durable import write_bytes_atomic
 from otf2d.core.errors import InputError
-from otf2d.engine.storage.segments import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +94,7 @@ def save_checkpoint(path: str | os.PathLike[str], meta: Mapping[str, Any], array
     buffer = io.BytesIO()
     np.savez(buffer, **payload)  # type: ignore[arg-type]
     data = buffer.getbuffer()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if target.exists():
-            os.replace(target, previous_path(target))
-        os.replace(tmp, target)
-        fsync_directory(target.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_bytes_atomic(target, data, keep_previous=previous_path(target))
     return data.nbytes
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from otf2d.core.durable import fsync_directory
+
 #: Default size at which a segment file rolls over.
 DEFAULT_SEGMENT_BYTES = 512 * 1024 * 1024
 
@@ -33,15 +35,6 @@ class BlockLocation:
 def segment_path(directory: Path, segment: int) -> Path:
     """``<directory>/NNNNNN.seg``."""
     return directory / f"{segment:06d}.seg"
-
-
-def fsync_directory(directory: Path) -> None:
-    """``fsync`` a directory so that a file created or renamed in it survives a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SegmentStore:
@@ -147,4 +140,4 @@ class SegmentStore:
         fsync_directory(self.directory)
 
 
-__all__ = ["DEFAULT_SEGMENT_BYTES", "BlockLocation", "SegmentStore", "fsync_directory", "segment_path"]
+__all__ = ["DEFAULT_SEGMENT_BYTES", "BlockLocation", "SegmentStore", "segment_path"]
