@@ -189,11 +189,24 @@ class VerdictConfig:
 
 
 @dataclass(frozen=True)
+class EngineLimits:
+    """Limits of the engine's service (``[engine]`` table; flags of ``otf2d engine`` override them)."""
+
+    #: Most sessions the engine holds; creating one more is refused with the reason.
+    max_sessions: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_sessions <= 100_000:
+            raise ConfigError(None, f"engine.max_sessions must be 1 .. 100000, got {self.max_sessions}")
+
+
+@dataclass(frozen=True)
 class Otf2dConfig:
     """A whole configuration file: one section per component (more sections come with them)."""
 
     classification: Class2DParams = field(default_factory=Class2DParams)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    engine: EngineLimits = field(default_factory=EngineLimits)
 
 
 #: Largest magnitude of an integer setting (anything larger is a typo or an attack, never a setting).
@@ -274,4 +287,4 @@ def load_config(path: str | Path) -> Otf2dConfig:
         raise ConfigError(path, exc.what) from exc
 
 
-__all__ = ["Class2DParams", "Otf2dConfig", "VerdictConfig", "from_mapping", "load_config"]
+__all__ = ["Class2DParams", "EngineLimits", "Otf2dConfig", "VerdictConfig", "from_mapping", "load_config"]

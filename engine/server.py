@@ -40,6 +40,7 @@ from core.wire import (
     message_kind,
     parse_json,
 )
+from engine.curve import ServerCurve, client_key
 from engine.problem_log import ProblemLog
 from engine.service import Answer, EngineService
 
@@ -47,6 +48,16 @@ log = logging.getLogger(__name__)
 
 #: Kinds that are answers, never requests: an engine receiving one ignores it.
 _IGNORED = frozenset({KIND_ACK, "nack", "reject", KIND_PONG, KIND_REPLY})
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A decoded batch waiting for the group's durable write, with who sent it."""
+
+    identity: bytes
+    header: dict[str, Any]
+    batch: ParticleBatch
+    client: str | None
 
 
 @dataclass(frozen=True)
@@ -126,13 +137,26 @@ class EngineServer:
         Socket settings.
     context
         ZeroMQ context (default: the process-wide one).
+    curve
+        CurveZMQ settings: only clients with a listed key get through, and each message carries
+        its sender's key (the owner of the sessions it creates). ``None``: plain TCP.
     """
 
-    def __init__(self, service: EngineService, config: ServerConfig, context: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self,
+        service: EngineService,
+        config: ServerConfig,
+        context: zmq.Context[Any] | None = None,
+        curve: ServerCurve | None = None,
+    ) -> None:
         self.service = service
         self.config = config
         ctx = context if context is not None else zmq.Context.instance()
         self.socket: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+        self.curve = curve
+        if curve is not None:
+            curve.start(ctx)
+            curve.apply(self.socket)
         s, c = self.socket, config
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         s.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -173,12 +197,14 @@ class EngineServer:
     def close(self) -> None:
         """Close the socket (answers still queued get ``linger_ms`` to leave)."""
         self.socket.close(linger=self.config.linger_ms)
+        if self.curve is not None:
+            self.curve.stop()
 
     # ------------------------------------------------------------------ one turn
 
     def turn(self) -> int:
         """Take every waiting message (up to the group limits) and answer it; returns how many."""
-        group: list[tuple[bytes, dict[str, Any], ParticleBatch]] = []
+        group: list[_Entry] = []
         group_bytes = 0
         n = 0
         while n < self.config.max_group and group_bytes < self.config.max_group_bytes:
@@ -188,25 +214,24 @@ class EngineServer:
                 break
             n += 1
             identity, frames = message[0].bytes, message[1:]
-            entry = self._handle(identity, frames)
+            entry = self._handle(identity, frames, client_key(message[-1]))
             if entry is not None:
                 group.append(entry)
                 group_bytes += sum(len(f) for f in frames)
         self.messages_received += n
         if group:
-            for (identity, _, _), answer in zip(group, self._ingest(group), strict=True):
-                self._send(identity, answer)
+            for entry, answer in zip(group, self._ingest(group), strict=True):
+                self._send(entry.identity, answer)
         return n
 
-    def _ingest(self, group: list[tuple[bytes, dict[str, Any], ParticleBatch]]) -> list[Answer]:
+    def _ingest(self, group: list[_Entry]) -> list[Answer]:
         """Journal a group; if the group fails unexpectedly, each batch alone (the one at fault is rejected)."""
         try:
-            return self.service.ingest([(header, batch) for _, header, batch in group])
+            return self.service.ingest([(e.header, e.batch) for e in group], [e.client for e in group])
         except Exception as exc:
             reason = self._engine_error(exc, "batch")
             if len(group) == 1:
-                _, header, batch = group[0]
-                return [self.service.invalid(str(header["msg_id"]), reason, len(batch))]
+                return [self.service.invalid(str(group[0].header["msg_id"]), reason, len(group[0].batch))]
         return [answer for entry in group for answer in self._ingest([entry])]
 
     def _engine_error(self, exc: Exception, what: str) -> str:
@@ -215,10 +240,10 @@ class EngineServer:
         self.problems.report(logging.ERROR, f"engine error {type(exc).__name__}", reason, traceback=True)
         return reason
 
-    def _handle(self, identity: bytes, frames: list[Any]) -> tuple[bytes, dict[str, Any], ParticleBatch] | None:
+    def _handle(self, identity: bytes, frames: list[Any], client: str | None = None) -> _Entry | None:
         """Decode and answer one message: the one boundary where any failure becomes a refusal."""
         try:
-            return self._dispatch(identity, frames)
+            return self._dispatch(identity, frames, client)
         except Exception as exc:
             msg_id, n_particles, request_id = _header_fields(frames)
             reason = self._engine_error(exc, "message")
@@ -228,7 +253,7 @@ class EngineServer:
                 self._send(identity, self.service.invalid(msg_id, reason, n_particles))
             return None
 
-    def _dispatch(self, identity: bytes, frames: list[Any]) -> tuple[bytes, dict[str, Any], ParticleBatch] | None:
+    def _dispatch(self, identity: bytes, frames: list[Any], client: str | None) -> _Entry | None:
         try:
             kind = message_kind(frames)
         except DecodeError as exc:
@@ -245,7 +270,7 @@ class EngineServer:
                 )
                 self._send(identity, self.service.invalid(msg_id, exc.what, n_particles))
                 return None
-            return identity, header, batch
+            return _Entry(identity, header, batch, client)
         try:
             request = decode_control(frames)
         except DecodeError as exc:
@@ -264,7 +289,7 @@ class EngineServer:
             log.debug("ignored a %r from %r", kind, identity)
         else:
             try:
-                reply = self.service.control(request)
+                reply = self.service.control(request, client)
             except Exception as exc:
                 reply = {"ok": False, "error": self._engine_error(exc, f"{kind!r} request")}
             self._send(identity, Answer(KIND_REPLY, {"request_id": request["request_id"], **reply}))

@@ -91,6 +91,9 @@ class EngineConfig:
         ``retry_after_s`` of NACKs.
     keep_snapshots
         Snapshots kept per session (0: all).
+    max_sessions
+        Most sessions the engine holds; a batch or ``start_session`` that would create one more is
+        refused (NACK / ``ok = false``) with the reason.
     """
 
     data_dir: Path
@@ -100,6 +103,7 @@ class EngineConfig:
     max_backlog: int = 0
     retry_after_s: float = 2.0
     keep_snapshots: int = 5
+    max_sessions: int = 64
 
 
 def box_problem(batch: ParticleBatch) -> str:
@@ -236,9 +240,21 @@ class EngineService:
         with self._lock:
             return self._sessions.get(name)
 
-    def _create(self, name: str, params: Class2DParams, project_dir: str | None) -> Session:
+    def _create(self, name: str, params: Class2DParams, project_dir: str | None, owner: str | None) -> Session:
+        with self._lock:
+            if len(self._sessions) >= self.config.max_sessions:
+                raise InputError(
+                    None,
+                    f"the engine holds {len(self._sessions)} sessions, its limit (max_sessions = "
+                    f"{self.config.max_sessions}): session {name!r} is not created",
+                )
         session = Session.create(
-            self.sessions_dir, name, params, project_dir=project_dir, cache_dtype=self.config.cache_dtype
+            self.sessions_dir,
+            name,
+            params,
+            project_dir=project_dir,
+            cache_dtype=self.config.cache_dtype,
+            owner=owner,
         )
         with self._lock:
             self._sessions[name] = session
@@ -246,19 +262,24 @@ class EngineService:
         log.info("session %s created (%d classes)", name, params.n_classes)
         return session
 
-    def _session_for_batch(self, name: str) -> Session:
+    def _session_for_batch(self, name: str, client: str | None) -> Session:
         session = self.session(name)
-        return session if session is not None else self._create(name, self.config.defaults, None)
+        return session if session is not None else self._create(name, self.config.defaults, None, client)
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, entries: Sequence[tuple[dict[str, Any], ParticleBatch]]) -> list[Answer]:
+    def ingest(
+        self, entries: Sequence[tuple[dict[str, Any], ParticleBatch]], clients: Sequence[str | None] | None = None
+    ) -> list[Answer]:
         """Journal decoded batches (grouped per session, one durable write each) and say what to answer.
 
         Parameters
         ----------
         entries
             ``(header, batch)`` pairs from :func:`core.wire.decode_batch`.
+        clients
+            The authenticated CURVE public key of each entry's sender (``None`` entries or no list:
+            no CURVE). A batch for a session that belongs to another key is NACKed with the reason.
 
         Returns
         -------
@@ -266,11 +287,13 @@ class EngineService:
             One per entry, in order: ACK, NACK or REJECT with their fields.
         """
         answers: list[Answer | None] = [None] * len(entries)
-        by_session: dict[str, list[int]] = {}
+        senders = list(clients) if clients is not None else [None] * len(entries)
+        by_session: dict[tuple[str, str | None], list[int]] = {}
         for i, (header, _) in enumerate(entries):
-            by_session.setdefault(str(header["session"]), []).append(i)
-        for name, idxs in by_session.items():
-            for i, answer in zip(idxs, self._ingest_session(name, [entries[i] for i in idxs]), strict=True):
+            by_session.setdefault((str(header["session"]), senders[i]), []).append(i)
+        for (name, client), idxs in by_session.items():
+            group = [entries[i] for i in idxs]
+            for i, answer in zip(idxs, self._ingest_session(name, group, client), strict=True):
                 answers[i] = answer
         self.worker.notify()
         result = [a for a in answers if a is not None]
@@ -281,15 +304,20 @@ class EngineService:
     def _nack(self, msg_id: str, reason: str) -> Answer:
         return Answer(KIND_NACK, {"msg_id": msg_id, "reason": reason, "retry_after_s": self.config.retry_after_s})
 
-    def _ingest_session(self, name: str, entries: list[tuple[dict[str, Any], ParticleBatch]]) -> list[Answer]:
+    def _ingest_session(
+        self, name: str, entries: list[tuple[dict[str, Any], ParticleBatch]], client: str | None = None
+    ) -> list[Answer]:
         msg_ids = [str(h["msg_id"]) for h, _ in entries]
         if self._closing:
             return [self._nack(m, "engine shutting down") for m in msg_ids]
         try:
-            session = self._session_for_batch(name)
+            session = self._session_for_batch(name, client)
         except (OSError, sqlite3.Error, InputError) as exc:
             log.error("session %s: cannot open: %s", name, exc)
             return [self._nack(m, f"session cannot be opened: {exc}") for m in msg_ids]
+        refusal = session.writable_by(client)
+        if refusal:
+            return [self._nack(m, refusal) for m in msg_ids]
         backlog = self.config.max_backlog
         if backlog > 0:
             folder = self.worker.folder(name)
@@ -336,18 +364,26 @@ class EngineService:
 
     # ------------------------------------------------------------------ control
 
-    def control(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Serve a control request; returns the ``reply`` fields (``ok`` and ``result`` or ``error``)."""
+    def control(self, message: dict[str, Any], client: str | None = None) -> dict[str, Any]:
+        """Serve a control request; returns the ``reply`` fields (``ok`` and ``result`` or ``error``).
+
+        ``client`` is the sender's CURVE public key (``None`` without CURVE): every request but
+        ``status`` that names a session is refused unless the session is :meth:`Session.writable_by` it.
+        """
         kind = message["kind"]
         try:
+            target = self.session(str(message["session"])) if isinstance(message.get("session"), str) else None
+            refusal = target.writable_by(client) if target is not None and kind != KIND_STATUS else ""
+            if refusal:
+                raise InputError(None, refusal)
             if kind == KIND_STATUS:
                 result = self.status(message.get("session"))
             elif kind == KIND_SNAPSHOT:
                 result = self._request_snapshot(message["session"])
             elif kind in (KIND_PAUSE, KIND_RESUME):
-                result = self._pause(message.get("session"), kind == KIND_PAUSE)
+                result = self._pause(message.get("session"), kind == KIND_PAUSE, client)
             elif kind == KIND_START_SESSION:
-                result = self.start_session(message["session"], message["params"])
+                result = self.start_session(message["session"], message["params"], client)
             elif kind in self._control_handlers:
                 result = self._control_handlers[kind](message)
             else:
@@ -381,8 +417,11 @@ class EngineService:
             "directory": str(session.snapshot_dir),
         }
 
-    def _pause(self, name: str | None, paused: bool) -> dict[str, Any]:
-        sessions = [self._require(name)] if name is not None else list(self._all_sessions())
+    def _pause(self, name: str | None, paused: bool, client: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            sessions = [self._require(name)]
+        else:
+            sessions = [s for s in self._all_sessions() if not s.writable_by(client)]
         for session in sessions:
             session.paused = paused
             if paused:
@@ -394,7 +433,7 @@ class EngineService:
         with self._lock:
             return list(self._sessions.values())
 
-    def start_session(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    def start_session(self, name: str, params: dict[str, Any], client: str | None = None) -> dict[str, Any]:
         """Create session ``name`` with ``params`` (merged over the defaults), or check / update it.
 
         Raises
@@ -415,7 +454,7 @@ class EngineService:
             raise InputError(None, exc.what) from exc
         session = self.session(name)
         if session is None:
-            session = self._create(name, wanted, project_dir)
+            session = self._create(name, wanted, project_dir, client)
             return {"session": name, "created": True, "params": params_to_dict(wanted)}
         folder = self.worker.folder(name)
         changed = wanted != session.params or (project_dir is not None and project_dir != session.project_dir)
@@ -463,6 +502,7 @@ class EngineService:
             "n_classes": session.params.n_classes,
             "params": params_to_dict(session.params),
             "project_dir": session.project_dir,
+            "owner": session.owner,
             "directory": str(session.root),
             "snapshot_directory": str(session.snapshot_dir),
         }

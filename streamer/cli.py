@@ -23,6 +23,7 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+from core.curve import add_client_args, client_files
 from streamer.daemon import Streamer, StreamerConfig
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--rescan-interval", type=float, default=300.0, metavar="S", help="full rescan (safety net, default 300 s)"
     )
     parser.add_argument("--once", action="store_true", help="send what exists now, wait for the ACKs, exit")
+    add_client_args(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> StreamerConfig:
     """The :class:`StreamerConfig` described by parsed options."""
+    curve = client_files(args)
     return StreamerConfig(
         watch_dirs=tuple(Path(d) for d in args.watch),
         engine=args.engine,
@@ -115,6 +118,8 @@ def config_from_args(args: argparse.Namespace) -> StreamerConfig:
         rescan_interval_s=args.rescan_interval,
         metrics_port=args.metrics_port,
         once=args.once,
+        curve_secret=curve.secret if curve is not None else None,
+        curve_server=curve.server if curve is not None else None,
     )
 
 
