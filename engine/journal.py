@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -137,6 +138,20 @@ class JournalSlice:
         return len(self.seqs)
 
 
+#: Most SQLite connections one thread keeps open over every journal (each holds about 3 file
+#: descriptors: the index, its WAL and its shared memory); the least recently used is closed beyond.
+MAX_CONNECTIONS_PER_THREAD = 16
+_thread_state = threading.local()
+
+
+def _thread_connections() -> OrderedDict[Journal, sqlite3.Connection]:
+    """This thread's open connections, least recently used first."""
+    lru: OrderedDict[Journal, sqlite3.Connection] | None = getattr(_thread_state, "lru", None)
+    if lru is None:
+        lru = _thread_state.lru = OrderedDict()
+    return lru
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -178,7 +193,7 @@ class Journal:
         self.session = session
         self.cache_dtype = _CACHE_DTYPES[cache_dtype]
         self._db_path = self.directory / "index.sqlite"
-        self._local = threading.local()
+        self._closed = False
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._append_lock = threading.Lock()
@@ -206,23 +221,41 @@ class Journal:
     # ------------------------------------------------------------------ connections
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _connect(self._db_path)
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+        """This thread's connection to the index (opened on demand; a thread keeps at most
+        :data:`MAX_CONNECTIONS_PER_THREAD` over every journal, closing the least recently used)."""
+        lru = _thread_connections()
+        conn = lru.get(self)
+        if conn is not None:
+            lru.move_to_end(self)
+            return conn
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"journal {self.directory} is closed")
+        conn = _connect(self._db_path)
+        lru[self] = conn
+        with self._connections_lock:
+            self._connections.append(conn)
+        while len(lru) > MAX_CONNECTIONS_PER_THREAD:
+            journal, old = lru.popitem(last=False)
+            journal._forget(old)
         return conn
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close one of this journal's connections (called by the thread that owns it)."""
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
 
     def close(self) -> None:
         """Close the segment file and every thread's connection (call once no thread uses the journal)."""
         with self._append_lock:
+            self._closed = True
             self._segments.close()
             with self._connections_lock:
                 for conn in self._connections:
                     conn.close()
                 self._connections.clear()
-            self._local = threading.local()
+            _thread_connections().pop(self, None)
 
     # ------------------------------------------------------------------ properties
 
@@ -243,6 +276,45 @@ class Journal:
         """Å per pixel of the session's images, or ``None`` before the first particle."""
         value = self._meta.get("pixel_size_angstrom")
         return None if value is None else float(value)
+
+    def fix_geometry(self, box: int, pixel_size_angstrom: float) -> None:
+        """Fix the session's box and pixel size before its first particle (``start_session``).
+
+        Raises
+        ------
+        InputError
+            The journal already has another geometry.
+        """
+        with self._append_lock:
+            current = (self.box, self.pixel_size_angstrom)
+            if current[0] is not None:
+                if current[0] != (box, box) or not np.isclose(current[1] or 0.0, pixel_size_angstrom, rtol=1e-4):
+                    raise InputError(
+                        self._db_path,
+                        f"the session's geometry is box {current[0][0]} at {current[1]} Å/px already, "
+                        f"not {box} at {pixel_size_angstrom} Å/px",
+                    )
+                return
+            meta = self._geometry_meta((box, box), pixel_size_angstrom)
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._meta.update(meta)
+
+    def _geometry_meta(self, box: tuple[int, int], pixel: float) -> dict[str, str]:
+        return {
+            "format": str(JOURNAL_FORMAT),
+            "session": self.session,
+            "height": str(box[0]),
+            "width": str(box[1]),
+            "pixel_size_angstrom": repr(float(pixel)),
+        }
 
     def n_messages(self) -> int:
         """Distinct messages journaled."""
@@ -379,13 +451,7 @@ class Journal:
             return outcomes
         meta: dict[str, str] = {}
         if box is not None and pixel is not None and "height" not in self._meta:
-            meta = {
-                "format": str(JOURNAL_FORMAT),
-                "session": self.session,
-                "height": str(box[0]),
-                "width": str(box[1]),
-                "pixel_size_angstrom": repr(float(pixel)),
-            }
+            meta = self._geometry_meta(box, pixel)
         location: BlockLocation | None = self._segments.append(b"".join(blocks)) if blocks else None
         try:
             conn.execute("BEGIN IMMEDIATE")

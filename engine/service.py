@@ -9,8 +9,14 @@ Delivery answers (see ``core.wire``):
 
 - ACK: the batch is durably journaled (``n_accepted`` new particles, ``n_duplicates`` already
   known); a re-sent ``msg_id`` is ACKed again with ``n_accepted = 0``.
-- REJECT: the batch can never be accepted (its box or pixel size differs from its session's, or
-  its box is not square and even).
+- REJECT: the batch can never be classified (:func:`engine.ingest_checks.batch_problem`: a box
+  that is not square, even and 16-2048 px, a pixel size outside 0.05-50 Å, or a particle whose CTF
+  is not physical: voltage 60-400 kV, Cs 0-10 mm, amplitude contrast 0-1, defocus -10..20 µm).
+- NACK naming both geometries: the batch's box or pixel size differs from its session's, which its
+  ``start_session`` fixes (``params`` ``box_size`` + ``pixel_size_angstrom``) or else its first
+  accepted batch; a stray first batch thus never makes the good ones dead letters. Also NACKed: a
+  batch for a session that belongs to another CURVE client key, or one that would create a session
+  beyond ``max_sessions``.
 - NACK with ``retry_after_s``: not now — the journal could not be written (disk full, I/O error),
   or the session's backlog of particles not yet folded exceeds ``max_backlog``, or the engine is
   shutting down. A paused session still journals and ACKs: pausing stops folding only.
@@ -55,6 +61,7 @@ from core.wire import (
 )
 from engine.classifier_port import ClassifierFactory
 from engine.folding import Phase
+from engine.ingest_checks import BOX_RANGE, PIXEL_SIZE_RANGE_ANGSTROM, batch_problem
 from engine.journal import AppendOutcome
 from engine.memory import device_memory_bytes, memory_status
 from engine.metrics import EngineMetrics
@@ -106,14 +113,21 @@ class EngineConfig:
     max_sessions: int = 64
 
 
-def box_problem(batch: ParticleBatch) -> str:
-    """Why the classifier cannot take images of this box ("" when it can): square and even only."""
-    h, w = batch.box_size
-    if h != w:
-        return f"images of {h}x{w} pixels: only square boxes can be classified"
-    if h % 2:
-        return f"images of odd box {h}: only even boxes can be classified"
-    return ""
+def _geometry_option(options: dict[str, Any]) -> tuple[int, float] | None:
+    """``(box, pixel size)`` from ``start_session``'s ``box_size`` and ``pixel_size_angstrom`` (both or neither)."""
+    box, pixel = options.get("box_size"), options.get("pixel_size_angstrom")
+    if box is None and pixel is None:
+        return None
+    if type(box) is not int or not isinstance(pixel, int | float) or isinstance(pixel, bool):
+        raise InputError(None, "box_size (an integer) and pixel_size_angstrom (a number) go together")
+    if box % 2 or not BOX_RANGE[0] <= box <= BOX_RANGE[1]:
+        raise InputError(None, f"box_size must be even and {BOX_RANGE[0]}-{BOX_RANGE[1]} pixels, got {box}")
+    if not PIXEL_SIZE_RANGE_ANGSTROM[0] <= pixel <= PIXEL_SIZE_RANGE_ANGSTROM[1]:
+        raise InputError(
+            None,
+            f"pixel_size_angstrom must be {PIXEL_SIZE_RANGE_ANGSTROM[0]}-{PIXEL_SIZE_RANGE_ANGSTROM[1]} Å, got {pixel}",
+        )
+    return box, float(pixel)
 
 
 @dataclass(frozen=True)
@@ -323,20 +337,27 @@ class EngineService:
             folder = self.worker.folder(name)
             if folder is not None and folder.pending > backlog:
                 return [self._nack(m, f"backlog of {folder.pending} particles to fold") for m in msg_ids]
-        unusable = {i: box_problem(batch) for i, (_, batch) in enumerate(entries) if box_problem(batch)}
-        usable = [e for i, e in enumerate(entries) if i not in unusable]
+        problems = [batch_problem(batch) for _, batch in entries]
+        unusable = {i: p for i, p in enumerate(problems) if p}
+        mismatched = self._geometry_mismatches(session, entries, unusable)
+        usable = [e for i, e in enumerate(entries) if i not in unusable and i not in mismatched]
         try:
             appended = iter(session.journal.append_many(usable) if usable else [])
         except (OSError, sqlite3.Error) as exc:
             log.error("session %s: journal write failed: %s", name, exc)
             return [self._nack(m, f"journal write failed: {exc}") for m in msg_ids]
         outcomes = [
-            AppendOutcome(msg_ids[i], False, reason=unusable[i]) if i in unusable else next(appended)
+            AppendOutcome(msg_ids[i], False, reason=unusable.get(i) or mismatched[i])
+            if i in unusable or i in mismatched
+            else next(appended)
             for i in range(len(entries))
         ]
         answers = []
-        for (_, batch), outcome in zip(entries, outcomes, strict=True):
-            if outcome.accepted:
+        for i, ((_, batch), outcome) in enumerate(zip(entries, outcomes, strict=True)):
+            if i in mismatched:
+                log.info("session %s: NACK %s: %s", name, outcome.msg_id, outcome.reason)
+                answers.append(self._nack(outcome.msg_id, outcome.reason))
+            elif outcome.accepted:
                 if not outcome.resent:
                     self.metrics.particles_received.inc(outcome.n_accepted)
                     self.metrics.particles_rejected.labels("duplicate").inc(outcome.n_duplicates)
@@ -355,6 +376,28 @@ class EngineService:
                 self.metrics.particles_rejected.labels("inconsistent").inc(len(batch))
                 answers.append(Answer(KIND_REJECT, {"msg_id": outcome.msg_id, "reason": outcome.reason}))
         return answers
+
+    @staticmethod
+    def _geometry_mismatches(
+        session: Session, entries: list[tuple[dict[str, Any], ParticleBatch]], unusable: dict[int, str]
+    ) -> dict[int, str]:
+        """Batches whose box or pixel size differs from the session's (fixed by ``start_session`` or its
+        first accepted batch): NACKed with the reason, so that a wrong first batch never dead-letters
+        the good ones."""
+        box, pixel = session.journal.box, session.journal.pixel_size_angstrom
+        mismatched: dict[int, str] = {}
+        for i, (header, batch) in enumerate(entries):
+            if i in unusable or session.journal.message(str(header["msg_id"])) is not None:
+                continue
+            if box is None or pixel is None:
+                box, pixel = batch.box_size, batch.pixel_size_angstrom
+                continue
+            if batch.box_size != box or abs(batch.pixel_size_angstrom - pixel) > 1e-4 * pixel:
+                mismatched[i] = (
+                    f"box {batch.box_size[0]} at {batch.pixel_size_angstrom:g} Å/px differs from session "
+                    f"{session.name!r}'s box {box[0]} at {pixel:g} Å/px (set by its start_session or first batch)"
+                )
+        return mismatched
 
     def invalid(self, msg_id: str, reason: str, n_particles: int = 0) -> Answer:
         """The REJECT of a message that failed decoding (counted as ``invalid``)."""
@@ -447,6 +490,7 @@ class EngineService:
         project_dir = options.get("project_dir")
         if project_dir is not None and not isinstance(project_dir, str):
             raise InputError(None, "project_dir must be a string")
+        geometry = _geometry_option(options)
         classification = {k: v for k, v in params.items() if k not in SESSION_OPTIONS}
         try:
             wanted = merge_params(self.config.defaults, classification, f"start_session {name!r} params")
@@ -455,7 +499,11 @@ class EngineService:
         session = self.session(name)
         if session is None:
             session = self._create(name, wanted, project_dir, client)
+            if geometry is not None:
+                session.journal.fix_geometry(*geometry)
             return {"session": name, "created": True, "params": params_to_dict(wanted)}
+        if geometry is not None:
+            session.journal.fix_geometry(*geometry)
         folder = self.worker.folder(name)
         changed = wanted != session.params or (project_dir is not None and project_dir != session.project_dir)
         if changed:

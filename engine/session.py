@@ -32,7 +32,7 @@ from engine.segments import fsync_directory
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
 #: Keys of ``start_session`` params that are session options, not classification parameters.
-SESSION_OPTIONS = ("project_dir",)
+SESSION_OPTIONS = ("project_dir", "box_size", "pixel_size_angstrom")
 
 
 def session_directory_name(name: str) -> str:
