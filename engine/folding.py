@@ -32,7 +32,14 @@ import torch
 
 from core.errors import InputError
 from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from engine.checkpoint import (
+    flatten_state,
+    previous_path,
+    readable_checkpoints,
+    save_checkpoint,
+    set_aside,
+    unflatten_state,
+)
 from engine.classifier_port import ClassifierFactory, ClassifierPort, Judgements
 from engine.journal import ASSIGNMENT_COLUMNS, JournalSlice
 from engine.session import Session, params_to_dict
@@ -226,17 +233,33 @@ class SessionFolder:
         return size
 
     def restore(self) -> bool:
-        """Continue from the session's checkpoint, if it has one; returns whether it had.
+        """Continue from the session's newest usable checkpoint; returns whether there was one.
 
-        Raises
-        ------
-        InputError
-            The checkpoint is unreadable, or claims more folded particles than the journal holds.
+        A checkpoint that cannot be read (empty, truncated, corrupt) or used (it claims more folded
+        particles than the journal holds, or its state does not fit the classifier) falls back to the
+        previous one; with none usable, the unusable files are set aside (renamed, kept) and the
+        session replays its journal from the start: slower, never wedged.
         """
-        loaded = load_checkpoint(self.session.checkpoint_path)
-        if loaded is None:
-            return False
-        meta, arrays = loaded
+        path = self.session.checkpoint_path
+        readable, errors = readable_checkpoints(path)
+        for candidate, meta, arrays in readable:
+            try:
+                self._apply_checkpoint(meta, arrays)
+            except (InputError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+                log.error("session %s: checkpoint %s cannot be used (%s)", self.name, candidate.name, exc)
+                errors.append(f"{candidate.name}: {exc}")
+                continue
+            if candidate != path:
+                log.warning("session %s: restored the previous checkpoint %s", self.name, candidate.name)
+            return True
+        if errors:
+            for candidate in (path, previous_path(path)):
+                set_aside(candidate, "; ".join(errors))
+            log.error("session %s: no usable checkpoint; replaying the journal from the start", self.name)
+        return False
+
+    def _apply_checkpoint(self, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Take the folding state of one checkpoint (nothing changes when it raises)."""
         consumed = int(meta["consumed"])
         if consumed > self.session.journal.count:
             raise InputError(
@@ -267,7 +290,6 @@ class SessionFolder:
             self.session.journal.count,
             self.session.journal.count - consumed,
         )
-        return True
 
     # ------------------------------------------------------------------ snapshots
 

@@ -1,0 +1,129 @@
+"""Durability against damaged files: a checkpoint that cannot be read falls back to the previous one,
+and with none usable the session replays its journal from the start; the engine never stops.
+
+Real files: an in-process engine service (real journal, SQLite, checkpoints) in a temporary folder,
+closed and reopened around the damage, as a restart would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import TEST_PARAMS, make_batch
+
+from engine.checkpoint import previous_path
+from engine.service import EngineConfig, EngineService
+from engine.worker import WorkerConfig
+
+SESSION = "durable"
+
+
+def _service(data: Path) -> EngineService:
+    from engine.em_adapter import em_classifier_factory
+    from monitoring.snapshots import write_snapshot
+
+    worker = WorkerConfig(checkpoint_every=0, checkpoint_seconds=3600, snapshot_every=0, snapshot_seconds=3600)
+    service = EngineService(
+        EngineConfig(data_dir=data, worker=worker), em_classifier_factory, torch.device("cpu"), write_snapshot
+    )
+    service.open()
+    return service
+
+
+def _status(service: EngineService) -> dict[str, object]:
+    return service.status(SESSION)["sessions"][SESSION]
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _checkpoint(service: EngineService, n_before: int) -> None:
+    folder = service.worker.folder(SESSION)
+    assert folder is not None
+    service.worker.request(SESSION, "checkpoint")
+    service.worker.notify()
+    _wait(lambda: folder.checkpoint_consumed > n_before, "a checkpoint")
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session folded in two steps with a checkpoint after each (``checkpoint.npz`` + ``.prev.npz``)."""
+    data = tmp_path_factory.mktemp("durable") / "data"
+    service = _service(data)
+    try:
+        service.start_session(SESSION, TEST_PARAMS)
+        for step, first in ((0, 1), (1, 61)):
+            batch = make_batch(SESSION, step, 60, first_index=first)
+            header = {"msg_id": f"d:{step}", "session": SESSION, "file_ready_time": 1.0, "source": "x"}
+            assert service.ingest([(header, batch)])[0].kind == "ack"
+            _wait(lambda n=60 * (step + 1): _status(service)["particles_classified"] == n, "folding")
+            _checkpoint(service, 60 * step)
+    finally:
+        service.close(drain_timeout_s=5)
+    root = data / "sessions" / SESSION
+    assert (root / "checkpoint.npz").is_file() and previous_path(root / "checkpoint.npz").is_file()
+    return data
+
+
+def _copy(data: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "data"
+    shutil.copytree(data, target)
+    (target / "engine.lock").unlink(missing_ok=True)
+    return target
+
+
+def _reopened(data: Path) -> tuple[dict[str, object], dict[str, str]]:
+    service = _service(data)
+    try:
+        _wait(lambda: _status(service)["particles_classified"] == 120, "the replay", 120.0)
+        return _status(service), service.status()["engine"]["broken_sessions"]
+    finally:
+        service.close(drain_timeout_s=5)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b"", id="empty"),
+        pytest.param(lambda b: b[: len(b) // 2], id="truncated"),
+        pytest.param(lambda b: b[:200] + bytes(x ^ 0x5A for x in b[200:400]) + b[400:], id="corrupt"),
+    ],
+)
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(
+    two_checkpoints: Path, tmp_path: Path, damage: Callable[[bytes], bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine")
+    data = _copy(two_checkpoints, tmp_path)
+    path = data / "sessions" / SESSION / "checkpoint.npz"
+    path.write_bytes(damage(path.read_bytes()))
+    status, broken = _reopened(data)
+    assert broken == {}
+    assert status["phase"] == "streaming"
+    assert "restored the previous checkpoint" in caplog.text
+    assert "restored checkpoint (streaming," in caplog.text
+    assert status["particles_classified"] == 120
+
+
+def test_with_no_usable_checkpoint_the_session_replays_its_journal(
+    two_checkpoints: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = _copy(two_checkpoints, tmp_path)
+    root = data / "sessions" / SESSION
+    (root / "checkpoint.npz").write_bytes(b"")
+    previous_path(root / "checkpoint.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    status, broken = _reopened(data)
+    assert broken == {}
+    assert status["phase"] == "streaming" and status["particles_classified"] == 120
+    assert "replaying the journal from the start" in caplog.text
+    assert len(list(root.glob("checkpoint*.unusable-*.npz"))) == 2  # set aside, kept
