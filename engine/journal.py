@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -37,7 +38,7 @@ import numpy.typing as npt
 from core.errors import InputError
 from core.particles import CtfParams, ParticleBatch
 from core.snapshot import OpticsGroup, ParticleAssignments
-from engine.segments import BlockLocation, SegmentStore
+from engine.segments import BlockLocation, SegmentStore, segment_path
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     byte_offset INTEGER NOT NULL,
     dtype TEXT NOT NULL,
     height INTEGER NOT NULL,
-    width INTEGER NOT NULL
+    width INTEGER NOT NULL,
+    crc32 INTEGER
 );
 CREATE TABLE IF NOT EXISTS particles (
     seq INTEGER PRIMARY KEY,
@@ -152,6 +154,31 @@ def _thread_connections() -> OrderedDict[Journal, sqlite3.Connection]:
     return lru
 
 
+def _add_chunk_checksums(conn: sqlite3.Connection) -> None:
+    """Give a journal written before chunk checksums its ``crc32`` column (NULL: not checked)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
+    if "crc32" not in columns:
+        conn.execute("ALTER TABLE chunks ADD COLUMN crc32 INTEGER")
+
+
+def _block_crc(path: Path, offset: int, nbytes: int) -> int | None:
+    """``zlib.crc32`` of ``nbytes`` at ``offset`` of ``path`` (None when they cannot be read)."""
+    crc = 0
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            remaining = nbytes
+            while remaining > 0:
+                block = handle.read(min(remaining, 1 << 22))
+                if not block:
+                    return None
+                crc = zlib.crc32(block, crc)
+                remaining -= len(block)
+    except OSError:
+        return None
+    return crc
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -205,6 +232,8 @@ class Journal:
             raise InputError(self._db_path, f"journal belongs to session {stored!r}, not {session!r}")
         if "format" in self._meta and int(self._meta["format"]) != JOURNAL_FORMAT:
             raise InputError(self._db_path, f"journal format {self._meta['format']} is not {JOURNAL_FORMAT}")
+        _add_chunk_checksums(conn)
+        self._cut_damaged_tail(conn)
         row = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM particles").fetchone()
         self._count = int(row[0])
         row = conn.execute("SELECT COALESCE(MAX(stack_id), 0) FROM stacks").fetchone()
@@ -217,6 +246,52 @@ class Journal:
         committed = (int(last[0]), int(last[1])) if last is not None else None
         kwargs = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
         self._segments = SegmentStore(self.directory / "segments", committed, **kwargs)
+
+    # ------------------------------------------------------------------ damaged tail
+
+    def _cut_damaged_tail(self, conn: sqlite3.Connection) -> None:
+        """Cut the journal back to its last intact chunk (bytes all there, checksum right).
+
+        Chunks are checked from the newest back to the first intact one (a damaged disk or a
+        truncated segment loses the tail): the particles, chunks and messages from the first damaged
+        chunk on are deleted from the index, so they are never read as zero-filled images. The
+        streamer's ACKed batches among them are lost and logged as such.
+        """
+        cut: int | None = None
+        sizes: dict[int, int] = {}
+        rows = conn.execute(
+            "SELECT first_seq, n, segment, byte_offset, dtype, height, width, crc32 FROM chunks ORDER BY first_seq DESC"
+        )
+        for first_seq, n, segment, offset, dtype_name, h, w, crc in rows:
+            path = segment_path(self.directory / "segments", int(segment))
+            if segment not in sizes:
+                sizes[segment] = path.stat().st_size if path.exists() else -1
+            nbytes = int(n) * int(h) * int(w) * _CACHE_DTYPES[dtype_name].itemsize
+            if offset + nbytes <= sizes[segment] and (crc is None or _block_crc(path, offset, nbytes) == crc):
+                break
+            cut = int(first_seq)
+        rows.close()
+        if cut is None:
+            return
+        lost = int(conn.execute("SELECT COUNT(*) FROM particles WHERE seq >= ?", (cut,)).fetchone()[0])
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM particles WHERE seq >= ?", (cut,))
+            conn.execute("DELETE FROM chunks WHERE first_seq >= ?", (cut,))
+            conn.execute("DELETE FROM messages WHERE first_seq >= ?", (cut,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.error(
+            "journal %s: damaged tail (missing or corrupt image bytes): cut back to %d particles; %d particle(s) "
+            "from journal position %d on are lost",
+            self.directory,
+            cut,
+            lost,
+            cut,
+        )
 
     # ------------------------------------------------------------------ connections
 
@@ -378,7 +453,7 @@ class Journal:
         outcomes: list[AppendOutcome] = []
         blocks: list[bytes] = []
         block_offset = 0
-        chunk_rows: list[tuple[int, int, int, str, int, int]] = []  # first_seq, n, rel offset, dtype, h, w
+        chunk_rows: list[tuple[int, int, int, str, int, int, int]] = []  # first_seq, n, rel offset, dtype, h, w, crc
         particle_rows: list[tuple[Any, ...]] = []
         message_rows: list[tuple[Any, ...]] = []
         for header, batch in entries:
@@ -432,7 +507,7 @@ class Journal:
                 dtype = _CACHE_DTYPES["float32"]
             data = np.ascontiguousarray(images, dtype=dtype).tobytes()
             blocks.append(data)
-            chunk_rows.append((seq, n_new, block_offset, dtype.name, box[0], box[1]))
+            chunk_rows.append((seq, n_new, block_offset, dtype.name, box[0], box[1], zlib.crc32(data)))
             block_offset += len(data)
             ctf = batch.ctf
             for j in take.tolist():
@@ -462,8 +537,12 @@ class Journal:
             conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", message_rows)
             if location is not None:
                 conn.executemany(
-                    "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(fs, n, location.segment, location.offset + rel, dt, h, w) for fs, n, rel, dt, h, w in chunk_rows],
+                    "INSERT INTO chunks (first_seq, n, segment, byte_offset, dtype, height, width, crc32) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (fs, n, location.segment, location.offset + rel, dt, h, w, crc)
+                        for fs, n, rel, dt, h, w, crc in chunk_rows
+                    ],
                 )
             placeholders = ", ".join("?" * (5 + len(CTF_COLUMNS)))
             columns = ", ".join(("seq", "stack_id", "image_index", "optics_group", "file_ready_time", *CTF_COLUMNS))

@@ -90,7 +90,7 @@ class SegmentStore:
             if number > segment:
                 path.unlink()
         path = segment_path(self.directory, segment)
-        if path.exists() and path.stat().st_size != end:
+        if path.exists() and path.stat().st_size > end:  # never extended: missing bytes are not zeros
             os.truncate(path, end)
         fsync_directory(self.directory)
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from engine_helpers import TEST_PARAMS, make_batch
@@ -127,3 +128,60 @@ def test_with_no_usable_checkpoint_the_session_replays_its_journal(
     assert status["phase"] == "streaming" and status["particles_classified"] == 120
     assert "replaying the journal from the start" in caplog.text
     assert len(list(root.glob("checkpoint*.unusable-*.npz"))) == 2  # set aside, kept
+
+
+def _journal_with_three_batches(directory: Path) -> list[int]:
+    """A journal of three 10-particle batches; returns each chunk's end offset in segment 0."""
+    from engine.journal import Journal
+
+    journal = Journal(directory, "j")
+    try:
+        for k in range(3):
+            batch = make_batch("j", k, 10)
+            assert journal.append_many([({"msg_id": f"j:{k}", "file_ready_time": 1.0}, batch)])[0].accepted
+        ends = [int(e) for (e,) in journal._conn().execute("SELECT byte_offset FROM chunks ORDER BY first_seq")]
+    finally:
+        journal.close()
+    return [*ends[1:], (directory / "segments" / "000000.seg").stat().st_size]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_journal_tail_is_cut_never_zero_filled(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine.journal import Journal
+
+    directory = tmp_path / "journal"
+    ends = _journal_with_three_batches(directory)
+    segment = directory / "segments" / "000000.seg"
+    data = segment.read_bytes()
+    if damage == "truncated":
+        segment.write_bytes(data[: ends[2] - 800])  # 800 bytes of the last batch lost
+    else:
+        middle = (ends[1] + ends[2]) // 2
+        segment.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :])
+    journal = Journal(directory, "j")
+    try:
+        assert journal.count == 20  # the damaged third batch is cut from the index
+        assert journal.message("j:2") is None and journal.message("j:1") is not None
+        images = journal.read(0, 20).batch.images
+        assert np.all(np.abs(images).reshape(20, -1).max(axis=1) > 0)  # no blank (zero-filled) image
+        assert segment.stat().st_size == ends[1]  # cut back, never extended with zeros
+        again = make_batch("j", 2, 10)  # the lost batch can be journaled again
+        assert journal.append_many([({"msg_id": "j:2", "file_ready_time": 1.0}, again)])[0].n_accepted == 10
+        assert journal.count == 30
+    finally:
+        journal.close()
+    assert "damaged tail" in caplog.text
+
+
+def test_an_intact_journal_is_not_cut(tmp_path: Path) -> None:
+    from engine.journal import Journal
+
+    directory = tmp_path / "journal"
+    _journal_with_three_batches(directory)
+    journal = Journal(directory, "j")
+    try:
+        assert journal.count == 30
+    finally:
+        journal.close()
