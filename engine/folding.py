@@ -90,6 +90,10 @@ class SessionFolder:
         self.last_pass_start = 0
         self.snapshot_iteration = 0
         self.error: str | None = None
+        #: Not before this unix time is a failed checkpoint tried again.
+        self.checkpoint_retry_at = 0.0
+        #: Judgements of particles folded in but not yet stored (the store failed: a full disk).
+        self._unstored: tuple[JournalSlice, Judgements] | None = None
         self.initialising = False
         self.checkpoint_consumed = 0
         self.checkpoint_time = time.time()
@@ -164,22 +168,36 @@ class SessionFolder:
         classifier = self._new_classifier()
         judgements = classifier.initialise(part.batch)
         self.classifier = classifier
-        self._store(part, judgements)
         self.consumed = n_init
         self.phase = Phase.STREAMING
         self.last_pass_start = self.consumed
         log.info("session %s: classes initialised from %d particles", self.name, n_init)
+        self._unstored = (part, judgements)
+        self.flush_judgements()
         return part
 
     def fold(self, max_particles: int) -> JournalSlice:
         """Fold the next (at most ``max_particles``) journal particles in; returns them."""
         if self.classifier is None:
             raise InputError(None, f"session {self.name} is not streaming")
+        self.flush_judgements()
         part = self.session.journal.read(self.consumed, self.consumed + max_particles)
         judgements = self.classifier.fold(part.batch)
-        self._store(part, judgements)
-        self.consumed += len(part)
+        self.consumed += len(part)  # in the classes now, whether or not the judgements can be stored
+        self._unstored = (part, judgements)
+        self.flush_judgements()
         return part
+
+    @property
+    def has_unstored(self) -> bool:
+        """Whether judgements wait to be stored (their store failed before)."""
+        return self._unstored is not None
+
+    def flush_judgements(self) -> None:
+        """Store judgements whose store failed before (a full disk); raises while it still fails."""
+        if self._unstored is not None:
+            self._store(*self._unstored)
+            self._unstored = None
 
     def wants_revisit(self) -> bool:
         """A revisit pass is under way, or the folded set grew enough to start one."""

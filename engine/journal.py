@@ -657,7 +657,8 @@ class Journal:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back itself ("database or disk is full")
+                conn.execute("ROLLBACK")
             raise
 
     def n_assigned(self) -> int:

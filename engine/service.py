@@ -60,6 +60,7 @@ from core.wire import (
     KIND_STATUS,
 )
 from engine.classifier_port import ClassifierFactory
+from engine.disk import is_disk_full
 from engine.folding import Phase
 from engine.ingest_checks import BOX_RANGE, PIXEL_SIZE_RANGE_ANGSTROM, batch_problem
 from engine.journal import AppendOutcome
@@ -341,11 +342,19 @@ class EngineService:
         unusable = {i: p for i, p in enumerate(problems) if p}
         mismatched = self._geometry_mismatches(session, entries, unusable)
         usable = [e for i, e in enumerate(entries) if i not in unusable and i not in mismatched]
+        paused = self.worker.disk.paused()
+        if paused:
+            return [self._nack(m, paused) for m in msg_ids]
         try:
             appended = iter(session.journal.append_many(usable) if usable else [])
         except (OSError, sqlite3.Error) as exc:
-            log.error("session %s: journal write failed: %s", name, exc)
+            if is_disk_full(exc):
+                self.worker.disk.trip(exc, f"journal of session {name}")
+                return [self._nack(m, self.worker.disk.paused() or f"disk full: {exc}") for m in msg_ids]
+            self.worker.problems.report(logging.ERROR, "journal write", f"session {name}: journal write failed: {exc}")
             return [self._nack(m, f"journal write failed: {exc}") for m in msg_ids]
+        if usable:
+            self.worker.disk.clear()
         outcomes = [
             AppendOutcome(msg_ids[i], False, reason=unusable.get(i) or mismatched[i])
             if i in unusable or i in mismatched

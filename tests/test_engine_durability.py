@@ -7,9 +7,12 @@ closed and reopened around the damage, as a restart would.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +188,95 @@ def test_an_intact_journal_is_not_cut(tmp_path: Path) -> None:
         assert journal.count == 30
     finally:
         journal.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MB tmpfs (root only; skipped otherwise), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until the file system is full."""
+    with open(path, "wb") as handle:
+        block = b"\0" * 65536
+        try:
+            while True:
+                handle.write(block)
+                handle.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    for size in (4096, 512, 1):  # the last crumbs too
+        try:
+            with open(path, "ab") as handle:
+                while True:
+                    handle.write(b"\0" * size)
+                    handle.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_pauses_ingest_and_it_resumes_by_itself(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="engine")
+    service = _service(small_disk / "data")
+    service.worker.disk.retry_s = 0.3
+    try:
+        service.start_session(SESSION, TEST_PARAMS)
+
+        def send(k: int) -> object:
+            header = {"msg_id": f"full:{k}", "session": SESSION, "file_ready_time": 1.0, "source": "x"}
+            return service.ingest([(header, make_batch(SESSION, k, 20))])[0]
+
+        assert send(0).kind == "ack"
+        _fill(small_disk / "filler")
+        answers = [send(k) for k in range(1, 6)]
+        assert all(a.kind == "nack" and "disk full" in a.fields["reason"] for a in answers), answers
+        assert caplog.text.count("writes paused") == 1  # logged once, not per batch
+        assert _status(service)["phase"] != "failed"
+        (small_disk / "filler").unlink()
+        time.sleep(0.4)
+        assert send(1).kind == "ack"  # the same batch, re-sent: accepted now
+        assert "disk space is back" in caplog.text
+        assert _status(service)["particles_journaled"] == 40
+        _wait(lambda: _status(service)["particles_classified"] == 40, "folding after the disk emptied")
+    finally:
+        service.close(drain_timeout_s=5)
+
+
+def test_a_full_disk_while_folding_pauses_it_instead_of_failing_the_session(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine")
+    service = _service(small_disk / "data")
+    service.worker.disk.retry_s = 0.3
+    try:
+        service.start_session(SESSION, TEST_PARAMS)
+        service.control({"kind": "pause", "request_id": "p", "session": SESSION})
+        header = {"msg_id": "fold:0", "session": SESSION, "file_ready_time": 1.0, "source": "x"}
+        assert service.ingest([(header, make_batch(SESSION, 0, 40))])[0].kind == "ack"
+        _fill(small_disk / "filler")
+        service.control({"kind": "resume", "request_id": "r", "session": SESSION})  # initialisation must store
+        _wait(lambda: service.worker.disk.trips > 0, "the disk-full error of the store")
+        time.sleep(1.0)  # retried meanwhile: still full
+        status = _status(service)
+        assert status["phase"] == "streaming" and not status["error"]  # not failed
+        assert "writes paused" in caplog.text
+        (small_disk / "filler").unlink()
+        session = service.session(SESSION)
+        assert session is not None
+        _wait(lambda: session.journal.n_assigned() == 40, "the judgements stored once space returned")
+        assert _status(service)["particles_classified"] == 40  # folded once, not twice
+    finally:
+        service.close(drain_timeout_s=5)
