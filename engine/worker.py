@@ -47,9 +47,6 @@ from engine.snapshot_writer import SnapshotJob, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
-#: Wait before a failed checkpoint is tried again, and before a failed snapshot is written again, s.
-CHECKPOINT_RETRY_S = 30.0
-SNAPSHOT_RETRY_S = 30.0
 T = TypeVar("T")
 
 #: How many recent file → classified latencies are kept for the status reply.
@@ -80,6 +77,8 @@ class WorkerConfig:
     heap_trim_seconds
         Shortest interval between two trims of the heap (:mod:`engine.heap`) after checkpoints
         and in rounds with nothing to fold; 0 disables them.
+    retry_seconds
+        Wait before a failed checkpoint is tried again, and before a failed snapshot is written again.
     """
 
     max_step_particles: int = 2048
@@ -91,6 +90,7 @@ class WorkerConfig:
     snapshot_min_seconds: float = 10.0
     revisit: bool = True
     heap_trim_seconds: float = 10.0
+    retry_seconds: float = 30.0
 
 
 def _due(done: int, every: int, elapsed_s: float, seconds: float) -> bool:
@@ -304,7 +304,7 @@ class Worker:
             cfg.checkpoint_seconds,
         ):
             self._checkpoint(folder)
-        if self.snapshots.errors.get(folder.name) and now - folder.snapshot_time >= SNAPSHOT_RETRY_S:
+        if self.snapshots.errors.get(folder.name) and now - folder.snapshot_time >= cfg.retry_seconds:
             self._snapshot(folder)  # the last one failed (a full disk, ...): try again
         folded = folder.consumed - folder.snapshot_consumed
         elapsed = now - folder.snapshot_time
@@ -335,7 +335,7 @@ class Worker:
         try:
             size = folder.checkpoint()
         except Exception as exc:
-            folder.checkpoint_retry_at = time.time() + CHECKPOINT_RETRY_S
+            folder.checkpoint_retry_at = time.time() + self.config.retry_seconds
             if is_disk_full(exc):
                 self.disk.trip(exc, f"checkpoint of session {folder.name}")
             else:
@@ -343,7 +343,7 @@ class Worker:
                     logging.ERROR,
                     f"checkpoint {type(exc).__name__}",
                     f"session {folder.name}: checkpoint failed (the previous one stays; retried in "
-                    f"{CHECKPOINT_RETRY_S:g} s): {exc}",
+                    f"{self.config.retry_seconds:g} s): {exc}",
                     traceback=True,
                 )
             return

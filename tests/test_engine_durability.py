@@ -280,3 +280,30 @@ def test_a_full_disk_while_folding_pauses_it_instead_of_failing_the_session(
         assert _status(service)["particles_classified"] == 40  # folded once, not twice
     finally:
         service.close(drain_timeout_s=5)
+
+
+def test_a_snapshot_that_failed_is_written_again(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from engine.em_adapter import em_classifier_factory
+    from monitoring.snapshots import write_snapshot
+
+    caplog.set_level(logging.INFO, logger="engine")
+    worker = WorkerConfig(
+        checkpoint_every=0, checkpoint_seconds=3600, snapshot_every=0, snapshot_seconds=3600, retry_seconds=0.5
+    )
+    config = EngineConfig(data_dir=small_disk / "data", worker=worker)
+    service = EngineService(config, em_classifier_factory, torch.device("cpu"), write_snapshot)
+    service.open()
+    try:
+        service.start_session(SESSION, TEST_PARAMS)
+        header = {"msg_id": "snap:0", "session": SESSION, "file_ready_time": 1.0, "source": "x"}
+        assert service.ingest([(header, make_batch(SESSION, 0, 40))])[0].kind == "ack"
+        _wait(lambda: _status(service)["particles_classified"] == 40, "initialisation")
+        _fill(small_disk / "filler")
+        service.control({"kind": "snapshot", "request_id": "s", "session": SESSION})
+        _wait(lambda: service.snapshots.errors.get(SESSION) is not None, "the snapshot to fail")
+        assert _status(service)["last_snapshot"] is None
+        (small_disk / "filler").unlink()
+        _wait(lambda: _status(service)["last_snapshot"] is not None, "the snapshot written again", 60.0)
+        assert service.snapshots.errors.get(SESSION) is None
+    finally:
+        service.close(drain_timeout_s=5)
