@@ -102,13 +102,21 @@ request carries ``request_id: str`` (chosen by the client) and is answered by on
                    journal and ACK, or NACK: engine's choice, documented there)
 ``resume``         ``session?: str``
 ``start_session``  ``session: str``, ``params: object`` (classification parameters, e.g.
-                   ``{"n_classes": 50, ...}``; validated by the engine)
+                   ``{"n_classes": 50, ...}``; validated by the engine; the session options
+                   ``project_dir``, and ``box_size`` + ``pixel_size_angstrom`` which fix the
+                   session's geometry before its first batch)
 ``set_class_override``  ``session: str``, ``class_number: int`` (the class as numbered in the
                    newest snapshot and gallery, 1-based), ``override: str`` (``"good"``,
                    ``"junk"``, or ``"auto"`` to remove a user's override); added in 0.1 without
                    a version bump: an older engine answers it with ``ok = false``
 ``reply``          ``request_id: str``, ``ok: bool``, ``result?: object``, ``error?: str``
                    (required when ``ok`` is false)
+
+Limits (every decoder, :func:`parse_json`): JSON nested at most :data:`MAX_JSON_DEPTH` deep
+(checked before parsing), integers of at most 19 digits within 64 bits, finite floats only,
+strings valid Unicode (no lone surrogate) of at most :data:`MAX_STRING_CHARS` characters (session
+names :data:`MAX_SESSION_CHARS`, ids :data:`MAX_ID_CHARS`, paths :data:`MAX_PATH_CHARS`), indices
+and optics groups 1 … :data:`MAX_INDEX`. Anything else raises :class:`DecodeError` naming it.
 
 Example::
 
