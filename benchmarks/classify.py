@@ -32,7 +32,7 @@ each with its default schedule and comparable sampling, wall time measured aroun
   particles, one full pass), mask diameter D, 6° in-plane step and ±5 px shifts (RELION's fine
   sampling), ``--threads THREADS --device cpu`` (and a CUDA row when a GPU is present);
 - both outputs (RELION's ``run_it025_data.star`` + ``_classes.mrcs``, ours) scored against
-  ``truth.csv`` by ``simulator.scoring.score_classification``.
+  ``truth.csv`` by ``otf2d.simulator.scoring.score_classification``.
 
 Usage::
 
@@ -66,16 +66,16 @@ import pandas as pd
 import starfile
 import torch
 
-from core.config import Class2DParams
-from core.particles import ParticleBatch
-from core.readers import load_batch, read_particle_table
-from engine.em.assignments import Assignments
-from engine.em.classifier import Classifier, TensorBatch
-from monitoring.snapshots import read_latest
-from simulator.config import SimulationConfig
-from simulator.particles import prepare_simulation
-from simulator.scoring import QualityReport, score_classification
-from simulator.session import SessionSummary, simulate_session
+from otf2d.core.config import Class2DParams
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.readers import load_batch, read_particle_table
+from otf2d.engine.em.assignments import Assignments
+from otf2d.engine.em.classifier import Classifier, TensorBatch
+from otf2d.monitoring.snapshots import read_latest
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.particles import prepare_simulation
+from otf2d.simulator.scoring import QualityReport, score_classification
+from otf2d.simulator.session import SessionSummary, simulate_session
 
 #: Throughput particles: the phantom in a 64 px box at 2 Å/px, so that the internal box is 64.
 THROUGHPUT_BOX = 64
@@ -306,7 +306,7 @@ def otf2d_command(
 ) -> list[str]:
     """``otf2d classify`` with cryoSPARC's schedule and RELION's fine sampling, into ``Class2D/<job>``."""
     return [
-        sys.executable, "-m", "core.cli", "classify", str(summary.particles_star),
+        sys.executable, "-m", "otf2d.core.cli", "classify", str(summary.particles_star),
         "--out", f"Class2D/{job}",
         "--classes", str(k),
         "--mask-diameter", f"{diameter:g}",

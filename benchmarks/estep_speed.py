@@ -32,10 +32,10 @@ import time
 import numpy as np
 import torch
 
-from core.config import Class2DParams
-from core.particles import CtfParams
-from engine.em.classifier import Classifier, TensorBatch
-from engine.em.ctf import CtfTensors, relion_ctf_grid
+from otf2d.core.config import Class2DParams
+from otf2d.core.particles import CtfParams
+from otf2d.engine.em.classifier import Classifier, TensorBatch
+from otf2d.engine.em.ctf import CtfTensors, relion_ctf_grid
 
 BOX = 64
 PIXEL = 2.0

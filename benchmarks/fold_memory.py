@@ -5,7 +5,7 @@ to ``max_step_particles``. This folds random-size batches (20 to 2,048 particles
 fixed seed from ``estep_speed``'s synthetic particles) into a classifier with the demo's screening
 parameters (K = 50, box 64) and prints, every --every steps, the memory it holds: on CUDA what
 torch has allocated and reserved on the GPU, on the CPU the process's resident size. Until the
-E-step's GEMM workspace became one block (``engine.em.estep.GemmWorkspace``) it kept a buffer per
+E-step's GEMM workspace became one block (``otf2d.engine.em.estep.GemmWorkspace``) it kept a buffer per
 chunk width, and the memory grew with every new batch size: on an NVIDIA H200 (2026-12-04) the
 allocated GPU memory went 471 → 2,935 MB from step 20 to step 200 (191 batch sizes); it now stays
 at 77 MB (188 MB reserved).
@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import torch
 from estep_speed import BOX, PIXEL, synthetic_batch
 
-from core.config import Class2DParams
-from engine.demo_run import DEMO_CLASSIFICATION
-from engine.em.classifier import Classifier, TensorBatch
-from engine.memory import device_memory_bytes, resident_memory_bytes
+from otf2d.core.config import Class2DParams
+from otf2d.demo.demo_run import DEMO_CLASSIFICATION
+from otf2d.engine.em.classifier import Classifier, TensorBatch
+from otf2d.engine.resources.memory import device_memory_bytes, resident_memory_bytes
 
 CLASSES = 50
 #: Particles in the synthetic set the batches are drawn from.

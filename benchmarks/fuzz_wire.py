@@ -4,10 +4,10 @@ Each case takes a valid message (a small batch, or one of every control kind), m
 (a header field replaced by a hostile JSON token such as a 400-digit integer, ``1e400``, a lone
 surrogate, 100,000 nested brackets, a 5,000-digit ``msg_id``; a list element replaced; bytes
 flipped, cut or inserted; frames dropped or repeated) and feeds it to
-``core.wire.message_kind`` + ``decode_batch`` / ``decode_control``. A case passes when the
-decoder raises :class:`core.errors.DecodeError` or returns a message the engine can use: every
+``otf2d.core.wire.message_kind`` + ``decode_batch`` / ``decode_control``. A case passes when the
+decoder raises :class:`otf2d.core.errors.DecodeError` or returns a message the engine can use: every
 string encodes as UTF-8, every number is finite and fits 64 bits, and the parameters of a
-``start_session`` either validate or raise :class:`core.errors.ConfigError`. Anything else is a
+``start_session`` either validate or raise :class:`otf2d.core.errors.ConfigError`. Anything else is a
 failure, counted by cause (exception type and the function that raised it, or the broken
 invariant).
 
@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
 
-from core.config import Class2DParams
-from core.errors import ConfigError, DecodeError
-from core.particles import CtfParams, ParticleBatch
-from core.wire import KIND_BATCH, decode_batch, decode_control, encode_batch, encode_control, message_kind
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import ConfigError, DecodeError
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.wire import KIND_BATCH, decode_batch, decode_control, encode_batch, encode_control, message_kind
 
 _PLACEHOLDER = "\x00FUZZ\x00"
 #: Raw JSON tokens a hostile client may send in place of any value.
@@ -222,7 +222,7 @@ def _use(frames: list[bytes]) -> str:
     problem = _invariant(message, kind)
     if problem or kind != "start_session":
         return problem
-    from engine.session import merge_params
+    from otf2d.engine.serving.session import merge_params
 
     with contextlib.suppress(ConfigError):
         merge_params(Class2DParams(), dict(message["params"]), "params")

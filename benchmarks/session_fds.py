@@ -27,9 +27,9 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.particles import CtfParams, ParticleBatch  # noqa: E402
-from core.wire import decode_control, encode_batch, encode_control  # noqa: E402
-from engine.demo_run import free_port  # noqa: E402
+from otf2d.core.particles import CtfParams, ParticleBatch  # noqa: E402
+from otf2d.core.wire import decode_control, encode_batch, encode_control  # noqa: E402
+from otf2d.demo.demo_run import free_port  # noqa: E402
 
 
 def one_particle(session: str) -> ParticleBatch:
@@ -74,7 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        argv = [sys.executable, "-m", "core.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}"]
+        argv = [sys.executable, "-m", "otf2d.core.cli", "engine", "--listen", f"tcp://127.0.0.1:{port}"]
         argv += ["--data", f"{tmp}/data", "--device", "cpu", "--threads", "1", "--http-port", "0"]
         argv += ["--max-sessions", str(args.sessions + 10)]
         log = open(f"{tmp}/engine.log", "wb")  # noqa: SIM115 - closed below

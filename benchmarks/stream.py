@@ -4,7 +4,7 @@ Everything runs as in production, as separate processes on this machine: ``otf2d
 CPU unless --device says otherwise) and ``otf2d stream`` watching a folder, into which this script
 plays the microscope: it writes RELION Extract output (``Movies/bNNNNNN.mrcs`` + ``_extract.star``,
 renamed into place, 100 particles per micrograph) at a fixed particle rate. The images come from a
-pool of micrographs simulated once by the virtual microscope (``simulator.session``); each replay
+pool of micrographs simulated once by the virtual microscope (``otf2d.simulator.session``); each replay
 gets a new stack name (a hard link), so every particle has a new identity and is classified.
 
 1. **Warm-up**: the first ``K × batch_size_per_class`` particles are written at once and the engine
@@ -24,9 +24,9 @@ gets a new stack name (a hard link), so every particle has a new identity and is
    snapshot has been requested, so both marks see the same kind of moment: the median of 21
    readings over 10 s, since the RSS of a working engine swings by tens of MB within seconds. On a
    CUDA engine also the GPU memory torch holds (allocated / reserved, from ``otf2d status``).
-   --mmap-threshold-mb passes the engine's allocator setting (see ``engine.heap``).
+   --mmap-threshold-mb passes the engine's allocator setting (see ``otf2d.engine.resources.heap``).
 
-Classification parameters: the demo's screening setup (``engine.demo_run.DEMO_CLASSIFICATION``:
+Classification parameters: the demo's screening setup (``otf2d.demo.demo_run.DEMO_CLASSIFICATION``:
 force max over poses, 5 online-EM iterations, 50 particles per class to initialise, alignment to
 12 Å, 10° in-plane steps, ±16 Å shifts) with --classes K, unless --standard-params (cryoSPARC's
 defaults). The engine's own defaults otherwise: snapshot every 2,000 particles or 30 s
@@ -58,11 +58,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.client import EngineClient, EngineTimeoutError
-from engine.demo_run import DEMO_CLASSIFICATION, free_port
-from engine.memory import proc_status_bytes
-from simulator.config import SimulationConfig
-from simulator.session import iter_session
+from otf2d.control.client import EngineClient, EngineTimeoutError
+from otf2d.demo.demo_run import DEMO_CLASSIFICATION, free_port
+from otf2d.engine.resources.memory import proc_status_bytes
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.session import iter_session
 
 SESSION = "bench"
 PARTICLES_PER_MICROGRAPH = 100
@@ -417,7 +417,7 @@ def pipeline(
     (work / "logs").mkdir(parents=True)
     zmq_port, http_port = free_port(), free_port()
     endpoint = f"tcp://127.0.0.1:{zmq_port}"
-    python = [sys.executable, "-m", "core.cli"]
+    python = [sys.executable, "-m", "otf2d.core.cli"]
     engine_argv = [*python, "engine", "--listen", endpoint, "--data", str(work / "engine"), "--config", str(config)]
     engine_argv += ["--device", args.device, "--threads", str(args.threads), "--http-port", str(http_port)]
     engine_argv += ["--snapshot-every", str(args.snapshot_every), "--snapshot-seconds", str(args.snapshot_seconds)]

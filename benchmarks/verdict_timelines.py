@@ -1,12 +1,12 @@
 """Verdict timelines from real classification runs: three simulated grids, classified as they arrive.
 
 Each grid is simulated by the virtual microscope (``simulator``) and fed, micrograph by micrograph in
-arrival order, through the engine's own classifier (``engine.em_adapter.EmClassifier``, the class
+arrival order, through the engine's own classifier (``otf2d.engine.serving.em_adapter.EmClassifier``, the class
 the engine's worker drives): the classes are initialised from the first ``K × batch_per_class``
 particles with the classifier's initial schedule, then every later micrograph is folded in with one
-online-EM step, as ``engine.folding.SessionFolder`` does. At every ``--every`` particles a snapshot
+online-EM step, as ``otf2d.engine.serving.folding.SessionFolder`` does. At every ``--every`` particles a snapshot
 is taken (``Classifier.snapshot``) and judged by the engine's monitoring
-(``monitoring.state.SessionMonitor``: junk scores, distinct views, rates, verdict) on a simulated
+(``otf2d.monitoring.state.SessionMonitor``: junk scores, distinct views, rates, verdict) on a simulated
 clock: particles arrive at ``--rate`` per second, and classification is taken to keep up (the
 classifier's own compute time is not on the clock).
 
@@ -53,14 +53,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from core.config import Class2DParams, VerdictConfig
-from core.ctf import relion_ctf_2d
-from core.particles import CtfParams, ParticleBatch
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.em_adapter import EmClassifier
-from monitoring.state import MonitoringState, SessionMonitor
-from simulator.config import SimulationConfig
-from simulator.particles import (
+from otf2d.core.config import Class2DParams, VerdictConfig
+from otf2d.core.ctf import relion_ctf_2d
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.engine.serving.em_adapter import EmClassifier
+from otf2d.monitoring.state import MonitoringState, SessionMonitor
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.particles import (
     SimulatedParticles,
     SimulationSetup,
     draw_ctf,
@@ -68,8 +68,8 @@ from simulator.particles import (
     prepare_simulation,
     simulate_particles,
 )
-from simulator.projection import project, viewing_direction
-from simulator.views import PREFERRED_VIEWS_DEGREES, views_near
+from otf2d.simulator.projection import project, viewing_direction
+from otf2d.simulator.views import PREFERRED_VIEWS_DEGREES, views_near
 
 #: Five views of the phantom ``(rot, tilt)`` in degrees that look different in 2D (their pairwise
 #: rotation-invariant similarity, mirrors included, is at most 0.7: ``tests/monitoring_truth.py``).
@@ -186,7 +186,7 @@ def discrete_view_particles(
     """``n`` particles about ``views`` (equal shares), drawn like ``simulate_particles`` draws particles.
 
     Each particle: a view from ``views`` at random, a direction scattered about it
-    (``simulator.views.views_near``), a uniform in-plane angle, the configuration's shifts, its own
+    (``otf2d.simulator.views.views_near``), a uniform in-plane angle, the configuration's shifts, its own
     CTF (``draw_ctf``), the session's noise and RELION's normalisation.
     """
     cfg, box, pixel = setup.config, setup.box, setup.pixel_size_angstrom

@@ -20,8 +20,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 
-from core import __version__
-from core.errors import Otf2dError
+from otf2d.core import __version__
+from otf2d.core.errors import Otf2dError
 
 GROUP = "otf2d.commands"
 

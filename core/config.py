@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.errors import ConfigError
+from otf2d.core.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ class Class2DParams:
     n_classes: int = 50
     #: ICUF: a posterior temperature dividing every log-likelihood (= a factor on σ²),
     #: T(it) = 1 + (ICUF − 1)·clip(1 − (it − noise_anneal_start_iteration) / noise_anneal_iterations, 0, 1),
-    #: ``it`` = online-EM iterations done; 1 turns it off (see engine.em.schedule).
+    #: ``it`` = online-EM iterations done; 1 turns it off (see otf2d.engine.em.schedule).
     initial_uncertainty_factor: float = 2.0
     #: Highest resolution used internally; sets the Fourier-cropped box.
     max_resolution_angstrom: float = 6.0
@@ -128,7 +128,7 @@ class Class2DParams:
 
 @dataclass(frozen=True)
 class VerdictConfig:
-    """Thresholds of the grid verdict and of the monitoring numbers behind it (``monitoring.verdict``).
+    """Thresholds of the grid verdict and of the monitoring numbers behind it (``otf2d.monitoring.verdict``).
 
     Fractions are in [0, 1]; a verdict is "pending" below ``min_particles`` classified particles.
     """

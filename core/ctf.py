@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, PixelSizeError
-from core.particles import CtfParams
+from otf2d.core.errors import InputError, PixelSizeError
+from otf2d.core.particles import CtfParams
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -5,7 +5,7 @@ holds a public key, ``NAME.key_secret`` the public and the secret key (keep it m
 committed config). A client gives ``--curve-secret CLIENT.key_secret --curve-server ENGINE.key``; the
 engine gives ``--curve-secret ENGINE.key_secret --curve-clients DIR`` (DIR holds the ``.key`` files
 of the clients it accepts). The sockets themselves are set up where ZeroMQ is imported
-(``engine.curve`` for the engine and its control client, ``streamer.sender`` for the streamer).
+(``otf2d.control.curve`` for the engine and its control client, ``otf2d.streamer.sender`` for the streamer).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import ConfigError
+from otf2d.core.errors import ConfigError
 
 _TCP = re.compile(r"^tcp://(?P<host>\[[^\]]*\]|[^:/]*):(?P<port>[^/]+)$")
 _LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})

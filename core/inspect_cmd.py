@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.readers import (
+from otf2d.core.readers import (
     StackCheck,
     StackHeader,
     check_stacks,
@@ -29,8 +29,8 @@ from core.readers import (
     read_stack_header,
     sniff_format,
 )
-from core.readers.stacks import SUPPORTED_MODES
-from core.readers.table import ParticleTable
+from otf2d.core.readers.stacks import SUPPORTED_MODES
+from otf2d.core.readers.table import ParticleTable
 
 #: How many missing or broken stacks to name.
 SHOW_STACKS = 5

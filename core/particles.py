@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import BoxSizeMismatchError, InputError, NonFiniteError, PixelSizeError
+from otf2d.core.errors import BoxSizeMismatchError, InputError, NonFiniteError, PixelSizeError
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

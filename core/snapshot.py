@@ -1,6 +1,6 @@
 """Snapshots of the classification state as plain numpy: what the engine hands to ``monitoring``.
 
-The engine turns its tensors into these types; ``monitoring.snapshots`` writes them as RELION
+The engine turns its tensors into these types; ``otf2d.monitoring.snapshots`` writes them as RELION
 Class2D output, a cryoSPARC ``.cs`` and a PNG gallery. Conventions: classes are 0-based here
 (writers add 1 where a format is 1-based); angles in degrees; shifts in Å, following RELION's
 ``rlnOriginXAngst``/``rlnOriginYAngst`` (the shift that centres the particle).
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.particles import CtfParams
+from otf2d.core.errors import InputError
+from otf2d.core.particles import CtfParams
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

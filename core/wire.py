@@ -28,7 +28,7 @@ Data message (streamer → engine): kind ``"batch"``, exactly 3 frames
     shape ``(n, h, w)``; ``n ≥ 1``, ``h, w ≥ 1``; every value finite. Real space, stack contrast.
 ``ctf``
     ``(n, 9)`` little-endian float64, C order, one row per particle, columns in the order of
-    :data:`CTF_FIELDS` (the fields of :class:`core.particles.CtfParams`, RELION units)::
+    :data:`CTF_FIELDS` (the fields of :class:`otf2d.core.particles.CtfParams`, RELION units)::
 
         0 defocus_u_angstrom   1 defocus_v_angstrom      2 defocus_angle_degrees
         3 voltage_kv           4 spherical_aberration_mm 5 amplitude_contrast
@@ -62,7 +62,7 @@ Header fields (all required unless marked optional):
 
 ``crc32`` is ``zlib.crc32`` of the frame's bytes (unsigned, 0 … 2³²−1). Within one message the
 particle keys ``(stack_path, index)`` are distinct. A particle's identity is
-``core.particles.ParticleKey(session, stack_path, index)``.
+``otf2d.core.particles.ParticleKey(session, stack_path, index)``.
 
 Replies (engine → streamer) and control messages: exactly 1 frame
 ==================================================================
@@ -142,8 +142,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import DecodeError, InputError
-from core.particles import CtfParams, ParticleBatch
+from otf2d.core.errors import DecodeError, InputError
+from otf2d.core.particles import CtfParams, ParticleBatch
 
 SCHEMA_VERSION = 1
 

@@ -17,7 +17,7 @@ told otherwise and answers only ``GET``/``HEAD``:
 
 Query strings are ignored (dashboards add ``?t=…`` to defeat caches); every answer says
 ``Cache-Control: no-store``. The state comes from a provider callable (session → state), so the
-engine plugs in :meth:`monitoring.state.SessionMonitor.states`. PNGs are rendered once per state
+engine plugs in :meth:`otf2d.monitoring.state.SessionMonitor.states`. PNGs are rendered once per state
 and cached.
 """
 
@@ -38,10 +38,10 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from core.errors import InputError
-from monitoring.snapshots.gallery import render_class_png, render_gallery
-from monitoring.state import MonitoringState, StateProvider
-from monitoring.status_page import render_status_page
+from otf2d.core.errors import InputError
+from otf2d.monitoring.snapshots.gallery import render_class_png, render_gallery
+from otf2d.monitoring.state import MonitoringState, StateProvider
+from otf2d.monitoring.status_page import render_status_page
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
+from otf2d.core.errors import InputError
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -1,7 +1,7 @@
 """Prometheus collectors of the monitoring state, computed at scrape time.
 
 :class:`MonitoringCollector` takes a provider callable returning the latest
-:class:`monitoring.state.MonitoringState` of every session and yields gauge families from it on
+:class:`otf2d.monitoring.state.MonitoringState` of every session and yields gauge families from it on
 each scrape (a custom collector, not thousands of ``.set()`` calls). Labels are ``session`` and,
 for per-class series, ``class`` (the RELION class number, 1-based: at most K per session); the
 verdict has one series per state with the bounded label ``verdict``. Base units: seconds, ratios
@@ -35,7 +35,7 @@ in [0, 1], rates per second (dashboards multiply by 3600 for "per hour"); resolu
 ==============================================  =================================================
 
 Rates and the forecast are omitted for a session until they are known. The engine's own
-counters, histograms and gauges (``engine/metrics.py``) live in the same registry.
+counters, histograms and gauges (``engine/serving/metrics.py``) live in the same registry.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from monitoring.state import MonitoringState, StateProvider
-from monitoring.verdict import VERDICT_STATES
+from otf2d.monitoring.state import MonitoringState, StateProvider
+from otf2d.monitoring.verdict import VERDICT_STATES
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class MonitoringCollector(Collector):
     Parameters
     ----------
     provider
-        Returns the latest state per session (e.g. :meth:`monitoring.state.SessionMonitor.states`).
+        Returns the latest state per session (e.g. :meth:`otf2d.monitoring.state.SessionMonitor.states`).
     clock
         Source of unix time for the snapshot age (for tests).
     """

@@ -68,11 +68,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.image_geometry import image_centre, radial_profiles, radius_grid
-from monitoring.snapshots.atomic import write_json_atomic
-from monitoring.snapshots.class_quality import (
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.image_geometry import image_centre, radial_profiles, radius_grid
+from otf2d.monitoring.snapshots.atomic import write_json_atomic
+from otf2d.monitoring.snapshots.class_quality import (
     DEFAULT_JUNK_SCORE_THRESHOLD,
     OVERRIDES_PARAMETER,
     THRESHOLD_PARAMETER,
@@ -509,7 +509,7 @@ def with_junk_scores(snapshot: ClassSnapshot, report: QualityReport) -> ClassSna
     ClassSnapshot
         A copy with ``junk_score`` = ``report.effective_scores`` (``(K,)``, overrides applied) and
         ``parameters["class_overrides"]`` (snapshot class number → ``"good"``/``"junk"``) and
-        ``parameters["junk_score_threshold"]`` (see ``monitoring.snapshots.class_quality``), so that
+        ``parameters["junk_score_threshold"]`` (see ``otf2d.monitoring.snapshots.class_quality``), so that
         the RELION ``_model.star`` and the class-average ``.cs`` carry the scores, flags and overrides.
 
     Raises
@@ -560,7 +560,7 @@ def engine_class_order(snapshot: ClassSnapshot) -> list[int]:
     """Engine class (0-based) of each snapshot class: ``order[i]`` is the engine class shown as ``i + 1``.
 
     Read from ``snapshot.parameters["engine_class_of_snapshot_class"]`` (written by
-    ``engine.em.export``); the identity when it is absent or not a permutation of ``0..K-1``.
+    ``otf2d.engine.em.export``); the identity when it is absent or not a permutation of ``0..K-1``.
     """
     k = snapshot.n_classes
     order = snapshot.parameters.get("engine_class_of_snapshot_class")

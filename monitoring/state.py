@@ -1,6 +1,6 @@
 """Per-session monitoring state: class quality, views, rates and the verdict, from a snapshot and counts.
 
-:func:`compute_state` turns one :class:`core.snapshot.ClassSnapshot` plus the history of the
+:func:`compute_state` turns one :class:`otf2d.core.snapshot.ClassSnapshot` plus the history of the
 session's classified-particle count into a :class:`MonitoringState` — everything the status page,
 ``/status.json`` and the Prometheus collectors show. :class:`SessionMonitor` keeps the latest
 state of every session for them, thread-safely; it is the narrow interface the engine composes::
@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from core.config import VerdictConfig
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.quality import QualityReport, mask_radius_pixels, score_classes
-from monitoring.verdict import GridNumbers, Verdict, forecast_seconds, grid_verdict
-from monitoring.views import ViewReport, distribution_entropy, view_distribution
+from otf2d.core.config import VerdictConfig
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.quality import QualityReport, mask_radius_pixels, score_classes
+from otf2d.monitoring.verdict import GridNumbers, Verdict, forecast_seconds, grid_verdict
+from otf2d.monitoring.views import ViewReport, distribution_entropy, view_distribution
 
 #: Most count samples kept per session.
 MAX_HISTORY_SAMPLES = 20000

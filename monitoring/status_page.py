@@ -15,8 +15,8 @@ import time
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from monitoring.state import MonitoringState, VerdictPoint
-from monitoring.verdict import format_duration
+from otf2d.monitoring.state import MonitoringState, VerdictPoint
+from otf2d.monitoring.verdict import format_duration
 
 #: Colours of the verdict states (badge, timeline).
 VERDICT_COLOURS = {

@@ -2,7 +2,7 @@
 
 The people at the microscope have to decide whether a grid is worth the microscope's time. The
 verdict combines four criteria, each judged against two thresholds of
-:class:`core.config.VerdictConfig` (the ``[verdict]`` section of the configuration):
+:class:`otf2d.core.config.VerdictConfig` (the ``[verdict]`` section of the configuration):
 
 =================  ==========================================  ==============================
 criterion          value                                       marginal / abandon at or above
@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import VerdictConfig
+from otf2d.core.config import VerdictConfig
 
 #: Verdict states, in the order of the ``otf2d_verdict`` metric.
 VERDICT_STATES: tuple[str, ...] = ("pending", "collect", "marginal", "abandon")

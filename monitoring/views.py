@@ -5,7 +5,7 @@ in-plane angles, or mirrored, which is the projection from the opposite directio
 same information). To count *views*, not classes:
 
 1. each good class average is centred on the centre of mass of its density
-   (:func:`monitoring.quality.density_centres_yx`), low-passed (Gaussian, ``lowpass_pixels``) and
+   (:func:`otf2d.monitoring.quality.density_centres_yx`), low-passed (Gaussian, ``lowpass_pixels``) and
    resampled on a polar grid out to the mask radius;
 2. each ring's mean is removed (the rotational average, which every compact particle shares, so
    that only the angular structure is compared) and the image is normalised (area-weighted);
@@ -51,9 +51,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from monitoring.image_geometry import polar_transform
-from monitoring.quality import density_centres_yx
+from otf2d.core.errors import InputError
+from otf2d.monitoring.image_geometry import polar_transform
+from otf2d.monitoring.quality import density_centres_yx
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

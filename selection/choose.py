@@ -4,11 +4,11 @@ Class numbers are RELION's (1-based, as the gallery and ``_model.star`` number t
 ``auto`` a class is kept when its effective junk score is at most the threshold — the same flags
 the status page, the gallery and ``/metrics`` show. The scores are those stored in the snapshot
 (``ClassSnapshot.junk_score``, read from ``rlnPredictedClassScore``) when it has them, otherwise
-they are computed from the class averages (``monitoring.quality.score_classes``). User overrides
+they are computed from the class averages (``otf2d.monitoring.quality.score_classes``). User overrides
 go on top: a snapshot of an engine session honours those set on the session
 (``<session>/class_overrides.json``, keyed by the engine's own class numbers and translated with
 ``parameters["engine_class_of_snapshot_class"]`` by the engine's own
-``monitoring.quality.engine_class_order``).
+``otf2d.monitoring.quality.engine_class_order``).
 
 Then ``min_particles`` drops classes with fewer particles and ``max_resolution_angstrom`` drops
 classes whose resolution is worse (a larger number, or unknown). Empty classes are never kept.
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.quality import (
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.quality import (
     JUNK_SCORE_THRESHOLD,
     OVERRIDE_VALUES,
     SESSION_OVERRIDES_FILE,
@@ -107,8 +107,8 @@ def parse_class_numbers(text: str) -> list[int]:
 def engine_overrides_for_snapshot(engine_overrides: Mapping[int, str], snapshot: ClassSnapshot) -> dict[int, str]:
     """Overrides keyed by the engine's class number (1-based) → keyed by the snapshot's class number.
 
-    The engine's own translation (:func:`monitoring.quality.overrides_for_snapshot` with
-    :func:`monitoring.quality.engine_class_order`).
+    The engine's own translation (:func:`otf2d.monitoring.quality.overrides_for_snapshot` with
+    :func:`otf2d.monitoring.quality.engine_class_order`).
     """
     return overrides_for_snapshot(engine_overrides, engine_class_order(snapshot))
 

@@ -1,6 +1,6 @@
 """A snapshot of a live session: ask the running engine for one now and wait until it is on disk.
 
-Uses only :class:`engine.client.EngineClient` (torch-free: core + pyzmq). The engine writes the
+Uses only :class:`otf2d.control.client.EngineClient` (torch-free: core + pyzmq). The engine writes the
 snapshot into the session's ``snapshots/`` folder and reports that folder; this machine must see
 it (the same host, or a shared filesystem) — the snapshot is then read like any other.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.curve import CurveClientFiles
-from core.errors import InputError
-from engine.client import EngineClient, EngineTimeoutError
+from otf2d.control.client import EngineClient, EngineTimeoutError
+from otf2d.core.curve import CurveClientFiles
+from otf2d.core.errors import InputError
 
 #: Seconds between two status polls while waiting for the snapshot.
 POLL_INTERVAL_S = 0.25
@@ -56,7 +56,7 @@ def request_snapshot(
     Parameters
     ----------
     client
-        An :class:`engine.client.EngineClient` (or anything with its ``snapshot`` and ``status``).
+        An :class:`otf2d.control.client.EngineClient` (or anything with its ``snapshot`` and ``status``).
     session
         The session to snapshot.
     wait_s

@@ -1,7 +1,7 @@
 """Flatten the view distribution: group good classes into views, drop particles from the big views.
 
 1. The chosen (good, non-empty) classes are grouped into views exactly as the distinct-views
-   metric groups them (``monitoring.views.view_distribution``: rotation- and mirror-invariant
+   metric groups them (``otf2d.monitoring.views.view_distribution``: rotation- and mirror-invariant
    similarity of the class averages, average-linkage clustering at ``threshold``).
 2. Each view may keep at most ``cap`` particles. With a ``factor`` F in [0, 1] the cap follows
    cryoSPARC's "Rebalance 2D Classes" rule: after rebalancing, the smallest view is at least F
@@ -13,7 +13,7 @@
    replacement (``numpy.random.default_rng(seed)``, views in order), whatever their class.
 
 The view distribution before and after is summarised by its Shannon entropy ``H`` (nats) and the
-effective number of views ``exp(H)`` (``monitoring.views.distribution_entropy``).
+effective number of views ``exp(H)`` (``otf2d.monitoring.views.distribution_entropy``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.quality import mask_radius_pixels
-from monitoring.views import SAME_VIEW_SIMILARITY, ViewReport, distribution_entropy, view_distribution
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.quality import mask_radius_pixels
+from otf2d.monitoring.views import SAME_VIEW_SIMILARITY, ViewReport, distribution_entropy, view_distribution
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -151,7 +151,7 @@ def draw_kept(particle_view: npt.ArrayLike, targets: npt.ArrayLike, seed: int) -
 def group_views(
     snapshot: ClassSnapshot, chosen_classes: npt.ArrayLike, *, threshold: float = SAME_VIEW_SIMILARITY
 ) -> ViewReport:
-    """The chosen classes grouped into views (``monitoring.views.view_distribution``).
+    """The chosen classes grouped into views (``otf2d.monitoring.views.view_distribution``).
 
     Parameters
     ----------

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monitoring.views import SAME_VIEW_SIMILARITY
-from selection.rebalance import DEFAULT_MIN_VIEW_PARTICLES, ViewBalance, rebalance_views
-from selection.source import (
+from otf2d.monitoring.views import SAME_VIEW_SIMILARITY
+from otf2d.selection.rebalance import DEFAULT_MIN_VIEW_PARTICLES, ViewBalance, rebalance_views
+from otf2d.selection.source import (
     add_class_args,
     add_source_args,
     choose_from_args,
@@ -43,8 +43,8 @@ from selection.source import (
     load_source,
     relative_note,
 )
-from selection.view_plot import write_view_histogram_png
-from selection.write import write_selection
+from otf2d.selection.view_plot import write_view_histogram_png
+from otf2d.selection.write import write_selection
 
 #: File names written next to particles.star.
 RECORD_JSON = "rebalance.json"

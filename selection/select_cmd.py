@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from selection.source import (
+from otf2d.selection.source import (
     add_class_args,
     add_source_args,
     choose_from_args,
@@ -41,7 +41,7 @@ from selection.source import (
     load_source,
     relative_note,
 )
-from selection.write import write_selection
+from otf2d.selection.write import write_selection
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -1,9 +1,9 @@
-"""Read a classification snapshot back from disk as a :class:`~core.snapshot.ClassSnapshot`.
+"""Read a classification snapshot back from disk as a :class:`~otf2d.core.snapshot.ClassSnapshot`.
 
 What :func:`find_snapshot` accepts (the first that applies):
 
 - a job directory with ``latest.json`` (``otf2d classify --out``, an engine session's
-  ``snapshots/``): the snapshot the pointer names (``monitoring.snapshots.read_latest``);
+  ``snapshots/``): the snapshot the pointer names (``otf2d.monitoring.snapshots.read_latest``);
 - an engine session folder (``<data>/sessions/<name>/``): its ``snapshots/latest.json``;
 - a directory without a pointer: its newest ``run_itNNN_data.star`` (RELION Class2D output too);
 - any file of one snapshot (``run_it007_data.star``, ``_model.star``, ``_classes.mrcs``, ...):
@@ -11,7 +11,7 @@ What :func:`find_snapshot` accepts (the first that applies):
 
 :func:`read_snapshot` reads ``_model.star`` (classes: resolution, accuracies, pixel size),
 ``_classes.mrcs`` (averages), ``_data.star`` (every particle's class and 2D alignment, through
-``core.readers``), and when present ``_otf2d.json`` (the classification parameters) and
+``otf2d.core.readers``), and when present ``_otf2d.json`` (the classification parameters) and
 ``_particles.cs`` (class posterior and ESS, which only the ``.cs`` carries). A scored snapshot's
 ``rlnPredictedClassScore`` column (1 − junk score, overrides applied; also RELION ≥ 4's class-ranker
 merit) becomes ``ClassSnapshot.junk_score``. Values RELION's own
@@ -33,22 +33,22 @@ from typing import Any
 import mrcfile
 import numpy as np
 
-from core.errors import InputError
-from core.readers.cryosparc import decode_strings, load_cs
-from core.readers.relion import read_relion_table
-from core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, require_columns
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from monitoring.snapshots import LATEST_POINTER, SnapshotPaths, read_latest
-from monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
+from otf2d.core.errors import InputError
+from otf2d.core.readers.cryosparc import decode_strings, load_cs
+from otf2d.core.readers.relion import read_relion_table
+from otf2d.core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, require_columns
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.monitoring.snapshots import LATEST_POINTER, SnapshotPaths, read_latest
+from otf2d.monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
 
 #: A file of one snapshot: ``<root>_itNNN_<role>``.
 _SNAPSHOT_FILE = re.compile(
     r"^(?P<base>.+_it(?P<iteration>\d{3,}))_(?P<role>data\.star|model\.star|classes\.mrcs|otf2d\.json|"
     r"particles\.cs|class_averages\.cs|gallery\.png|optimiser\.star|sampling\.star)$"
 )
-#: ``_model.star`` column of a scored snapshot: 1 − junk score (``monitoring.snapshots.relion``).
+#: ``_model.star`` column of a scored snapshot: 1 − junk score (``otf2d.monitoring.snapshots.relion``).
 PREDICTED_CLASS_SCORE = "rlnPredictedClassScore"
-#: The engine's session folder keeps its snapshots here (``engine.session``).
+#: The engine's session folder keeps its snapshots here (``otf2d.engine.serving.session``).
 SESSION_SNAPSHOT_DIR = "snapshots"
 
 
@@ -259,7 +259,7 @@ def read_snapshot(
         Anything :func:`find_snapshot` accepts, or the paths it returned.
     project_dir
         Directory the stack paths are relative to; default: found from ``_data.star``'s location
-        (the first ancestor where the first stack exists, as ``core.readers`` does).
+        (the first ancestor where the first stack exists, as ``otf2d.core.readers`` does).
 
     Returns
     -------

@@ -13,10 +13,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.curve import add_client_args, client_files
-from monitoring.quality import JUNK_SCORE_THRESHOLD
-from selection.choose import ClassChoice, choose_classes, parse_class_numbers, session_overrides
-from selection.snapshot_reader import LoadedSnapshot, read_snapshot
+from otf2d.core.curve import add_client_args, client_files
+from otf2d.monitoring.quality import JUNK_SCORE_THRESHOLD
+from otf2d.selection.choose import ClassChoice, choose_classes, parse_class_numbers, session_overrides
+from otf2d.selection.snapshot_reader import LoadedSnapshot, read_snapshot
 
 #: How the source is described in ``--help``.
 SOURCE_HELP = (
@@ -101,7 +101,7 @@ def load_source(args: argparse.Namespace) -> Source:
         The engine refused, did not answer, or did not write the snapshot within ``--wait``.
     """
     if args.engine:
-        from selection.live import live_snapshot_directory
+        from otf2d.selection.live import live_snapshot_directory
 
         live = live_snapshot_directory(
             args.engine, args.source, timeout_s=args.timeout, wait_s=args.wait, curve=client_files(args)

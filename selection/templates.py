@@ -2,10 +2,10 @@
 
 For each chosen class average ``(h, w)``, in this order:
 
-1. **re-centre**: the centre of mass of its density (``monitoring.quality.density_centres_yx``:
+1. **re-centre**: the centre of mass of its density (``otf2d.monitoring.quality.density_centres_yx``:
    pixels more than 2σ of the background above the background, inside the mask) is moved onto the
    box centre ``(h // 2, w // 2)`` with a Fourier phase shift (sub-pixel,
-   ``monitoring.image_geometry.shift_images``; periodic, so what leaves one edge enters the other);
+   ``otf2d.monitoring.image_geometry.shift_images``; periodic, so what leaves one edge enters the other);
 2. **low-pass**: a raised-cosine filter, transmission 1 below ``(1 − w/2)·f_c``, 0 above
    ``(1 + w/2)·f_c`` and ½(1 + cos) in between, with ``f_c = 1 / lowpass_angstrom`` (so exactly ½ at
    the given resolution) and ``w`` = :data:`EDGE_WIDTH_FRACTION`;
@@ -30,11 +30,11 @@ import mrcfile
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.image_geometry import image_centre, radius_grid, shift_images
-from monitoring.quality import density_centres_yx, mask_radius_pixels
-from monitoring.snapshots.atomic import atomic_output
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.image_geometry import image_centre, radius_grid, shift_images
+from otf2d.monitoring.quality import density_centres_yx, mask_radius_pixels
+from otf2d.monitoring.snapshots.atomic import atomic_output
 
 FloatArray = npt.NDArray[np.float64]
 

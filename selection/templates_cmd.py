@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from selection.source import add_class_args, add_source_args, choose_from_args, describe_choice, load_source
-from selection.templates import (
+from otf2d.selection.source import add_class_args, add_source_args, choose_from_args, describe_choice, load_source
+from otf2d.selection.templates import (
     DEFAULT_LOWPASS_ANGSTROM,
     SIGN_CONVENTION,
     header_labels,

@@ -15,10 +15,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from core.errors import InputError
-from monitoring.snapshots.atomic import write_bytes_atomic
-from monitoring.snapshots.gallery import encode_png, to_uint8
-from monitoring.views import distribution_entropy
+from otf2d.core.errors import InputError
+from otf2d.monitoring.snapshots.atomic import write_bytes_atomic
+from otf2d.monitoring.snapshots.gallery import encode_png, to_uint8
+from otf2d.monitoring.views import distribution_entropy
 
 _BACKGROUND = (255, 255, 255)
 _TEXT = (30, 30, 35)

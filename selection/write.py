@@ -1,11 +1,11 @@
 """Chosen particles as a RELION ``particles.star`` and a cryoSPARC ``.cs``, each written atomically.
 
 ``particles.star`` is the ``_data.star`` of the snapshot restricted to the chosen particles
-(``monitoring.snapshots.relion.data_star_blocks``): RELION 3.1 layout, ``data_optics`` then
+(``otf2d.monitoring.snapshots.relion.data_star_blocks``): RELION 3.1 layout, ``data_optics`` then
 ``data_particles``, image names pointing at the original stacks (relative to the project
 directory, as RELION writes them, or absolute with ``absolute_paths``), the 2D alignment kept
 (``rlnClassNumber`` as in the snapshot, ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst``, Pmax). The
-``.cs`` is ``monitoring.snapshots.cryosparc.particles_cs_array`` of the same particles, keeping the
+``.cs`` is ``otf2d.monitoring.snapshots.cryosparc.particles_cs_array`` of the same particles, keeping the
 ``uid`` of the snapshot's own ``_particles.cs`` when it has one. A small JSON record says where the
 particles came from and how they were chosen.
 """
@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-import core
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.snapshots.atomic import write_json_atomic, write_npy_atomic, write_star_atomic
-from monitoring.snapshots.cryosparc import particles_cs_array
-from monitoring.snapshots.relion import data_star_blocks, json_safe
-from selection.snapshot_reader import LoadedSnapshot
+from otf2d import core
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_npy_atomic, write_star_atomic
+from otf2d.monitoring.snapshots.cryosparc import particles_cs_array
+from otf2d.monitoring.snapshots.relion import data_star_blocks, json_safe
+from otf2d.selection.snapshot_reader import LoadedSnapshot
 
 #: Names of the files written into the output folder.
 PARTICLES_STAR = "particles.star"

@@ -28,8 +28,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from simulator.config import SimulationConfig
-from simulator.session import MicrographResult, simulate_session
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.session import MicrographResult, simulate_session
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import ConfigError
+from otf2d.core.errors import ConfigError
 
 #: Junk kinds the simulator can make (``truth.csv`` column ``junk_type``; ``none`` = a particle).
 JUNK_TYPES: tuple[str, ...] = ("noise", "ice", "carbon", "aggregate", "decoy")
@@ -31,7 +31,7 @@ class SimulationConfig:
     n_particles, n_micrographs
         Particles in the session, spread as evenly as possible over the micrographs.
     map_path
-        MRC map to project; ``None`` uses the built-in phantom (``simulator.phantom``).
+        MRC map to project; ``None`` uses the built-in phantom (``otf2d.simulator.phantom``).
     map_pixel_size_angstrom
         Voxel size of the map; overrides the header. Where the header says 0 and this is ``None``,
         the map is taken to be sampled at the simulation pixel size (a warning is logged).

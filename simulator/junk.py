@@ -1,7 +1,7 @@
 """Junk the picker lets through: pure noise, ice, carbon edges, aggregates, a different protein.
 
 Every generator returns a ``JunkImages`` of clean (noise-free, CTF-free) real-space images in the
-units of ``simulator.projection.project`` (so the caller applies the same CTF and noise as to the
+units of ``otf2d.simulator.projection.project`` (so the caller applies the same CTF and noise as to the
 particles), plus the pose of the projection it contains, if any (NaN otherwise): a decoy's own
 pose, the first member of an aggregate. Amplitudes are given relative to ``particle_peak``, a
 typical maximum of a clean particle projection.
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from simulator.projection import VolumeSpectrum, centre_and_shift, euler_matrix_relion, project_fourier
-from simulator.views import uniform_views
+from otf2d.simulator.projection import VolumeSpectrum, centre_and_shift, euler_matrix_relion, project_fourier
+from otf2d.simulator.views import uniform_views
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -29,7 +29,7 @@ class JunkImages:
     images
         ``(n, box, box)`` float64, real space, before CTF and noise.
     junk_type
-        The kind, one of ``simulator.config.JUNK_TYPES``.
+        The kind, one of ``otf2d.simulator.config.JUNK_TYPES``.
     rot, tilt, psi, origin_x_angstrom, origin_y_angstrom
         ``(n,)`` RELION pose (degrees, Å) of the projection contained, NaN where there is none.
     """
@@ -179,7 +179,7 @@ def decoys(
     shift_sigma_pixels: float,
     max_shift_pixels: float,
 ) -> JunkImages:
-    """Projections of a different protein (``simulator.phantom.decoy_phantom``) in random poses."""
+    """Projections of a different protein (``otf2d.simulator.phantom.decoy_phantom``) in random poses."""
     sx = np.clip(rng.normal(0.0, shift_sigma_pixels, n), -max_shift_pixels, max_shift_pixels)
     sy = np.clip(rng.normal(0.0, shift_sigma_pixels, n), -max_shift_pixels, max_shift_pixels)
     images, (rot, tilt, psi) = _projections(decoy_spectrum, n, box, pixel_size_angstrom, rng, sx, sy)

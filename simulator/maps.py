@@ -8,7 +8,7 @@ import mrcfile
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, UnsupportedFormatError
+from otf2d.core.errors import InputError, UnsupportedFormatError
 
 FloatArray = npt.NDArray[np.float64]
 

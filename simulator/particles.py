@@ -2,9 +2,9 @@
 
 The image model, per particle:
 
-1. the clean signal: a projection of the map at a random pose (``simulator.views``), centred at
-   ``box // 2 - origin / pixel_size`` (RELION's origin sign), or a junk image (``simulator.junk``);
-2. times RELION's CTF of its micrograph in Fourier space (``core.ctf.relion_ctf_2d``);
+1. the clean signal: a projection of the map at a random pose (``otf2d.simulator.views``), centred at
+   ``box // 2 - origin / pixel_size`` (RELION's origin sign), or a junk image (``otf2d.simulator.junk``);
+2. times RELION's CTF of its micrograph in Fourier space (``otf2d.core.ctf.relion_ctf_2d``);
 3. plus white Gaussian noise of one standard deviation for the whole session, calibrated so that
    (signal variance inside the particle circle) / (noise variance) = ``snr`` on average over
    particles drawn like the session's (``prepare_simulation``);
@@ -23,15 +23,21 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.ctf import relion_ctf_2d
-from core.errors import InputError
-from core.particles import CtfParams
-from simulator.config import DEFAULT_BOX, DEFAULT_PIXEL_SIZE_ANGSTROM, SimulationConfig
-from simulator.junk import JunkImages, aggregates, carbon_edges, decoys, ice_blobs, pure_noise
-from simulator.maps import enclosing_diameter_angstrom, read_map
-from simulator.phantom import decoy_phantom, protein_phantom, render_blobs
-from simulator.projection import VolumeSpectrum, centre_and_shift, euler_matrix_relion, prepare_volume, project_fourier
-from simulator.views import preferred_views, uniform_views
+from otf2d.core.ctf import relion_ctf_2d
+from otf2d.core.errors import InputError
+from otf2d.core.particles import CtfParams
+from otf2d.simulator.config import DEFAULT_BOX, DEFAULT_PIXEL_SIZE_ANGSTROM, SimulationConfig
+from otf2d.simulator.junk import JunkImages, aggregates, carbon_edges, decoys, ice_blobs, pure_noise
+from otf2d.simulator.maps import enclosing_diameter_angstrom, read_map
+from otf2d.simulator.phantom import decoy_phantom, protein_phantom, render_blobs
+from otf2d.simulator.projection import (
+    VolumeSpectrum,
+    centre_and_shift,
+    euler_matrix_relion,
+    prepare_volume,
+    project_fourier,
+)
+from otf2d.simulator.views import preferred_views, uniform_views
 
 FloatArray = npt.NDArray[np.float64]
 logger = logging.getLogger(__name__)
@@ -208,7 +214,7 @@ def prepare_simulation(config: SimulationConfig) -> SimulationSetup:
     Raises
     ------
     InputError
-        If the map cannot be read (see ``simulator.maps.read_map``).
+        If the map cannot be read (see ``otf2d.simulator.maps.read_map``).
     """
     volume, voxel, source, pixel, box = _load_volume(config)
     spectrum = prepare_volume(volume, voxel, padding=config.padding)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, PixelSizeError
+from otf2d.core.errors import InputError, PixelSizeError
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -143,7 +143,7 @@ def project_blobs(
     *,
     voxel_size_angstrom: float | None = None,
 ) -> FloatArray:
-    """Exact projections of the blobs, in the units of ``simulator.projection.project``.
+    """Exact projections of the blobs, in the units of ``otf2d.simulator.projection.project``.
 
     A blob at ``c`` lands at ``(A·c)[:2]`` and integrates along z to
     ``a·√(2π)·σ·exp(-|r - (A·c)[:2]|² / (2σ²))``; dividing by the voxel size of the map the

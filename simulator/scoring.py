@@ -28,7 +28,7 @@ import numpy.typing as npt
 import pandas as pd
 from PIL import Image
 
-from simulator.projection import VolumeSpectrum, euler_matrix_relion, project, viewing_direction
+from otf2d.simulator.projection import VolumeSpectrum, euler_matrix_relion, project, viewing_direction
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -240,7 +240,7 @@ def score_classification(
     class_pixel_size_angstrom
         Pixel size of ``class_averages``.
     spectrum
-        The map used by the simulator, prepared with ``simulator.projection.prepare_volume``.
+        The map used by the simulator, prepared with ``otf2d.simulator.projection.prepare_volume``.
     particle_diameter_angstrom
         Diameter of the circle for correlations; ``None`` = 80 % of the box.
     first_class_label

@@ -9,7 +9,7 @@ Layout under the output (= RELION project) directory::
     simulation.json                                the configuration and derived values
     truth_map.mrc                                  the map that was projected
 
-Ground truth follows RELION's conventions (``simulator.projection``): a particle written with
+Ground truth follows RELION's conventions (``otf2d.simulator.projection``): a particle written with
 ``rlnOriginXAngst = ox`` has its centre at ``box // 2 - ox / pixel_size``, so a classifier's
 ``rlnOriginXAngst`` can be compared with ``truth.csv`` directly. Junk rows have ``is_junk = 1``
 and a ``junk_type``; their pose columns hold the pose of the projection inside (a decoy's, the
@@ -17,8 +17,8 @@ first member of an aggregate's) or are empty.
 
 Example::
 
-    from simulator.config import SimulationConfig
-    from simulator.session import simulate_session
+    from otf2d.simulator.config import SimulationConfig
+    from otf2d.simulator.session import simulate_session
     summary = simulate_session(SimulationConfig(n_particles=200, n_micrographs=4), "/tmp/sim")
 """
 
@@ -35,11 +35,17 @@ import mrcfile
 import numpy as np
 import pandas as pd
 
-from core import __version__
-from core.errors import ConfigError
-from simulator.config import SimulationConfig
-from simulator.particles import SimulatedParticles, SimulationSetup, draw_ctf, prepare_simulation, simulate_particles
-from simulator.relion_output import (
+from otf2d.core import __version__
+from otf2d.core.errors import ConfigError
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.particles import (
+    SimulatedParticles,
+    SimulationSetup,
+    draw_ctf,
+    prepare_simulation,
+    simulate_particles,
+)
+from otf2d.simulator.relion_output import (
     append_truth,
     extract_table,
     optics_table,
@@ -47,7 +53,7 @@ from simulator.relion_output import (
     write_stack,
     write_star,
 )
-from simulator.views import PREFERRED_VIEWS_DEGREES
+from otf2d.simulator.views import PREFERRED_VIEWS_DEGREES
 
 #: Side of the virtual micrographs (pixels at the micrograph pixel size) that picks lie on.
 MICROGRAPH_SIDE = 4096

@@ -1,7 +1,7 @@
 """Particle orientations: uniform on the sphere, or concentrated about preferred views.
 
 Angles are RELION's (degrees): the viewing direction of ``(rot, tilt)`` is
-``(sin tilt · cos rot, sin tilt · sin rot, cos tilt)`` (``simulator.projection.viewing_direction``);
+``(sin tilt · cos rot, sin tilt · sin rot, cos tilt)`` (``otf2d.simulator.projection.viewing_direction``);
 psi, the in-plane angle, is always uniform.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from simulator.projection import viewing_direction
+from otf2d.simulator.projection import viewing_direction
 
 FloatArray = npt.NDArray[np.float64]
 

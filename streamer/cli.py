@@ -23,8 +23,8 @@ import signal
 from pathlib import Path
 from types import FrameType
 
-from core.curve import add_client_args, client_files
-from streamer.daemon import Streamer, StreamerConfig
+from otf2d.core.curve import add_client_args, client_files
+from otf2d.streamer.daemon import Streamer, StreamerConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,21 +25,21 @@ from pathlib import Path
 
 import zmq
 
-from core.curve import CurveClientFiles
-from core.errors import ConfigError
-from streamer.gate import Gate, GateConfig, Outcome, file_kind
-from streamer.ledger import Ledger
-from streamer.metrics import StreamerMetrics
-from streamer.optics_source import OpticsCache
-from streamer.sender import Sender, SenderConfig
-from streamer.watcher import Watcher, scan
+from otf2d.core.curve import CurveClientFiles
+from otf2d.core.errors import ConfigError
+from otf2d.streamer.gate import Gate, GateConfig, Outcome, file_kind
+from otf2d.streamer.ledger import Ledger
+from otf2d.streamer.metrics import StreamerMetrics
+from otf2d.streamer.optics_source import OpticsCache
+from otf2d.streamer.sender import Sender, SenderConfig
+from otf2d.streamer.watcher import Watcher, scan
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class StreamerConfig:
-    """Everything ``otf2d stream`` can be told (see :mod:`streamer.cli` for the options).
+    """Everything ``otf2d stream`` can be told (see :mod:`otf2d.streamer.cli` for the options).
 
     Attributes
     ----------
@@ -56,10 +56,10 @@ class StreamerConfig:
     observer, poll_interval_s
         ``auto`` / ``inotify`` / ``polling`` and the polling interval.
     window, batch_size, ack_timeout_s, heartbeat_s
-        Delivery (see :class:`streamer.sender.SenderConfig`) and batch size.
+        Delivery (see :class:`otf2d.streamer.sender.SenderConfig`) and batch size.
     settle_s, retry_base_s, retry_max_s, max_bad_attempts, incomplete_timeout_s,
     particles_star_interval_s, verify_pixels
-        Readiness gate (see :class:`streamer.gate.GateConfig`).
+        Readiness gate (see :class:`otf2d.streamer.gate.GateConfig`).
     optics_from, pixel_size_angstrom, voltage_kv, spherical_aberration_mm, amplitude_contrast
         Optics for ``_extract.star`` files.
     rescan_interval_s

@@ -5,12 +5,12 @@ Rules (formats.md §2):
 - RELION ``*_extract.star`` and ``particles.star`` are written to ``.tmp`` and renamed, so their
   appearance means the metadata is complete, and (for ``_extract.star``) that RELION finished
   the stack. The stacks are still checked: present, as long as their header claims, holding
-  every index (``core.readers``). A stack that is missing, short or still growing makes the file
+  every index (``otf2d.core.readers``). A stack that is missing, short or still growing makes the file
   *wait* (retry with back-off, never quarantined for that until ``incomplete_timeout_s``).
 - Files of other producers (cryoSPARC ``.cs``) pass a settle timer: size and mtime unchanged and
   the mtime at least ``settle_s`` old.
 - An ``_extract.star`` waits for its optics: ``--optics-from``, explicit values, or the job's
-  ``particles.star`` (:mod:`streamer.optics_source`).
+  ``particles.star`` (:mod:`otf2d.streamer.optics_source`).
 - A file whose content is bad (unparsable, NaN pixels, wrong box, ...) is retried
   ``max_bad_attempts`` times with back-off (it may have been caught mid-write by a producer that
   does not rename), then quarantined with the reason. A quarantined file is retried when it
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
-from core.readers import StackPool, load_batch, read_particle_table
-from core.readers.table import ParticleTable
-from core.wire import CTF_FIELDS
-from streamer.ledger import FileRecord, Ledger, PlannedBatch, particle_key
-from streamer.optics_source import OpticsCache, find_job_particles_star
+from otf2d.core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
+from otf2d.core.readers import StackPool, load_batch, read_particle_table
+from otf2d.core.readers.table import ParticleTable
+from otf2d.core.wire import CTF_FIELDS
+from otf2d.streamer.ledger import FileRecord, Ledger, PlannedBatch, particle_key
+from otf2d.streamer.optics_source import OpticsCache, find_job_particles_star
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ Tables (one ledger per session):
     One row per message: ``seq`` (primary key; ``msg_id = "<ledger_id>:<seq>"``), ``file``,
     ``source``, ``state`` (:class:`BatchState`), ``n_particles``, ``pixel_size_angstrom``,
     ``file_ready_time``, the particles' metadata (stack paths, 1-based indices, optics groups,
-    the resolved stack files, and the ``(n, 9)`` float64 CTF in :data:`core.wire.CTF_FIELDS`
+    the resolved stack files, and the ``(n, 9)`` float64 CTF in :data:`otf2d.core.wire.CTF_FIELDS`
     order), ``created_at``, ``sent_at``, ``acked_at``, ``attempts``, ``reason``.
     Images are *not* stored: they are read from the stacks when the batch is sent, so the backlog
     costs ~100 bytes per particle on disk and nothing in memory.
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import ConfigError
-from core.wire import CTF_FIELDS, make_msg_id, parse_msg_id
+from otf2d.core.errors import ConfigError
+from otf2d.core.wire import CTF_FIELDS, make_msg_id, parse_msg_id
 
 LEDGER_SCHEMA = 1
 
@@ -141,7 +141,7 @@ class PlannedBatch:
     indices, optics_groups
         ``(n,)`` 1-based.
     ctf
-        ``(n, 9)`` float64, columns in :data:`core.wire.CTF_FIELDS` order.
+        ``(n, 9)`` float64, columns in :data:`otf2d.core.wire.CTF_FIELDS` order.
     stack_files
         Stack path (as written) → absolute file holding it.
     pixel_size_angstrom

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import InputError
-from core.particles import CtfParams, ParticleBatch
-from core.readers import read_images, read_stack_header
-from core.wire import CTF_FIELDS
-from streamer.ledger import PlannedBatch
+from otf2d.core.errors import InputError
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.readers import read_images, read_stack_header
+from otf2d.core.wire import CTF_FIELDS
+from otf2d.streamer.ledger import PlannedBatch
 
 
 def load_planned(planned: PlannedBatch, session: str) -> ParticleBatch:

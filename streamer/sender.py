@@ -28,10 +28,10 @@ from typing import Any
 import zmq
 import zmq.auth
 
-from core.curve import CurveClientFiles
-from core.errors import DecodeError, InputError
-from core.particles import ParticleBatch
-from core.wire import (
+from otf2d.core.curve import CurveClientFiles
+from otf2d.core.errors import DecodeError, InputError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.wire import (
     KIND_ACK,
     KIND_NACK,
     KIND_PING,
@@ -41,9 +41,9 @@ from core.wire import (
     encode_batch,
     encode_control,
 )
-from streamer.ledger import BatchRecord, BatchState, Ledger, PlannedBatch
-from streamer.metrics import StreamerMetrics
-from streamer.reload import load_planned
+from otf2d.streamer.ledger import BatchRecord, BatchState, Ledger, PlannedBatch
+from otf2d.streamer.metrics import StreamerMetrics
+from otf2d.streamer.reload import load_planned
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Sender:
     context
         ZeroMQ context (default: the global instance).
     loader
-        Reads a planned batch's images (default :func:`streamer.reload.load_planned`).
+        Reads a planned batch's images (default :func:`otf2d.streamer.reload.load_planned`).
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Noticing particle files: watchdog events plus a scan of what already exists, into one queue.
 
 - Files of interest: ``**/*_extract.star``, ``**/particles.star``, ``**/*.cs``
-  (:func:`streamer.gate.file_kind`). ``*.tmp`` is *not* ignored through watchdog's ignore
+  (:func:`otf2d.streamer.gate.file_kind`). ``*.tmp`` is *not* ignored through watchdog's ignore
   patterns, whose default policy drops the ``x.star.tmp → x.star`` rename (formats.md §7);
   events are matched on their destination path instead.
 - ``created``, ``moved`` (``dest_path``), ``modified`` and ``closed`` events all just name a path;
@@ -25,8 +25,8 @@ from watchdog.events import DirCreatedEvent, DirMovedEvent, FileSystemEvent, Fil
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from core.errors import ConfigError
-from streamer.gate import file_kind
+from otf2d.core.errors import ConfigError
+from otf2d.streamer.gate import file_kind
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.particles import CtfParams, ParticleBatch
+from otf2d.core.particles import CtfParams, ParticleBatch
 
 
 def relion_ctf_numpy(ctf: CtfParams, freq_x: np.ndarray, freq_y: np.ndarray) -> np.ndarray:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from core.particles import ParticleBatch
-from core.wire import KIND_PING, KIND_PONG, decode_control, encode_batch, encode_control
-from simulator.config import SimulationConfig
-from simulator.particles import SimulationSetup, prepare_simulation, simulate_particles
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.wire import KIND_PING, KIND_PONG, decode_control, encode_batch, encode_control
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.particles import SimulationSetup, prepare_simulation, simulate_particles
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = 32
@@ -123,11 +123,11 @@ class TestClient:
 
 
 def engine_command(data: Path, port: int, *extra: str) -> list[str]:
-    """``python -m core.cli engine ...`` for a child process."""
+    """``python -m otf2d.core.cli engine ...`` for a child process."""
     return [
         sys.executable,
         "-m",
-        "core.cli",
+        "otf2d.core.cli",
         "-v",
         "engine",
         "--listen",

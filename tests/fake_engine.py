@@ -1,4 +1,4 @@
-"""A minimal engine for the streamer tests: a real ZeroMQ ROUTER that decodes with core.wire.
+"""A minimal engine for the streamer tests: a real ZeroMQ ROUTER that decodes with otf2d.core.wire.
 
 It records every message, deduplicates by ``msg_id`` (as the real engine must), counts particle
 keys, and ACKs — optionally late, never, or with a REJECT — so the tests can check delivery
@@ -16,9 +16,9 @@ from typing import Any
 
 import zmq
 
-from core.errors import DecodeError
-from core.particles import ParticleKey
-from core.wire import (
+from otf2d.core.errors import DecodeError
+from otf2d.core.particles import ParticleKey
+from otf2d.core.wire import (
     KIND_ACK,
     KIND_BATCH,
     KIND_PING,

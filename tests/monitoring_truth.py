@@ -5,7 +5,7 @@ these helpers make each of them *without* the engine, from truth only:
 
 - a **good class**: particles of one view (random in-plane angle and shift, their own CTF and
   noise), un-shifted and un-rotated with their true pose and averaged with a CTF Wiener filter;
-- a **junk class** of one kind (``simulator.config.JUNK_TYPES``): images made by
+- a **junk class** of one kind (``otf2d.simulator.config.JUNK_TYPES``): images made by
   ``simulate_particles`` with only that kind, aligned with their true pose where they have one
   (aggregate, decoy) and otherwise by a few rounds of reference-free alignment (rotation search +
   cross-correlation shift), as an EM classifier would align them to their class.
@@ -21,13 +21,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from core.ctf import relion_ctf_2d
-from core.particles import CtfParams
-from core.snapshot import ClassSnapshot
-from monitoring.image_geometry import rotate_images, shift_images
-from monitoring.state import SessionMonitor
-from simulator.config import SimulationConfig
-from simulator.particles import (
+from otf2d.core.ctf import relion_ctf_2d
+from otf2d.core.particles import CtfParams
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.image_geometry import rotate_images, shift_images
+from otf2d.monitoring.state import SessionMonitor
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.particles import (
     SimulatedParticles,
     SimulationSetup,
     draw_ctf,
@@ -35,7 +35,7 @@ from simulator.particles import (
     prepare_simulation,
     simulate_particles,
 )
-from simulator.projection import project
+from otf2d.simulator.projection import project
 
 #: Wiener regulariser, as a fraction of the number of images averaged.
 WIENER_EPSILON_PER_IMAGE = 0.05

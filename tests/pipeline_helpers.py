@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from engine_helpers import ROOT, wait_until
+from ports import free_port
 
-from engine.client import EngineClient, EngineTimeoutError
-from engine.demo_run import free_port
+from otf2d.control.client import EngineClient, EngineTimeoutError
 
 #: Fast classification of the pipeline tests: 4 classes, initialised from 40 particles, low resolution.
 PIPELINE_PARAMS: dict[str, Any] = {
@@ -41,8 +41,8 @@ SIM_PIXEL_SIZE = 8.0
 
 
 def cli(*args: str) -> list[str]:
-    """``python -m core.cli ARGS`` (the ``otf2d`` command, run from the repository)."""
-    return [sys.executable, "-m", "core.cli", *args]
+    """``python -m otf2d.core.cli ARGS`` (the ``otf2d`` command, run from the repository)."""
+    return [sys.executable, "-m", "otf2d.core.cli", *args]
 
 
 @dataclass

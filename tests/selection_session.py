@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.cli import main as otf2d
-from simulator.config import SimulationConfig
-from simulator.projection import viewing_direction
-from simulator.session import SessionSummary, simulate_session
-from simulator.views import PREFERRED_VIEWS_DEGREES
+from otf2d.core.cli import main as otf2d
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.projection import viewing_direction
+from otf2d.simulator.session import SessionSummary, simulate_session
+from otf2d.simulator.views import PREFERRED_VIEWS_DEGREES
 
 SESSION = SimulationConfig(
     n_particles=1000, n_micrographs=5, snr=0.1, junk_fraction=0.25, preferred_orientation=True, seed=3

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from core.particles import CtfParams
-from core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.core.particles import CtfParams
+from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
 
 #: Particles per class in :func:`make_snapshot` (class 2 is empty; class 3 is the largest).
 COUNTS = (5, 12, 0, 20, 3, 10)

@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.particles import ParticleKey
-from simulator.config import SimulationConfig
-from simulator.session import SessionSummary, simulate_session
-from streamer.daemon import Streamer, StreamerConfig
+from otf2d.core.particles import ParticleKey
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.session import SessionSummary, simulate_session
+from otf2d.streamer.daemon import Streamer, StreamerConfig
 
 SESSION = "grid1"
 

@@ -18,10 +18,10 @@ import starfile
 from PIL import Image
 from snapshot_factory import make_snapshot
 
-from core.cli import main as otf2d
-from core.config import Class2DParams
-from core.errors import ConfigError
-from engine.classify_cmd import (
+from otf2d.core.cli import main as otf2d
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import ConfigError
+from otf2d.engine.classify.classify_cmd import (
     FORCE_MAX_FIELD,
     PARAM_FLAGS,
     PRECISION_FIELD,
@@ -29,15 +29,15 @@ from engine.classify_cmd import (
     junk_summary,
     params_from_args,
 )
-from monitoring.quality import (
+from otf2d.monitoring.quality import (
     count_features,
     image_features,
     mask_radius_pixels,
     resolution_features,
     score_features,
 )
-from simulator.config import SimulationConfig
-from simulator.session import SessionSummary, simulate_session
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.session import SessionSummary, simulate_session
 
 #: Small and fast: 4 classes, 3 online iterations of 80 particles, coarse sampling.
 FAST = [
@@ -118,7 +118,7 @@ def test_outputs_exist_and_hold_every_particle_once(session: SessionSummary, run
 
 @pytest.mark.slow
 def test_classes_carry_junk_scores_in_the_model_star_and_the_cs(run_dir: Path) -> None:
-    """Scored with ``monitoring.quality``: the values written match a re-scoring of what was written."""
+    """Scored with ``otf2d.monitoring.quality``: the values written match a re-scoring of what was written."""
     classes = starfile.read(_latest_files(run_dir, "_model.star"), always_dict=True)["model_classes"]
     cs = np.load(_latest_files(run_dir, "_class_averages.cs"), allow_pickle=False)
     junk = cs["otf2d/junk_score"].astype(np.float64)

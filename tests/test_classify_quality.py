@@ -1,5 +1,5 @@
 """Quality of the classifier on ground truth: a simulated session classified through the API and
-scored against ``truth.csv`` by ``simulator.scoring`` (the scorer of the benchmark).
+scored against ``truth.csv`` by ``otf2d.simulator.scoring`` (the scorer of the benchmark).
 
 The thresholds are set so that a broken classifier cannot meet them, and the negative controls
 show it on the same session: the same assignments with the class labels shuffled (a classifier
@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.config import Class2DParams
-from core.readers import read_particle_table
-from core.snapshot import ClassSnapshot
-from engine.offline import classify_table
-from simulator.config import SimulationConfig
-from simulator.particles import SimulationSetup, prepare_simulation
-from simulator.scoring import QualityReport, score_classification
-from simulator.session import simulate_session
+from otf2d.core.config import Class2DParams
+from otf2d.core.readers import read_particle_table
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.engine.classify.offline import classify_table
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.particles import SimulationSetup, prepare_simulation
+from otf2d.simulator.scoring import QualityReport, score_classification
+from otf2d.simulator.session import simulate_session
 
 #: The session: the phantom, box 64 at 4 Å/px, uniform views, SNR 0.1, 20 % junk.
 SESSION = SimulationConfig(n_particles=1500, n_micrographs=10, snr=0.1, junk_fraction=0.2, seed=4)

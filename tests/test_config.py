@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Class2DParams, load_config
-from core.errors import ConfigError
+from otf2d.core.config import Class2DParams, load_config
+from otf2d.core.errors import ConfigError
 
 
 def test_defaults_are_cryosparcs() -> None:

@@ -1,4 +1,4 @@
-"""core.ctf against an independent scalar transcription of RELION's CTF::getCTF, physics, torch-ctf."""
+"""otf2d.core.ctf against an independent scalar transcription of RELION's CTF::getCTF, physics, torch-ctf."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from core.ctf import fft_frequency_grid, relion_ctf_2d, relion_wavelength_angstrom
-from core.errors import InputError, PixelSizeError
-from core.particles import CtfParams
+from otf2d.core.ctf import fft_frequency_grid, relion_ctf_2d, relion_wavelength_angstrom
+from otf2d.core.errors import InputError, PixelSizeError
+from otf2d.core.particles import CtfParams
 
 
 def _params(**values: float) -> CtfParams:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from core.config import Otf2dConfig, load_config
+from otf2d.core.config import Otf2dConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -36,7 +36,7 @@ NEEDS_PROMTOOL = pytest.mark.skipif(shutil.which("promtool") is None, reason="pr
 #: Metric names of otf2d, and of the process collector the engine registers (``process_…``).
 METRIC = re.compile(r"\b((?:otf2d|process)_[A-Za-z0-9_]+)")
 RECORDED = re.compile(r"\b(otf2d:[A-Za-z0-9_:]+)")
-#: Metrics that only an engine on CUDA exports (``engine.metrics``): without a GPU, the expressions
+#: Metrics that only an engine on CUDA exports (``otf2d.engine.serving.metrics``): without a GPU, the expressions
 #: that use nothing else have no data in the Prometheus tests.
 CUDA_ONLY_METRICS = frozenset({"otf2d_device_memory_bytes"})
 
@@ -58,9 +58,9 @@ GRAFANA_VARIABLES = {
 
 def exported_metric_names() -> set[str]:
     """Every sample name otf2d exports: monitoring collectors, engine registry, streamer registry."""
-    from engine.metrics import EngineMetrics
-    from monitoring.metrics import exported_names
-    from streamer.metrics import StreamerMetrics
+    from otf2d.engine.serving.metrics import EngineMetrics
+    from otf2d.monitoring.metrics import exported_names
+    from otf2d.streamer.metrics import StreamerMetrics
 
     names = set(exported_names())
     for registry in (EngineMetrics().registry, StreamerMetrics("grid1").registry):
@@ -263,7 +263,7 @@ def test_engine_example_config_loads_and_states_the_defaults() -> None:
 
 
 def test_streamer_example_config_names_real_settings_with_their_defaults() -> None:
-    from streamer.daemon import StreamerConfig
+    from otf2d.streamer.daemon import StreamerConfig
 
     table = tomllib.loads((DEPLOY / "config" / "streamer.example.toml").read_text())["streamer"]
     fields = {f.name: f for f in dataclasses.fields(StreamerConfig)}
@@ -295,7 +295,10 @@ def _exec_start(unit: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     ("unit", "subcommand", "module"),
-    [("otf2d-engine.service", "engine", "engine.cli"), ("otf2d-streamer.service", "stream", "streamer.cli")],
+    [
+        ("otf2d-engine.service", "engine", "otf2d.engine.serving.cli"),
+        ("otf2d-streamer.service", "stream", "otf2d.streamer.cli"),
+    ],
 )
 def test_systemd_units_run_commands_their_cli_accepts(unit: str, subcommand: str, module: str) -> None:
     argv = _exec_start(DEPLOY / "systemd" / unit)

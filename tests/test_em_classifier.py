@@ -15,13 +15,13 @@ import pytest
 import torch
 from em_synthetic import SyntheticSet, best_rotational_correlation, make_particles, random_templates, render
 
-from core.config import Class2DParams
-from core.snapshot import ClassSnapshot
-from engine.em import driver
-from engine.em.classifier import Classifier, TensorBatch
-from engine.em.driver import BatchList, ClassificationResult, Progress, classify_batches
-from engine.em.estep import GemmWorkspace
-from engine.em.schedule import posterior_temperature, step_size
+from otf2d.core.config import Class2DParams
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.engine.em import driver
+from otf2d.engine.em.classifier import Classifier, TensorBatch
+from otf2d.engine.em.driver import BatchList, ClassificationResult, Progress, classify_batches
+from otf2d.engine.em.estep import GemmWorkspace
+from otf2d.engine.em.schedule import posterior_temperature, step_size
 
 BOX, PIXEL, STEP = 32, 3.0, 15.0
 

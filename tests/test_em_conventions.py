@@ -18,9 +18,9 @@ import pytest
 import torch
 from em_synthetic import random_templates, render
 
-from core.config import Class2DParams
-from core.particles import CtfParams, ParticleBatch
-from engine.em.classifier import Classifier
+from otf2d.core.config import Class2DParams
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.engine.em.classifier import Classifier
 
 BOX = 48
 PIXEL = 2.0

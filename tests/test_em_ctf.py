@@ -11,10 +11,10 @@ import pytest
 import torch
 from em_synthetic import relion_ctf_numpy
 
-from core.config import Class2DParams
-from core.particles import CtfParams
-from engine.em.classifier import Classifier
-from engine.em.ctf import CtfTensors, relion_ctf, relion_ctf_grid
+from otf2d.core.config import Class2DParams
+from otf2d.core.particles import CtfParams
+from otf2d.engine.em.classifier import Classifier
+from otf2d.engine.em.ctf import CtfTensors, relion_ctf, relion_ctf_grid
 
 
 def _params() -> CtfParams:

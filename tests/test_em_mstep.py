@@ -10,12 +10,12 @@ import math
 
 import torch
 
-from core.config import Class2DParams
-from engine.em.estep import Posteriors
-from engine.em.geometry import make_geometry
-from engine.em.mstep import OrderAccumulator, data_spectra, online_update, wiener_average
-from engine.em.noise import noise_from_stats
-from engine.em.polar import PolarGrid, band_limit
+from otf2d.core.config import Class2DParams
+from otf2d.engine.em.estep import Posteriors
+from otf2d.engine.em.geometry import make_geometry
+from otf2d.engine.em.mstep import OrderAccumulator, data_spectra, online_update, wiener_average
+from otf2d.engine.em.noise import noise_from_stats
+from otf2d.engine.em.polar import PolarGrid, band_limit
 
 BOX = 24
 
@@ -204,7 +204,7 @@ def test_soft_accumulation_of_a_dense_posterior_equals_every_sample_as_a_weighte
 
 def test_dense_accumulation_on_a_coarse_subgrid_equals_every_sample_as_a_weighted_pair() -> None:
     # Adaptive marginalisation adds broad posteriors on every other rotation and a subset of the
-    # shifts (engine.em.significant): the same sums as each coarse sample added at its fine indices.
+    # shifts (otf2d.engine.em.significant): the same sums as each coarse sample added at its fine indices.
     grid, samples, ctf, phases, _, r_count, _ = _setup(4)
     n, t, k = samples.shape[0], len(phases), 3
     n_orders = grid.n_angles // 2 + 1

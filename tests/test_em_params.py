@@ -9,13 +9,13 @@ import pytest
 import torch
 from em_synthetic import SyntheticSet, Template, make_particles, random_templates, render
 
-from core.config import Class2DParams
-from engine.em.classifier import Classifier, TensorBatch
-from engine.em.constraints import centre_of_mass, principal_axis
-from engine.em.driver import classify_batches
-from engine.em.estep import build_reference_bank, ring_weights, score_chunk
-from engine.em.mstep import data_spectra
-from engine.em.preprocess import radius_map
+from otf2d.core.config import Class2DParams
+from otf2d.engine.em.classifier import Classifier, TensorBatch
+from otf2d.engine.em.constraints import centre_of_mass, principal_axis
+from otf2d.engine.em.driver import classify_batches
+from otf2d.engine.em.estep import build_reference_bank, ring_weights, score_chunk
+from otf2d.engine.em.mstep import data_spectra
+from otf2d.engine.em.preprocess import radius_map
 
 BOX, PIXEL, STEP = 32, 3.0, 15.0
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from em_synthetic import random_templates, render
 
-from core.config import Class2DParams
-from core.errors import InputError
-from engine.em.fold import (
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import InputError
+from otf2d.engine.em.fold import (
     folded_correlation,
     folded_max_over_shifts,
     low_precision_bmm,
@@ -25,9 +25,9 @@ from engine.em.fold import (
     reference_matrix,
     shift_argmax_at,
 )
-from engine.em.geometry import internal_box_size, make_geometry
-from engine.em.polar import PolarGrid, angular_spectrum, image_to_polar, polar_to_image, rotate_polar
-from engine.em.preprocess import fourier_crop, fourier_pad, normalise_background, soft_circular_mask
+from otf2d.engine.em.geometry import internal_box_size, make_geometry
+from otf2d.engine.em.polar import PolarGrid, angular_spectrum, image_to_polar, polar_to_image, rotate_polar
+from otf2d.engine.em.preprocess import fourier_crop, fourier_pad, normalise_background, soft_circular_mask
 
 
 def _exact_polar(image: np.ndarray, grid: PolarGrid) -> np.ndarray:

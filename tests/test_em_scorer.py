@@ -15,11 +15,11 @@ import torch
 from em_bruteforce import direct_log_likelihood
 from em_synthetic import make_particles, random_templates, relion_ctf_numpy, render
 
-from core.config import Class2DParams
-from engine.em.classifier import Classifier, TensorBatch
-from engine.em.estep import build_reference_bank, ring_weights, score_chunk
-from engine.em.mstep import data_spectra
-from engine.em.scale import pose_log_likelihood
+from otf2d.core.config import Class2DParams
+from otf2d.engine.em.classifier import Classifier, TensorBatch
+from otf2d.engine.em.estep import build_reference_bank, ring_weights, score_chunk
+from otf2d.engine.em.mstep import data_spectra
+from otf2d.engine.em.scale import pose_log_likelihood
 
 BOX, PIXEL = 32, 3.0
 

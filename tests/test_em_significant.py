@@ -1,6 +1,6 @@
 """Adaptive (significant-sample) marginalisation against the exhaustive marginalising E-step.
 
-The exhaustive E-step (``engine.em.estep.marginal_posteriors``) is the simple reference: the
+The exhaustive E-step (``otf2d.engine.em.estep.marginal_posteriors``) is the simple reference: the
 posterior of every (rotation, shift, class) sample. The adaptive one must give the same posterior
 on the samples it keeps, keep the samples that carry the posterior, and report the same poses.
 """
@@ -14,12 +14,12 @@ import pytest
 import torch
 from em_synthetic import SyntheticSet, make_particles, random_templates
 
-from core.config import Class2DParams
-from engine.em.classifier import Classifier, TensorBatch
-from engine.em.estep import marginal_posteriors, ring_weights, score_chunk, score_products
-from engine.em.fold import make_fold_plan
-from engine.em.mstep import data_spectra
-from engine.em.significant import CoarseGrid, adaptive_posteriors, make_coarse_grid
+from otf2d.core.config import Class2DParams
+from otf2d.engine.em.classifier import Classifier, TensorBatch
+from otf2d.engine.em.estep import marginal_posteriors, ring_weights, score_chunk, score_products
+from otf2d.engine.em.fold import make_fold_plan
+from otf2d.engine.em.mstep import data_spectra
+from otf2d.engine.em.significant import CoarseGrid, adaptive_posteriors, make_coarse_grid
 
 BOX, PIXEL, STEP = 32, 3.0, 15.0
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import InputError
-from engine.checkpoint import (
+from otf2d.core.errors import InputError
+from otf2d.engine.storage.checkpoint import (
     flatten_state,
     load_checkpoint,
     previous_path,

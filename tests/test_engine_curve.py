@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 import zmq
 from engine_helpers import ROOT, TEST_PARAMS, batch_frames, engine_process, make_batch
+from ports import free_port
 from streamer_harness import fast_config, simulate
 
-from core.curve import CurveClientFiles, client_files, is_loopback
-from core.errors import ConfigError
-from core.wire import KIND_ACK, KIND_NACK, decode_control, encode_control
-from engine.client import EngineClient, EngineRequestError, EngineTimeoutError
-from engine.curve import apply_client, create_keys
-from engine.demo_run import free_port
-from streamer.daemon import Streamer
-from streamer.ledger import Ledger
+from otf2d.control.client import EngineClient, EngineRequestError, EngineTimeoutError
+from otf2d.control.curve import apply_client, create_keys
+from otf2d.core.curve import CurveClientFiles, client_files, is_loopback
+from otf2d.core.errors import ConfigError
+from otf2d.core.wire import KIND_ACK, KIND_NACK, decode_control, encode_control
+from otf2d.streamer.daemon import Streamer
+from otf2d.streamer.ledger import Ledger
 
 MAX_SESSIONS = 6
 
@@ -191,7 +191,7 @@ def test_at_most_max_sessions(engine: CurveEngine) -> None:
 
 
 def test_a_reachable_address_without_curve_is_refused_unless_insecure(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "core.cli", "engine", "--data", str(tmp_path / "d"), "--device", "cpu"]
+    command = [sys.executable, "-m", "otf2d.core.cli", "engine", "--data", str(tmp_path / "d"), "--device", "cpu"]
     refused = subprocess.run(
         [*command, "--listen", f"tcp://0.0.0.0:{free_port()}"], capture_output=True, text=True, cwd=ROOT, timeout=60
     )

@@ -20,16 +20,16 @@ import pytest
 import torch
 from engine_helpers import TEST_PARAMS, make_batch
 
-from engine.checkpoint import previous_path
-from engine.service import EngineConfig, EngineService
-from engine.worker import WorkerConfig
+from otf2d.engine.serving.service import EngineConfig, EngineService
+from otf2d.engine.serving.worker import WorkerConfig
+from otf2d.engine.storage.checkpoint import previous_path
 
 SESSION = "durable"
 
 
 def _service(data: Path) -> EngineService:
-    from engine.em_adapter import em_classifier_factory
-    from monitoring.snapshots import write_snapshot
+    from otf2d.engine.serving.em_adapter import em_classifier_factory
+    from otf2d.monitoring.snapshots import write_snapshot
 
     worker = WorkerConfig(checkpoint_every=0, checkpoint_seconds=3600, snapshot_every=0, snapshot_seconds=3600)
     service = EngineService(
@@ -135,7 +135,7 @@ def test_with_no_usable_checkpoint_the_session_replays_its_journal(
 
 def _journal_with_three_batches(directory: Path) -> list[int]:
     """A journal of three 10-particle batches; returns each chunk's end offset in segment 0."""
-    from engine.journal import Journal
+    from otf2d.engine.storage.journal import Journal
 
     journal = Journal(directory, "j")
     try:
@@ -152,7 +152,7 @@ def _journal_with_three_batches(directory: Path) -> list[int]:
 def test_a_damaged_journal_tail_is_cut_never_zero_filled(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from engine.journal import Journal
+    from otf2d.engine.storage.journal import Journal
 
     directory = tmp_path / "journal"
     ends = _journal_with_three_batches(directory)
@@ -179,7 +179,7 @@ def test_a_damaged_journal_tail_is_cut_never_zero_filled(
 
 
 def test_an_intact_journal_is_not_cut(tmp_path: Path) -> None:
-    from engine.journal import Journal
+    from otf2d.engine.storage.journal import Journal
 
     directory = tmp_path / "journal"
     _journal_with_three_batches(directory)
@@ -283,8 +283,8 @@ def test_a_full_disk_while_folding_pauses_it_instead_of_failing_the_session(
 
 
 def test_a_snapshot_that_failed_is_written_again(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from engine.em_adapter import em_classifier_factory
-    from monitoring.snapshots import write_snapshot
+    from otf2d.engine.serving.em_adapter import em_classifier_factory
+    from otf2d.monitoring.snapshots import write_snapshot
 
     caplog.set_level(logging.INFO, logger="engine")
     worker = WorkerConfig(

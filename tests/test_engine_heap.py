@@ -1,4 +1,4 @@
-"""Handing freed heap back to the OS (engine.heap): real RSS on glibc, a no-op where libc lacks malloc_trim,
+"""Handing freed heap back to the OS (otf2d.engine.resources.heap): real RSS on glibc, a no-op where libc lacks malloc_trim,
 and the worker trimming once it has nothing to fold."""
 
 from __future__ import annotations
@@ -16,18 +16,24 @@ import pytest
 import torch
 from engine_helpers import make_batch
 
-from core.config import Class2DParams
-from core.errors import ConfigError
-from core.particles import ParticleBatch
-from core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
-from engine import heap
-from engine.cli import apply_mmap_threshold
-from engine.heap import MAX_MMAP_THRESHOLD_BYTES, HeapTrimmer, malloc_trim_function, set_mmap_threshold, trim_heap
-from engine.journal import ASSIGNMENT_COLUMNS
-from engine.metrics import EngineMetrics
-from engine.session import Session
-from engine.snapshot_writer import SnapshotWriter
-from engine.worker import Worker, WorkerConfig
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import ConfigError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.engine.resources import heap
+from otf2d.engine.resources.heap import (
+    MAX_MMAP_THRESHOLD_BYTES,
+    HeapTrimmer,
+    malloc_trim_function,
+    set_mmap_threshold,
+    trim_heap,
+)
+from otf2d.engine.serving.cli import apply_mmap_threshold
+from otf2d.engine.serving.metrics import EngineMetrics
+from otf2d.engine.serving.session import Session
+from otf2d.engine.serving.snapshot_writer import SnapshotWriter
+from otf2d.engine.serving.worker import Worker, WorkerConfig
+from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS
 
 BLOCK = 64 * 1024  # below glibc's mmap threshold: the blocks come from the arena, not from mmap
 N_BLOCKS = 800  # ~50 MB
@@ -93,7 +99,7 @@ def test_without_malloc_trim_every_trim_is_a_logged_no_op(
     malloc_trim_function.cache_clear()
     monkeypatch.setattr(heap.ctypes, "CDLL", NoTrimLibc)
     try:
-        with caplog.at_level(logging.DEBUG, logger="engine.heap"):
+        with caplog.at_level(logging.DEBUG, logger="otf2d.engine.resources.heap"):
             assert malloc_trim_function() is None
             assert trim_heap() is False
             assert trim_heap(collect=True) is False
@@ -229,7 +235,7 @@ def test_the_worker_trims_once_it_has_nothing_to_fold_and_not_again_while_idle(t
 _MMAP_PROBE = """
 import ctypes, sys
 from pathlib import Path
-from engine.heap import set_mmap_threshold
+from otf2d.engine.resources.heap import set_mmap_threshold
 
 def anon():
     for line in Path("/proc/self/status").read_text().splitlines():

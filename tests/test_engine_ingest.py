@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 from engine_helpers import TEST_PARAMS, TestClient, engine_process, make_batch, send_batches, wait_ready
+from ports import free_port
 
-from core.particles import CtfParams, ParticleBatch
-from core.wire import KIND_ACK, KIND_REJECT
-from engine.client import EngineClient, EngineRequestError
-from engine.demo_run import free_port
-from engine.ingest_checks import batch_problem
-from engine.journal import MAX_CONNECTIONS_PER_THREAD, Journal
+from otf2d.control.client import EngineClient, EngineRequestError
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.wire import KIND_ACK, KIND_REJECT
+from otf2d.engine.serving.ingest_checks import batch_problem
+from otf2d.engine.storage.journal import MAX_CONNECTIONS_PER_THREAD, Journal
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from engine_helpers import ROOT, batch_frames, make_batch
 
-from core.particles import CtfParams, ParticleBatch
-from core.wire import decode_batch
-from engine.journal import ASSIGNMENT_COLUMNS, Journal
-from engine.segments import segment_path
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.wire import decode_batch
+from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, Journal
+from otf2d.engine.storage.segments import segment_path
 
 SESSION = "grid1"
 
@@ -152,9 +152,9 @@ _WRITER = """
 import sys
 sys.path[:0] = [{root!r}, {root!r} + "/tests"]
 import numpy as np
-from core.particles import ParticleBatch
-from core.wire import decode_batch
-from engine.journal import Journal
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.wire import decode_batch
+from otf2d.engine.storage.journal import Journal
 from engine_helpers import batch_frames, make_batch
 journal = Journal({path!r}, "grid1")
 base = make_batch("grid1", 0, 6)

@@ -1,4 +1,4 @@
-"""engine.memory (resident size from /proc, GPU memory of torch), its /metrics gauges and its status text."""
+"""otf2d.engine.resources.memory (resident size from /proc, GPU memory of torch), its /metrics gauges and its status text."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ import pytest
 import torch
 from prometheus_client import generate_latest
 
-from engine.memory import PROC_STATUS, device_memory_bytes, memory_status, proc_status_bytes, resident_memory_bytes
-from engine.metrics import EngineMetrics
-from engine.status_cmd import memory_text
+from otf2d.control.status_cmd import memory_text
+from otf2d.engine.resources.memory import (
+    PROC_STATUS,
+    device_memory_bytes,
+    memory_status,
+    proc_status_bytes,
+    resident_memory_bytes,
+)
+from otf2d.engine.serving.metrics import EngineMetrics
 
 STATUS_SAMPLE = """Name:\tpython
 VmPeak:\t 9000000 kB

@@ -1,7 +1,7 @@
 """The engine's monitoring: junk scores in snapshots before they are written, user overrides that follow
 their class across re-sorted snapshots and restarts, the status page and one ``/metrics`` for all.
 
-The first tests drive :class:`engine.monitoring_hooks.EngineMonitoring` in-process with synthetic
+The first tests drive :class:`otf2d.engine.serving.monitoring_hooks.EngineMonitoring` in-process with synthetic
 snapshots whose engine-class order is known; the last one runs a real engine process and the
 ``otf2d override`` / ``otf2d status`` commands against it.
 """
@@ -31,17 +31,17 @@ from pipeline_helpers import (
 )
 from snapshot_factory import make_snapshot
 
-from core.config import VerdictConfig
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from engine.client import EngineClient, EngineRequestError
-from engine.monitoring_hooks import (
+from otf2d.control.client import EngineClient, EngineRequestError
+from otf2d.core.config import VerdictConfig
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.engine.serving.monitoring_hooks import (
     OVERRIDES_FILE,
     EngineMonitoring,
     engine_class_order,
     overrides_for_snapshot,
 )
-from monitoring.quality import load_overrides, save_overrides, score_classes
+from otf2d.monitoring.quality import load_overrides, save_overrides, score_classes
 
 COUNTS = (5, 12, 0, 20, 3, 10)
 
@@ -204,7 +204,7 @@ def _otf2d(*args: str) -> subprocess.CompletedProcess[str]:
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "otf2d.core.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
 
 

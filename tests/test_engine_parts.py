@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 import torch
+from ports import free_port
 from snapshot_factory import make_snapshot
 
-from core.config import Class2DParams
-from core.errors import ConfigError
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.client import EngineClient, EngineTimeoutError
-from engine.demo_run import free_port
-from engine.folding import latest_snapshot_iteration
-from engine.metrics import EngineMetrics
-from engine.session import Session, merge_params, params_from_dict, params_to_dict, session_directory_name
-from engine.snapshot_writer import SnapshotJob, SnapshotWriter, prune_snapshots
+from otf2d.control.client import EngineClient, EngineTimeoutError
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import ConfigError
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.engine.serving.folding import latest_snapshot_iteration
+from otf2d.engine.serving.metrics import EngineMetrics
+from otf2d.engine.serving.session import Session, merge_params, params_from_dict, params_to_dict, session_directory_name
+from otf2d.engine.serving.snapshot_writer import SnapshotJob, SnapshotWriter, prune_snapshots
 
 
 def test_session_folder_names_are_safe_and_distinct() -> None:
@@ -125,9 +125,9 @@ def test_a_session_reopens_with_its_parameters(tmp_path: Path) -> None:
 
 
 def test_one_engine_per_data_directory_and_broken_sessions_are_left_alone(tmp_path: Path) -> None:
-    from engine.em_adapter import em_classifier_factory
-    from engine.service import EngineConfig, EngineService
-    from monitoring.snapshots import write_snapshot
+    from otf2d.engine.serving.em_adapter import em_classifier_factory
+    from otf2d.engine.serving.service import EngineConfig, EngineService
+    from otf2d.monitoring.snapshots import write_snapshot
 
     broken = tmp_path / "sessions" / "broken"
     broken.mkdir(parents=True)

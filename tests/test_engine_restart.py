@@ -23,12 +23,12 @@ from engine_helpers import (
     wait_ready,
     wait_until,
 )
+from ports import free_port
 
-from core.particles import ParticleBatch
-from core.wire import KIND_ACK
-from engine.client import EngineClient
-from engine.demo_run import free_port
-from engine.journal import Journal
+from otf2d.control.client import EngineClient
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.wire import KIND_ACK
+from otf2d.engine.storage.journal import Journal
 
 SESSION = "restart"
 PER_BATCH = 20

@@ -33,12 +33,12 @@ from engine_helpers import (
     wait_ready,
     wait_until,
 )
+from ports import free_port
 
-from core.wire import KIND_ACK, KIND_REJECT, KIND_REPLY, encode_control
-from engine.client import EngineClient, EngineRequestError
-from engine.demo_run import free_port
-from engine.journal import Journal
-from engine.memory import resident_memory_bytes
+from otf2d.control.client import EngineClient, EngineRequestError
+from otf2d.core.wire import KIND_ACK, KIND_REJECT, KIND_REPLY, encode_control
+from otf2d.engine.resources.memory import resident_memory_bytes
+from otf2d.engine.storage.journal import Journal
 
 
 @dataclass
@@ -223,7 +223,7 @@ def test_snapshots_on_disk_and_on_request_are_readable(engine: RunningEngine) ->
         [
             sys.executable,
             "-m",
-            "core.cli",
+            "otf2d.core.cli",
             "snapshot",
             "--engine",
             engine.endpoint,
@@ -272,7 +272,7 @@ def test_status_command_and_metrics(engine: RunningEngine) -> None:
     send_batches(engine.client, [(f"metrics:{m}", make_batch(session, m, 15)) for m in range(4)])
     wait_until(lambda: classified_all(engine, session, 60), 60, "classification")
     out = subprocess.run(
-        [sys.executable, "-m", "core.cli", "status", "--engine", engine.endpoint, "--session", session],
+        [sys.executable, "-m", "otf2d.core.cli", "status", "--engine", engine.endpoint, "--session", session],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -314,7 +314,7 @@ def test_status_command_and_metrics(engine: RunningEngine) -> None:
 def test_clients_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import engine.client, engine.status_cmd, engine.snapshot_cmd\n"
+        "import otf2d.control.client, otf2d.control.status_cmd, otf2d.control.snapshot_cmd\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'monitoring')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

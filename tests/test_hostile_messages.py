@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from engine_helpers import TEST_PARAMS, TestClient, batch_frames, engine_process, make_batch, send_batches, wait_ready
+from ports import free_port
 
-from core.wire import KIND_ACK, KIND_REJECT, KIND_REPLY
-from engine.client import EngineClient
-from engine.demo_run import free_port
+from otf2d.control.client import EngineClient
+from otf2d.core.wire import KIND_ACK, KIND_REJECT, KIND_REPLY
 
 SESSION = "hostile"
 

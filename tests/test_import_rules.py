@@ -2,7 +2,7 @@
 
 streamer and engine never import each other; core, streamer, monitoring, simulator and selection never
 import torch; core is a leaf (imports no other otf2d package); selection uses the engine only through its
-torch-free control client (``engine.client``).
+torch-free control client (``otf2d.control.client``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ FORBIDDEN = {
     "selection": {"streamer", "simulator", *TORCH},
 }
 #: package -> the only modules of ``engine`` it may import (torch-free ones)
-ENGINE_ALLOWED = {"selection": {"engine.client"}}
+ENGINE_ALLOWED = {"selection": {"otf2d.control.client"}}
 
 
 def imported_top_levels(path: Path) -> set[str]:
@@ -87,7 +87,7 @@ def test_only_allowed_engine_modules(package: str) -> None:
 
 def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    import torch.nn\n    from engine.em import x\n")
+    bad.write_text("def f():\n    import torch.nn\n    from otf2d.engine.em import x\n")
     assert {"torch", "engine"} <= imported_top_levels(bad)
 
 
@@ -113,7 +113,7 @@ def test_torch_free_packages_import_without_torch() -> None:
 def test_cli_help_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "from core.cli import main\n"
+        "from otf2d.core.cli import main\n"
         "try:\n"
         "    main(['simulate', '--help'])\n"
         "except SystemExit:\n"
@@ -127,7 +127,7 @@ def test_cli_help_does_not_import_torch() -> None:
 def test_top_level_help_lists_every_command_with_its_summary_without_importing_it() -> None:
     code = (
         "import sys\n"
-        "from core.cli import main\n"
+        "from otf2d.core.cli import main\n"
         "try:\n"
         "    main(['--help'])\n"
         "except SystemExit:\n"

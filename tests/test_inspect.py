@@ -10,7 +10,7 @@ import pytest
 import starfile
 from particle_files import random_images, star_loop, write_stack, write_star
 
-from core.cli import main
+from otf2d.core.cli import main
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

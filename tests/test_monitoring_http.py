@@ -19,10 +19,10 @@ from monitoring_truth import good_grid, junk_grid, monitor_with_grids, preferred
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from monitoring.http import StatusServer
-from monitoring.metrics import register_monitoring
-from monitoring.snapshots.gallery import gallery_layout
-from monitoring.status_page import VERDICT_COLOURS
+from otf2d.monitoring.http import StatusServer
+from otf2d.monitoring.metrics import register_monitoring
+from otf2d.monitoring.snapshots.gallery import gallery_layout
+from otf2d.monitoring.status_page import VERDICT_COLOURS
 
 SESSIONS = {"krios1-good": good_grid, "krios2-junk": junk_grid, "glacios-preferred": preferred_grid}
 
@@ -194,8 +194,8 @@ def test_status_page_in_a_headless_browser(server: StatusServer, monitor, tmp_pa
 def test_page_draws_the_verdict_timeline_and_escapes_names() -> None:
     from snapshot_factory import make_snapshot
 
-    from monitoring.state import SessionMonitor
-    from monitoring.status_page import render_status_page
+    from otf2d.monitoring.state import SessionMonitor
+    from otf2d.monitoring.status_page import render_status_page
 
     clock = [0.0]
     monitor = SessionMonitor(clock=lambda: clock[0])

@@ -12,8 +12,8 @@ from monitoring_truth import good_grid, junk_grid, monitor_with_grids
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.metrics import MonitoringCollector, exported_names, register_monitoring
-from monitoring.verdict import VERDICT_STATES
+from otf2d.monitoring.metrics import MonitoringCollector, exported_names, register_monitoring
+from otf2d.monitoring.verdict import VERDICT_STATES
 
 NOW = 1_700_000_000.0
 PER_HOUR = 20000.0  # more than a grid's particles: each session's history rises from 0 over the hour
@@ -115,7 +115,7 @@ def test_a_failing_provider_does_not_break_the_scrape() -> None:
 
 
 def test_collector_lives_beside_the_engine_metrics_in_one_registry(monitor) -> None:
-    from engine.metrics import EngineMetrics
+    from otf2d.engine.serving.metrics import EngineMetrics
 
     engine = EngineMetrics()
     register_monitoring(monitor.states, engine.registry)  # no duplicated names

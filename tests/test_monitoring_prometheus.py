@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's ``prometheus``) scrapes the status server's /metrics and a streamer's.
 
 The engine side is the monitoring HTTP server exposing a registry that holds the engine's metrics
-(``engine/metrics.py``, driven by a synthetic load) and the monitoring collectors fed by simulated
+(``engine/serving/metrics.py``, driven by a synthetic load) and the monitoring collectors fed by simulated
 grids; the streamer side is ``streamer/metrics.py``'s own exporter. Prometheus loads the deploy
 rules (recording every second instead of 30 s); then every dashboard expression and every recording
 rule must return data through ``/api/v1/query``, every alert expression must evaluate, and every
@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from monitoring_truth import good_grid, junk_grid, monitor_with_grids
+from ports import free_port
 from test_deploy_files import (
     METRIC,
     RULES,
@@ -31,9 +32,8 @@ from test_deploy_files import (
     substitute,
 )
 
-from engine.demo_run import free_port
-from monitoring.http import StatusServer
-from monitoring.metrics import register_monitoring
+from otf2d.monitoring.http import StatusServer
+from otf2d.monitoring.metrics import register_monitoring
 
 pytestmark = [
     pytest.mark.slow,
@@ -77,8 +77,8 @@ def drive_load(engine: Any, streamer: Any, stop: threading.Event) -> None:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory):
-    from engine.metrics import EngineMetrics
-    from streamer.metrics import StreamerMetrics
+    from otf2d.engine.serving.metrics import EngineMetrics
+    from otf2d.streamer.metrics import StreamerMetrics
 
     tmp = tmp_path_factory.mktemp("prometheus")
     monitor = monitor_with_grids({"grid1": good_grid(), "grid2": junk_grid()}, now=time.time(), particles_per_hour=2e4)

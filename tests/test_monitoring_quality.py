@@ -24,8 +24,8 @@ from monitoring_truth import (
 )
 from snapshot_factory import make_snapshot
 
-from core.errors import InputError
-from monitoring.quality import (
+from otf2d.core.errors import InputError
+from otf2d.monitoring.quality import (
     JUNK_SCORE_THRESHOLD,
     RULES,
     class_features,
@@ -37,7 +37,7 @@ from monitoring.quality import (
     score_snapshot,
     with_junk_scores,
 )
-from simulator.config import JUNK_TYPES
+from otf2d.simulator.config import JUNK_TYPES
 
 GOOD = tuple(ClassSpec(400, "none", r, t) for r, t in DISTINCT_VIEWS)
 JUNK = tuple(ClassSpec(400, kind) for kind in JUNK_TYPES)
@@ -193,7 +193,7 @@ def test_a_corrupt_overrides_file_names_the_file(tmp_path: Path, content: str) -
 
 
 def test_threshold_is_the_galleries() -> None:
-    from monitoring.snapshots.gallery import JUNK_THRESHOLD
+    from otf2d.monitoring.snapshots.gallery import JUNK_THRESHOLD
 
     assert JUNK_SCORE_THRESHOLD == JUNK_THRESHOLD
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from monitoring_truth import good_grid, grid_snapshot, junk_grid, preferred_grid
 
-from core.config import VerdictConfig, load_config
-from core.errors import ConfigError
-from monitoring.state import SessionMonitor, compute_state, rate_per_second
-from monitoring.verdict import GridNumbers, forecast_seconds, format_duration, grid_verdict, sample_factor
+from otf2d.core.config import VerdictConfig, load_config
+from otf2d.core.errors import ConfigError
+from otf2d.monitoring.state import SessionMonitor, compute_state, rate_per_second
+from otf2d.monitoring.verdict import GridNumbers, forecast_seconds, format_duration, grid_verdict, sample_factor
 
 CFG = VerdictConfig()
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from monitoring_truth import DISTINCT_VIEWS, good_class, simulation_setup
 
-from core.errors import InputError
-from monitoring.image_geometry import polar_transform, rotate_images, shift_images
-from monitoring.views import (
+from otf2d.core.errors import InputError
+from otf2d.monitoring.image_geometry import polar_transform, rotate_images, shift_images
+from otf2d.monitoring.views import (
     SAME_VIEW_SIMILARITY,
     cluster_views,
     distribution_entropy,
     rotational_similarity,
     view_distribution,
 )
-from simulator.projection import project
+from otf2d.simulator.projection import project
 
 MASK_RADIUS = 0.85 * 64 / 2
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.errors import BoxSizeMismatchError, InputError, NonFiniteError, PixelSizeError
-from core.particles import CtfParams, ParticleBatch, ParticleKey
+from otf2d.core.errors import BoxSizeMismatchError, InputError, NonFiniteError, PixelSizeError
+from otf2d.core.particles import CtfParams, ParticleBatch, ParticleKey
 
 
 def make_batch(n: int = 4, box: int = 8, session: str = "s1", dtype: type = np.float32) -> ParticleBatch:

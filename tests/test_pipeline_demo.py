@@ -16,7 +16,7 @@ import pytest
 import starfile
 from engine_helpers import ROOT
 
-from engine.demo_run import (
+from otf2d.demo.demo_run import (
     DemoError,
     DemoPlan,
     Observation,
@@ -32,7 +32,7 @@ SMALL = ["--duration", "15", "--particles", "600", "--classes", "6", "--interval
 
 
 def demo_command(work: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "core.cli", "demo", "--dir", str(work), *extra]
+    return [sys.executable, "-m", "otf2d.core.cli", "demo", "--dir", str(work), *extra]
 
 
 @pytest.mark.slow
@@ -110,7 +110,7 @@ def test_ctrl_c_stops_the_demo_and_its_processes(tmp_path: Path) -> None:
 def test_plan_status_line_and_metric_parsing() -> None:
     import argparse
 
-    from engine.demo_cmd import add_args
+    from otf2d.demo.demo_cmd import add_args
 
     parser = argparse.ArgumentParser()
     add_args(parser)
@@ -145,8 +145,8 @@ def test_counting_truth_rows(tmp_path: Path) -> None:
 
 
 def test_particles_written_follow_the_simulator(tmp_path: Path) -> None:
-    from simulator.config import SimulationConfig
-    from simulator.session import particles_per_micrograph
+    from otf2d.simulator.config import SimulationConfig
+    from otf2d.simulator.session import particles_per_micrograph
 
     for n, m in ((600, 6), (1001, 7), (9000, 90), (5, 5)):
         assert micrograph_sizes(n, m) == particles_per_micrograph(SimulationConfig(n_particles=n, n_micrographs=m))
@@ -170,13 +170,13 @@ def test_status_line_says_what_the_engine_does() -> None:
 
 
 def test_demo_does_not_import_torch() -> None:
-    code = "import sys\nimport engine.demo_cmd, engine.demo_run, engine.override_cmd\nprint('torch' in sys.modules)\n"
+    code = "import sys\nimport otf2d.demo.demo_cmd, otf2d.demo.demo_run, otf2d.control.override_cmd\nprint('torch' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_a_child_that_dies_is_named_with_its_log(tmp_path: Path) -> None:
-    from engine.demo_run import Child
+    from otf2d.demo.demo_run import Child
 
     code = "import sys; print('engine: cannot listen on tcp://x: address in use'); sys.exit(3)"
     child = Child("engine", [sys.executable, "-c", code], tmp_path / "logs" / "engine.log")

@@ -30,8 +30,8 @@ from pipeline_helpers import (
     wait_until,
 )
 
-from engine.client import EngineClient
-from streamer.ledger import Ledger
+from otf2d.control.client import EngineClient
+from otf2d.streamer.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

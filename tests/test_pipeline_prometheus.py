@@ -30,6 +30,7 @@ from pipeline_helpers import (
     stream_argv,
     wait_for_engine,
 )
+from ports import free_port
 from test_deploy_files import (
     METRIC,
     RULES,
@@ -40,8 +41,6 @@ from test_deploy_files import (
     substitute,
 )
 from test_monitoring_prometheus import _wait_for_data, query
-
-from engine.demo_run import free_port
 
 pytestmark = [
     pytest.mark.slow,

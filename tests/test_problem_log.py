@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from engine.problem_log import ProblemLog
+from otf2d.engine.serving.problem_log import ProblemLog
 
 
 def test_a_cause_is_logged_once_then_rate_limited(caplog: pytest.LogCaptureFixture) -> None:

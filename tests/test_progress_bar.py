@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from engine.progress_bar import ProgressBar, format_duration
+from otf2d.engine.classify.progress_bar import ProgressBar, format_duration
 
 
 class FakeClock:

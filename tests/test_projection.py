@@ -1,4 +1,4 @@
-"""simulator.projection: conventions pinned against RELION's own projections, and exact physics."""
+"""otf2d.simulator.projection: conventions pinned against RELION's own projections, and exact physics."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import starfile
 
-from core.ctf import relion_ctf_2d
-from core.errors import InputError
-from core.particles import CtfParams
-from simulator.phantom import decoy_phantom, project_blobs, protein_phantom, render_blobs
-from simulator.projection import (
+from otf2d.core.ctf import relion_ctf_2d
+from otf2d.core.errors import InputError
+from otf2d.core.particles import CtfParams
+from otf2d.simulator.phantom import decoy_phantom, project_blobs, protein_phantom, render_blobs
+from otf2d.simulator.projection import (
     euler_matrix_relion,
     prepare_volume,
     project,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from particle_files import random_images, star_loop, write_cs, write_stack, write_star
 
-from core.particles import ParticleBatch, ParticleKey
-from core.readers import (
+from otf2d.core.particles import ParticleBatch, ParticleKey
+from otf2d.core.readers import (
     ParticleTable,
     check_stacks,
     iter_batches,

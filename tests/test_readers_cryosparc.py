@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from particle_files import random_images, write_cs, write_stack
 
-from core.errors import InputError, MissingColumnError, MissingStackError, UnsupportedFormatError
-from core.readers import check_stacks, load_batch, read_particle_table
+from otf2d.core.errors import InputError, MissingColumnError, MissingStackError, UnsupportedFormatError
+from otf2d.core.readers import check_stacks, load_batch, read_particle_table
 
 
 def _records(path: Path) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Every bad input gives a specific ``core.errors`` class whose message names the file."""
+"""Every bad input gives a specific ``otf2d.core.errors`` class whose message names the file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from particle_files import random_images, star_loop, write_stack, write_star
 
-from core.errors import (
+from otf2d.core.errors import (
     BoxSizeMismatchError,
     IncompleteStackError,
     IndexOutOfRangeError,
@@ -21,7 +21,7 @@ from core.errors import (
     NonFiniteError,
     PixelSizeError,
 )
-from core.readers import load_batch, read_particle_table, read_stack_header
+from otf2d.core.readers import load_batch, read_particle_table, read_stack_header
 
 
 def _particles(names: list[str], **extra: list[object]) -> str:

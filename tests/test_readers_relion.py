@@ -18,9 +18,9 @@ import pytest
 import starfile
 from particle_files import random_images, star_loop, write_stack, write_star
 
-from core.errors import InputError, MissingStackError, PixelSizeError
-from core.particles import ParticleBatch
-from core.readers import check_stacks, iter_batches, load_batch, read_particle_table
+from otf2d.core.errors import InputError, MissingStackError, PixelSizeError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.readers import check_stacks, iter_batches, load_batch, read_particle_table
 
 
 def _star(path: Path) -> dict:

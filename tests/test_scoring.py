@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from simulator.config import SimulationConfig
-from simulator.particles import prepare_simulation, simulate_particles
-from simulator.projection import project, viewing_direction
-from simulator.scoring import (
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.particles import prepare_simulation, simulate_particles
+from otf2d.simulator.projection import project, viewing_direction
+from otf2d.simulator.scoring import (
     align_to_reference,
     circular_std_degrees,
     fourier_ring_correlation,

@@ -1,4 +1,4 @@
-"""selection.choose: classes by number or by junk score, the filters, overrides, and --auto against truth."""
+"""otf2d.selection.choose: classes by number or by junk score, the filters, overrides, and --auto against truth."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ import starfile
 from selection_session import ClassifiedSession, classified_session, is_junk
 from snapshot_factory import make_snapshot
 
-from core.errors import InputError
-from engine.monitoring_hooks import OVERRIDES_FILE, overrides_for_snapshot
-from monitoring.quality import save_overrides, score_classes
-from monitoring.snapshots import write_snapshot
-from monitoring.snapshots.atomic import write_star_atomic
-from selection.choose import (
+from otf2d.core.errors import InputError
+from otf2d.engine.serving.monitoring_hooks import OVERRIDES_FILE, overrides_for_snapshot
+from otf2d.monitoring.quality import save_overrides, score_classes
+from otf2d.monitoring.snapshots import write_snapshot
+from otf2d.monitoring.snapshots.atomic import write_star_atomic
+from otf2d.selection.choose import (
     SESSION_OVERRIDES_FILE,
     choose_classes,
     engine_overrides_for_snapshot,
     parse_class_numbers,
     session_overrides,
 )
-from selection.snapshot_reader import read_snapshot
+from otf2d.selection.snapshot_reader import read_snapshot
 
 # make_snapshot: counts (5, 12, 0, 20, 3, 10), resolutions (12.5, 15.25, inf, 9.75, 30, 18) Å
 

@@ -14,20 +14,20 @@ import numpy as np
 import pytest
 import starfile
 import zmq
+from ports import free_port
 from snapshot_factory import make_snapshot
 
-from core.cli import main as otf2d
-from core.errors import InputError
-from core.wire import KIND_REPLY, KIND_SNAPSHOT, KIND_STATUS, decode_control, encode_control
-from engine.client import EngineTimeoutError
-from engine.demo_run import free_port
-from monitoring.quality import save_overrides
-from monitoring.snapshots import write_snapshot
-from selection.live import request_snapshot
+from otf2d.control.client import EngineTimeoutError
+from otf2d.core.cli import main as otf2d
+from otf2d.core.errors import InputError
+from otf2d.core.wire import KIND_REPLY, KIND_SNAPSHOT, KIND_STATUS, decode_control, encode_control
+from otf2d.monitoring.quality import save_overrides
+from otf2d.monitoring.snapshots import write_snapshot
+from otf2d.selection.live import request_snapshot
 
 
 class ControlEngine:
-    """A ROUTER answering ``status`` and ``snapshot`` requests as the engine does (core.wire replies).
+    """A ROUTER answering ``status`` and ``snapshot`` requests as the engine does (otf2d.core.wire replies).
 
     ``snapshot`` of a known session calls ``write(iteration)`` and reports the session's snapshot
     folder in ``status`` once written (after ``delay_polls`` status requests).

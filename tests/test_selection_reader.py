@@ -1,4 +1,4 @@
-"""selection.snapshot_reader: a snapshot written by monitoring.snapshots reads back as the same ClassSnapshot."""
+"""otf2d.selection.snapshot_reader: a snapshot written by otf2d.monitoring.snapshots reads back as the same ClassSnapshot."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from snapshot_factory import COUNTS, make_snapshot
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.snapshots import write_snapshot
-from selection.snapshot_reader import find_snapshot, read_snapshot
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.snapshots import write_snapshot
+from otf2d.selection.snapshot_reader import find_snapshot, read_snapshot
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_missing_and_wrong_inputs_name_the_file(written: tuple[ClassSnapshot, Pa
 def test_a_classes_stack_that_disagrees_with_the_model_is_refused(written: tuple[ClassSnapshot, Path, Path]) -> None:
     _, job, project = written
     other = make_snapshot(counts=(3, 4), iteration=7)
-    from monitoring.snapshots.atomic import write_mrc_atomic
+    from otf2d.monitoring.snapshots.atomic import write_mrc_atomic
 
     write_mrc_atomic(job / "run_it007_classes.mrcs", other.averages, voxel_size_angstrom=3.0)
     with pytest.raises(InputError, match=r"holds 2 class averages but run_it007_model\.star lists 6"):

@@ -1,4 +1,4 @@
-"""selection.rebalance and ``otf2d rebalance``: the cap rule, the seeded draw, and a flatter view
+"""otf2d.selection.rebalance and ``otf2d rebalance``: the cap rule, the seeded draw, and a flatter view
 distribution on a preferred-orientation session, measured on the true viewing directions."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import starfile
 from PIL import Image
 from selection_session import ClassifiedSession, classified_session, main_view_share, true_view_entropy
 
-from core.cli import main as otf2d
-from core.errors import InputError
-from monitoring.views import distribution_entropy
-from selection.rebalance import draw_kept, rebalance_views, view_cap
-from selection.snapshot_reader import read_snapshot
-from selection.view_plot import render_view_histogram
+from otf2d.core.cli import main as otf2d
+from otf2d.core.errors import InputError
+from otf2d.monitoring.views import distribution_entropy
+from otf2d.selection.rebalance import draw_kept, rebalance_views, view_cap
+from otf2d.selection.snapshot_reader import read_snapshot
+from otf2d.selection.view_plot import render_view_histogram
 
 
 @pytest.fixture(scope="session")

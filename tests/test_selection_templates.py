@@ -1,4 +1,4 @@
-"""selection.templates and ``otf2d templates``: the low-pass, the re-centring, the MRC stack (pixel size,
+"""otf2d.selection.templates and ``otf2d templates``: the low-pass, the re-centring, the MRC stack (pixel size,
 labels), and the sign of the templates against clean projections of the simulator's map."""
 
 from __future__ import annotations
@@ -14,20 +14,20 @@ import pytest
 from selection_session import SESSION, ClassifiedSession, classified_session
 from snapshot_factory import make_snapshot
 
-from core.cli import main as otf2d
-from core.errors import InputError
-from selection.snapshot_reader import read_snapshot
-from selection.templates import (
+from otf2d.core.cli import main as otf2d
+from otf2d.core.errors import InputError
+from otf2d.selection.snapshot_reader import read_snapshot
+from otf2d.selection.templates import (
     SIGN_CONVENTION,
     header_labels,
     make_templates,
     raised_cosine_lowpass,
     write_templates_mrcs,
 )
-from simulator.particles import prepare_simulation
-from simulator.projection import project
-from simulator.scoring import align_to_reference
-from simulator.views import PREFERRED_VIEWS_DEGREES
+from otf2d.simulator.particles import prepare_simulation
+from otf2d.simulator.projection import project
+from otf2d.simulator.scoring import align_to_reference
+from otf2d.simulator.views import PREFERRED_VIEWS_DEGREES
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +167,7 @@ def test_relion_reads_the_templates_with_their_pixel_size(classified: Classified
 
 def test_a_lowpass_beyond_nyquist_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     project_dir = tmp_path / "project"
-    from monitoring.snapshots import write_snapshot
+    from otf2d.monitoring.snapshots import write_snapshot
 
     write_snapshot(make_snapshot(), project_dir / "Class2D" / "a", project_dir=project_dir)
     code = otf2d(["templates", str(project_dir / "Class2D" / "a"), "--out", str(tmp_path / "t.mrcs")])

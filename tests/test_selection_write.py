@@ -1,4 +1,4 @@
-"""``otf2d select`` and selection.write: particles.star / particles.cs of the chosen classes, read back by
+"""``otf2d select`` and otf2d.selection.write: particles.star / particles.cs of the chosen classes, read back by
 our readers, by RELION 3.1 (when installed) and checked against the snapshot they came from."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import starfile
 from selection_session import ClassifiedSession, classified_session
 from snapshot_factory import COUNTS, make_snapshot
 
-from core.cli import main as otf2d
-from core.errors import InputError, NonFiniteError
-from core.readers import read_particle_table, read_stack_images
-from monitoring.snapshots import write_snapshot
-from selection.snapshot_reader import LoadedSnapshot, read_snapshot
-from selection.write import subset_snapshot, write_selection
+from otf2d.core.cli import main as otf2d
+from otf2d.core.errors import InputError, NonFiniteError
+from otf2d.core.readers import read_particle_table, read_stack_images
+from otf2d.monitoring.snapshots import write_snapshot
+from otf2d.selection.snapshot_reader import LoadedSnapshot, read_snapshot
+from otf2d.selection.write import subset_snapshot, write_selection
 
 
 @pytest.fixture(scope="session")

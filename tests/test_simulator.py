@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 import starfile
 
-from core.cli import main as otf2d_main
-from core.ctf import relion_ctf_2d
-from core.errors import ConfigError
-from simulator.config import JUNK_TYPES, SimulationConfig
-from simulator.particles import prepare_simulation, signal_variance_in_circle, simulate_particles
-from simulator.projection import project, viewing_direction
-from simulator.relion_output import TRUTH_COLUMNS
-from simulator.session import iter_session, particles_per_micrograph, simulate_session
-from simulator.views import PREFERRED_VIEWS_DEGREES
+from otf2d.core.cli import main as otf2d_main
+from otf2d.core.ctf import relion_ctf_2d
+from otf2d.core.errors import ConfigError
+from otf2d.simulator.config import JUNK_TYPES, SimulationConfig
+from otf2d.simulator.particles import prepare_simulation, signal_variance_in_circle, simulate_particles
+from otf2d.simulator.projection import project, viewing_direction
+from otf2d.simulator.relion_output import TRUTH_COLUMNS
+from otf2d.simulator.session import iter_session, particles_per_micrograph, simulate_session
+from otf2d.simulator.views import PREFERRED_VIEWS_DEGREES
 
 EXTRACT_COLUMNS = {
     "rlnImageName",

@@ -12,9 +12,9 @@ import starfile
 from PIL import Image
 from snapshot_factory import COUNTS, make_snapshot
 
-import monitoring.snapshots as snapshots
-from core.snapshot import PER_PARTICLE_ARRAYS
-from monitoring.snapshots import LATEST_POINTER, read_latest, write_snapshot
+import otf2d.monitoring.snapshots as snapshots
+from otf2d.core.snapshot import PER_PARTICLE_ARRAYS
+from otf2d.monitoring.snapshots import LATEST_POINTER, read_latest, write_snapshot
 
 
 def test_writes_everything_and_points_latest_at_it(tmp_path: Path) -> None:

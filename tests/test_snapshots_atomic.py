@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import starfile
 
-from core.errors import InputError
-from monitoring.snapshots import atomic
-from monitoring.snapshots.atomic import (
+from otf2d.core.errors import InputError
+from otf2d.monitoring.snapshots import atomic
+from otf2d.monitoring.snapshots.atomic import (
     atomic_output,
     star_text,
     temporary_sibling,

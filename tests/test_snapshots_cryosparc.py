@@ -12,15 +12,15 @@ import pytest
 import starfile
 from snapshot_factory import COUNTS, IMAGE_PIXEL_SIZE, IMAGE_SIZE, PIXEL_SIZE, make_snapshot
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.snapshots.cryosparc import (
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.snapshots.cryosparc import (
     particle_uids,
     particles_cs_array,
     write_class_averages_cs,
     write_cryosparc_cs,
 )
-from monitoring.snapshots.relion import write_relion_class2d
+from otf2d.monitoring.snapshots.relion import write_relion_class2d
 
 J2 = "cryodrgn/cryosparc_J2_particles_exported.cs"
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from snapshot_factory import make_snapshot
 
-from core.errors import InputError
-from monitoring.snapshots.gallery import (
+from otf2d.core.errors import InputError
+from otf2d.monitoring.snapshots.gallery import (
     class_order,
     gallery_layout,
     render_class_png,

@@ -17,11 +17,11 @@ import pytest
 import starfile
 from snapshot_factory import COUNTS, IMAGE_PIXEL_SIZE, IMAGE_SIZE, PIXEL_SIZE, class_patterns, make_snapshot
 
-import core
-from core.errors import InputError, NonFiniteError
-from core.particles import CtfParams
-from core.snapshot import ClassSnapshot
-from monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM, iteration_root, write_relion_class2d
+from otf2d import core
+from otf2d.core.errors import InputError, NonFiniteError
+from otf2d.core.particles import CtfParams
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM, iteration_root, write_relion_class2d
 
 STRINGS = ["rlnImageName", "rlnMicrographName", "rlnReferenceImage", "rlnOpticsGroupName"]
 

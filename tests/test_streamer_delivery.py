@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import starfile
 from fake_engine import FakeEngine
+from ports import free_port
 from streamer_harness import SESSION, fast_config, running, sample, simulate, truth_keys, wait_until
 
-from core.errors import ConfigError
-from engine.demo_run import free_port
-from streamer.daemon import Streamer
-from streamer.ledger import FileState, Ledger
+from otf2d.core.errors import ConfigError
+from otf2d.streamer.daemon import Streamer
+from otf2d.streamer.ledger import FileState, Ledger
 
 
 def ledger_counts(path: Path) -> dict:

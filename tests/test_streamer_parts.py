@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import starfile
 
-from core.errors import ConfigError
-from core.wire import CTF_FIELDS
-from simulator.config import SimulationConfig
-from simulator.session import iter_session
-from streamer.gate import Gate, GateConfig, file_kind
-from streamer.ledger import BatchState, FileState, Ledger, PlannedBatch, particle_key
-from streamer.optics_source import OpticsCache, find_job_particles_star, optics_block_text
-from streamer.reload import load_planned
-from streamer.watcher import choose_observer, filesystem_type, scan
+from otf2d.core.errors import ConfigError
+from otf2d.core.wire import CTF_FIELDS
+from otf2d.simulator.config import SimulationConfig
+from otf2d.simulator.session import iter_session
+from otf2d.streamer.gate import Gate, GateConfig, file_kind
+from otf2d.streamer.ledger import BatchState, FileState, Ledger, PlannedBatch, particle_key
+from otf2d.streamer.optics_source import OpticsCache, find_job_particles_star, optics_block_text
+from otf2d.streamer.reload import load_planned
+from otf2d.streamer.watcher import choose_observer, filesystem_type, scan
 
 SESSION = "sess"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from fake_engine import FakeEngine
+from ports import free_port
 from streamer_harness import SESSION, simulate, truth_keys, wait_until
 
-from engine.demo_run import free_port
-from streamer.ledger import Ledger
+from otf2d.streamer.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def start_streamer(project: Path, ledger: Path, engine: str, log: Path) -> subpr
     command = [
         sys.executable,
         "-c",
-        "import sys; from core.cli import main; sys.exit(main(sys.argv[1:]))",
+        "import sys; from otf2d.core.cli import main; sys.exit(main(sys.argv[1:]))",
         "stream",
         "--watch",
         str(project),

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.errors import DecodeError, InputError
-from core.particles import CtfParams, ParticleBatch
-from core.wire import (
+from otf2d.core.errors import DecodeError, InputError
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.wire import (
     CONTROL_KINDS,
     CTF_FIELDS,
     KIND_ACK,

@@ -23,9 +23,9 @@ from engine_helpers import batch_frames, make_batch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.config import Class2DParams
-from core.errors import ConfigError, DecodeError
-from core.wire import (
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import ConfigError, DecodeError
+from otf2d.core.wire import (
     KIND_ACK,
     KIND_BATCH,
     KIND_PONG,
@@ -37,9 +37,9 @@ from core.wire import (
     message_kind,
     parse_json,
 )
-from engine.server import EngineServer, ServerConfig
-from engine.service import EngineConfig, EngineService
-from engine.session import merge_params
+from otf2d.engine.serving.server import EngineServer, ServerConfig
+from otf2d.engine.serving.service import EngineConfig, EngineService
+from otf2d.engine.serving.session import merge_params
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -170,8 +170,8 @@ class Loop:
     """A real engine server and service in this process, and a DEALER talking to it on loopback."""
 
     def __init__(self, data: Path) -> None:
-        from engine.em_adapter import em_classifier_factory
-        from monitoring.snapshots import write_snapshot
+        from otf2d.engine.serving.em_adapter import em_classifier_factory
+        from otf2d.monitoring.snapshots import write_snapshot
 
         self.service = EngineService(
             EngineConfig(data_dir=data), em_classifier_factory, torch.device("cpu"), write_snapshot

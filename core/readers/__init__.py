@@ -11,11 +11,11 @@ Metadata first, pixels later::
 ``check_stacks`` verifies stacks without reading pixels; ``read_stack_images`` reads a bare stack.
 """
 
-from core.readers.check import StackCheck, check_stacks
-from core.readers.loader import StackPool, iter_batches, load_batch
-from core.readers.sniff import read_particle_table, sniff_format
-from core.readers.stacks import StackHeader, read_images, read_stack_header, read_stack_images
-from core.readers.table import Alignments2D, ParticleTable
+from otf2d.core.readers.check import StackCheck, check_stacks
+from otf2d.core.readers.loader import StackPool, iter_batches, load_batch
+from otf2d.core.readers.sniff import read_particle_table, sniff_format
+from otf2d.core.readers.stacks import StackHeader, read_images, read_stack_header, read_stack_images
+from otf2d.core.readers.table import Alignments2D, ParticleTable
 
 __all__ = [
     "Alignments2D",

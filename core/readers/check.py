@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.errors import InputError
-from core.readers.loader import StackPool
-from core.readers.table import ParticleTable
+from otf2d.core.errors import InputError
+from otf2d.core.readers.loader import StackPool
+from otf2d.core.readers.table import ParticleTable
 
 
 @dataclass(frozen=True)

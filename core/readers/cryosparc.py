@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, MissingColumnError, UnsupportedFormatError
-from core.particles import RELION_CTF_DEFAULTS, CtfParams
-from core.readers.optics import OpticsOverrides, first_header, resolve_pixel_size
-from core.readers.project import default_session
-from core.readers.table import Alignments2D, ParticleTable
-from core.snapshot import OpticsGroup
+from otf2d.core.errors import InputError, MissingColumnError, UnsupportedFormatError
+from otf2d.core.particles import RELION_CTF_DEFAULTS, CtfParams
+from otf2d.core.readers.optics import OpticsOverrides, first_header, resolve_pixel_size
+from otf2d.core.readers.project import default_session
+from otf2d.core.readers.table import Alignments2D, ParticleTable
+from otf2d.core.snapshot import OpticsGroup
 
 CSDAT_MAGIC = b"\x95CSDAT"
 NUMPY_MAGIC = b"\x93NUMPY"

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import BoxSizeMismatchError, InputError, PixelSizeError
-from core.particles import ParticleBatch
-from core.readers.stacks import StackHeader, read_images, read_stack_header
-from core.readers.table import ParticleTable
+from otf2d.core.errors import BoxSizeMismatchError, InputError, PixelSizeError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.readers.stacks import StackHeader, read_images, read_stack_header
+from otf2d.core.readers.table import ParticleTable
 
 
 class StackPool:
@@ -72,7 +72,7 @@ def load_batch(
     Parameters
     ----------
     table
-        From :func:`core.readers.read_particle_table`.
+        From :func:`otf2d.core.readers.read_particle_table`.
     index
         Row numbers (0-based positions in the table), a boolean mask or a slice.
     check_finite

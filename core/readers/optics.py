@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, PixelSizeError
-from core.readers.stacks import StackHeader, read_stack_header
+from otf2d.core.errors import InputError, PixelSizeError
+from otf2d.core.readers.stacks import StackHeader, read_stack_header
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import InputError, MissingColumnError, PixelSizeError
-from core.particles import CtfParams
-from core.readers.optics import OPTICS_FIELDS, OpticsOverrides, first_header, resolve_pixel_size
-from core.readers.project import default_session, find_project_dir
-from core.readers.relion_lookup import (
+from otf2d.core.errors import InputError, MissingColumnError, PixelSizeError
+from otf2d.core.particles import CtfParams
+from otf2d.core.readers.optics import OPTICS_FIELDS, OpticsOverrides, first_header, resolve_pixel_size
+from otf2d.core.readers.project import default_session, find_project_dir
+from otf2d.core.readers.relion_lookup import (
     OpticsRows,
     derive_groups,
     lookup_ctf,
@@ -26,7 +26,7 @@ from core.readers.relion_lookup import (
     pixel_size_columns,
     read_optics_table,
 )
-from core.readers.star import (
+from otf2d.core.readers.star import (
     float_column,
     int_column,
     loop_blocks,
@@ -35,8 +35,8 @@ from core.readers.star import (
     split_image_names,
     str_column,
 )
-from core.readers.table import Alignments2D, ParticleTable
-from core.snapshot import OpticsGroup
+from otf2d.core.readers.table import Alignments2D, ParticleTable
+from otf2d.core.snapshot import OpticsGroup
 
 
 def read_relion_table(

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, MissingColumnError
-from core.particles import RELION_CTF_DEFAULTS
-from core.readers.optics import CTF_LABELS
-from core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, str_column
+from otf2d.core.errors import InputError, MissingColumnError
+from otf2d.core.particles import RELION_CTF_DEFAULTS
+from otf2d.core.readers.optics import CTF_LABELS
+from otf2d.core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, str_column
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.errors import InputError, UnsupportedFormatError
-from core.readers.cryosparc import CSDAT_MAGIC, NUMPY_MAGIC, read_cryosparc_table
-from core.readers.optics import OpticsOverrides
-from core.readers.relion import read_relion_table
-from core.readers.table import ParticleTable
+from otf2d.core.errors import InputError, UnsupportedFormatError
+from otf2d.core.readers.cryosparc import CSDAT_MAGIC, NUMPY_MAGIC, read_cryosparc_table
+from otf2d.core.readers.optics import OpticsOverrides
+from otf2d.core.readers.relion import read_relion_table
+from otf2d.core.readers.table import ParticleTable
 
 _MRC_SUFFIXES = {".mrc", ".mrcs", ".st", ".map"}
 
@@ -70,9 +70,9 @@ def read_particle_table(
     ------
     UnsupportedFormatError
         Compressed cryoSPARC CSDAT, or a bare image stack (use
-        :func:`core.readers.stacks.read_stack_images` for those).
+        :func:`otf2d.core.readers.stacks.read_stack_images` for those).
     InputError
-        Any problem with the file; the subclass says which (see ``core.errors``).
+        Any problem with the file; the subclass says which (see ``otf2d.core.errors``).
     """
     overrides = OpticsOverrides(
         pixel_size_angstrom=pixel_size_angstrom,
@@ -87,7 +87,7 @@ def read_particle_table(
         raise UnsupportedFormatError(
             path,
             "an image stack holds no particle metadata (CTF, pixel size); read it with "
-            "core.readers.read_stack_images, or pass the particles.star / .cs that refers to it",
+            "otf2d.core.readers.read_stack_images, or pass the particles.star / .cs that refers to it",
         )
     return read_relion_table(
         path, session=session, project_dir=project_dir, optics_from=optics_from, overrides=overrides

@@ -21,7 +21,7 @@ import mrcfile.utils
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
+from otf2d.core.errors import IncompleteStackError, IndexOutOfRangeError, InputError, MissingStackError
 
 HEADER_BYTES = 1024
 #: MRC modes we read, with what they hold.

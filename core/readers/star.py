@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import starfile
 
-from core.errors import InputError, MissingColumnError
+from otf2d.core.errors import InputError, MissingColumnError
 
 #: Columns that must stay strings even when every value looks like a number.
 STRING_COLUMNS = ["rlnImageName", "rlnMicrographName", "rlnOpticsGroupName", "rlnImageOriginalName"]

@@ -1,7 +1,7 @@
 """The metadata-level particle table: everything about a set of particles except their pixels.
 
 A ``ParticleTable`` is what every reader returns (RELION STAR, cryoSPARC ``.cs``); images are read
-later, in chunks, by :mod:`core.readers.loader`. Values are in RELION's units and conventions:
+later, in chunks, by :mod:`otf2d.core.readers.loader`. Values are in RELION's units and conventions:
 1-based indices and optics groups, CTF in Å / degrees / kV / mm.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError, MissingStackError
-from core.particles import CtfParams, ParticleKey
-from core.snapshot import OpticsGroup
+from otf2d.core.errors import InputError, MissingStackError
+from otf2d.core.particles import CtfParams, ParticleKey
+from otf2d.core.snapshot import OpticsGroup
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

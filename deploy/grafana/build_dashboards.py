@@ -6,7 +6,7 @@ checks that the committed JSON is what this script writes. Standard library only
 
 Every panel's datasource is the provisioned Prometheus datasource with the pinned uid
 :data:`DATASOURCE_UID` (``deploy/grafana/provisioning/datasources/prometheus.yml``). Metric names
-are those exported by ``monitoring/metrics.py``, ``engine/metrics.py`` and ``streamer/metrics.py``
+are those exported by ``monitoring/metrics.py``, ``engine/serving/metrics.py`` and ``streamer/metrics.py``
 and the recording rules of ``deploy/prometheus/rules/otf2d.rules.yml`` (``otf2d:…``).
 """
 

@@ -1,7 +1,7 @@
 """Pure tensor math of 2D classification: no I/O, device and dtype from the inputs.
 
 Online expectation–maximisation over class × in-plane rotation × shift with RELION's CTF and a
-coloured noise model, cryoSPARC's parameters (``core.config.Class2DParams``) and schedule.
+coloured noise model, cryoSPARC's parameters (``otf2d.core.config.Class2DParams``) and schedule.
 
 Modules
 -------
@@ -44,7 +44,7 @@ Modules
 ``driver``
     ``classify_batches``: cryoSPARC's offline schedule on any ``ParticleSource``.
 ``export``
-    The state as a ``core.snapshot.ClassSnapshot``.
+    The state as a ``otf2d.core.snapshot.ClassSnapshot``.
 
-Nothing is imported here, so ``import engine.em`` costs nothing; import the modules.
+Nothing is imported here, so ``import otf2d.engine.em`` costs nothing; import the modules.
 """

@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from core.particles import CtfParams, ParticleBatch
-from core.snapshot import ParticleAssignments
-from engine.em.estep import Posteriors
+from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.snapshot import ParticleAssignments
+from otf2d.engine.em.estep import Posteriors
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.particles import ParticleBatch
-from engine.em.ctf import CtfTensors
+from otf2d.core.particles import ParticleBatch
+from otf2d.engine.em.ctf import CtfTensors
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class TensorBatch:
 
 @dataclass(frozen=True)
 class PreparedBatch:
-    """Particles already prepared for one classifier (``engine.em.prepare.ParticlePreparer.prepare``).
+    """Particles already prepared for one classifier (``otf2d.engine.em.prepare.ParticlePreparer.prepare``).
 
     ``samples`` ``(n, N + 1, Q)`` complex polar samples and ``ctf`` ``(n, N + 1, Q)`` real CTF at
     them: an offline classification prepares each particle once instead of once per iteration.

@@ -1,9 +1,9 @@
 """The stateful online-EM 2D classifier: class state, E-step, online M-step, checkpoints.
 
 ``Classifier`` owns the class statistics and references and delegates the math to the pure
-modules of ``engine.em``. One ``step(batch)`` is one online-EM iteration: E-step of the batch
+modules of ``otf2d.engine.em``. One ``step(batch)`` is one online-EM iteration: E-step of the batch
 against the current classes, online update of the sufficient statistics (step size
-``engine.em.schedule.step_size``), M-step (Wiener averages, constraints, noise, priors). Its cost
+``otf2d.engine.em.schedule.step_size``), M-step (Wiener averages, constraints, noise, priors). Its cost
 depends on the batch, never on how many particles came before, so the streaming engine calls it on
 each arriving batch; ``assign(batch)`` re-judges particles without changing the classes.
 
@@ -25,14 +25,14 @@ from typing import Any
 
 import torch
 
-from core.config import Class2DParams
-from core.errors import InputError
-from core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
-from engine.em.assignments import Assignments, assignments_from_posteriors
-from engine.em.batch import BatchLike, TensorBatch
-from engine.em.constraints import upright_rotation
-from engine.em.ctf import CtfTensors
-from engine.em.estep import (
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.engine.em.assignments import Assignments, assignments_from_posteriors
+from otf2d.engine.em.batch import BatchLike, TensorBatch
+from otf2d.engine.em.constraints import upright_rotation
+from otf2d.engine.em.ctf import CtfTensors
+from otf2d.engine.em.estep import (
     MAX_PAIRS_PER_PARTICLE,
     PAIR_THRESHOLD,
     Posteriors,
@@ -44,9 +44,9 @@ from engine.em.estep import (
     score_chunk,
     score_products,
 )
-from engine.em.fold import make_fold_plan
-from engine.em.geometry import Geometry, make_geometry
-from engine.em.mstep import (
+from otf2d.engine.em.fold import make_fold_plan
+from otf2d.engine.em.geometry import Geometry, make_geometry
+from otf2d.engine.em.mstep import (
     OrderAccumulator,
     SufficientStats,
     data_spectra,
@@ -56,15 +56,15 @@ from engine.em.mstep import (
     ring_power,
     spectral_snr,
 )
-from engine.em.noise import unaligned_noise
-from engine.em.polar import PolarGrid, band_limit, image_to_polar, rotate_polar
-from engine.em.prepare import ParticlePreparer
-from engine.em.preprocess import radius_map, soft_circular_mask
-from engine.em.references import ClassMasks, apply_constraints, build_references
-from engine.em.reseed import reseed_empty_classes
-from engine.em.schedule import posterior_temperature, step_size
-from engine.em.significant import SampleWeights, adaptive_posteriors, make_coarse_grid
-from engine.em.state import ClassifierState, pack_state, unpack_state
+from otf2d.engine.em.noise import unaligned_noise
+from otf2d.engine.em.polar import PolarGrid, band_limit, image_to_polar, rotate_polar
+from otf2d.engine.em.prepare import ParticlePreparer
+from otf2d.engine.em.preprocess import radius_map, soft_circular_mask
+from otf2d.engine.em.references import ClassMasks, apply_constraints, build_references
+from otf2d.engine.em.reseed import reseed_empty_classes
+from otf2d.engine.em.schedule import posterior_temperature, step_size
+from otf2d.engine.em.significant import SampleWeights, adaptive_posteriors, make_coarse_grid
+from otf2d.engine.em.state import ClassifierState, pack_state, unpack_state
 
 #: Classes whose prior falls below this fraction of 1/K are reseeded during online EM.
 RESEED_FRACTION = 0.1
@@ -92,7 +92,7 @@ class Classifier:
     Parameters
     ----------
     params
-        cryoSPARC-style parameters (``core.config.Class2DParams``).
+        cryoSPARC-style parameters (``otf2d.core.config.Class2DParams``).
     box
         Side of the input particles (px, even).
     pixel_size_angstrom
@@ -226,7 +226,7 @@ class Classifier:
 
     # ------------------------------------------------------------------ preprocessing
     def prepare(self, images: torch.Tensor, ctf: CtfTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        """Polar samples ``(n, N + 1, Q)`` and CTF ``(n, N + 1, Q)`` of particles (``engine.em.prepare``)."""
+        """Polar samples ``(n, N + 1, Q)`` and CTF ``(n, N + 1, Q)`` of particles (``otf2d.engine.em.prepare``)."""
         return self.preparer.prepare(images, ctf)
 
     def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -388,7 +388,7 @@ class Classifier:
         """E-step of ``batch``, adding its sums to ``accumulator`` (none: assignments only).
 
         ``refine_poses=False`` skips the fine-grid pose refinement of adaptive marginalisation
-        (:func:`engine.em.significant.adaptive_posteriors`) for a caller that discards the poses.
+        (:func:`otf2d.engine.em.significant.adaptive_posteriors`) for a caller that discards the poses.
         """
         if self.references is None or self.sigma2 is None:
             raise InputError(None, "the classifier has no classes yet: call initialise() first")
@@ -549,7 +549,7 @@ class Classifier:
         return out.moved
 
     def apply_constraints(self, images: torch.Tensor) -> torch.Tensor:
-        """The real-space constraints on class images (``engine.em.references.apply_constraints``)."""
+        """The real-space constraints on class images (``otf2d.engine.em.references.apply_constraints``)."""
         return apply_constraints(images, self.masks, self.params.clamp_solvent, self.params.non_negativity)
 
     # ------------------------------------------------------------------ driver-level operations
@@ -613,14 +613,14 @@ class Classifier:
         optics: list[OpticsGroup] | None = None,
         full_size: bool = True,
     ) -> ClassSnapshot:
-        """The classes and ``particles`` as a ``core.snapshot.ClassSnapshot`` (see ``engine.em.export``)."""
-        from engine.em.export import build_snapshot
+        """The classes and ``particles`` as a ``otf2d.core.snapshot.ClassSnapshot`` (see ``otf2d.engine.em.export``)."""
+        from otf2d.engine.em.export import build_snapshot
 
         return build_snapshot(self, particles, iteration=iteration, optics=optics, full_size=full_size)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The whole state as tensors and plain numbers (``engine.em.state``)."""
+        """The whole state as tensors and plain numbers (``otf2d.engine.em.state``)."""
         if self.stats is None or self.references is None or self.images is None or self.sigma2 is None:
             raise InputError(None, "nothing to save: the classifier has no classes yet")
         return pack_state(

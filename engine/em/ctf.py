@@ -33,7 +33,7 @@ import torch
 from torch_ctf import calculate_ctf_2d
 from torch_fourier_filter.envelopes import b_envelope
 
-from core.particles import CtfParams
+from otf2d.core.particles import CtfParams
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Schedule (cryoSPARC "2D Classification", ``algorithm.md`` §6):
 
-1. initialise the classes from a random mini-batch (``engine.em.classifier.Classifier.initialise``);
+1. initialise the classes from a random mini-batch (``otf2d.engine.em.classifier.Classifier.initialise``);
 2. ``online_em_iterations`` online-EM iterations, each on a fresh random mini-batch of
    ``batch_size_per_class × n_classes`` particles (all particles if there are fewer), so the cost
    does not depend on the size of the data set; near-empty classes are reseeded; if filament
@@ -31,13 +31,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from core.config import Class2DParams
-from core.errors import InputError
-from core.particles import ParticleBatch
-from core.snapshot import ClassSnapshot, ParticleAssignments
-from engine.em.assignments import Assignments, concatenate_particle_assignments
-from engine.em.batch import BatchLike, PreparedBatch
-from engine.em.classifier import Classifier
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import InputError
+from otf2d.core.particles import ParticleBatch
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.engine.em.assignments import Assignments, concatenate_particle_assignments
+from otf2d.engine.em.batch import BatchLike, PreparedBatch
+from otf2d.engine.em.classifier import Classifier
 
 #: Particles are prepared once and kept (CPU memory) when they take at most this much.
 PREPARED_BUDGET_BYTES = 2 * 2**30
@@ -101,7 +101,7 @@ class ClassificationResult:
     assignments
         Every particle's assignment (engine class numbers), in source order.
     particles
-        The same as ``core.snapshot.ParticleAssignments`` (engine class numbers).
+        The same as ``otf2d.core.snapshot.ParticleAssignments`` (engine class numbers).
     snapshot
         The final snapshot (classes sorted by size if requested; particles renumbered with them).
     online_particles_seen

@@ -19,10 +19,10 @@ for the ``R`` rotations ``ψ_l = 2π·l/R`` (``Q`` is a multiple of ``R``). Orde
 ``m mod R`` are *folded* into ``⌊R/2⌋ + 1`` bins (conjugated when ``m mod R > R/2``), so that each
 bin is one real GEMM ``(2·KT × 2L) @ (2L × B)`` whose inner dimension ``L`` runs over the (ring,
 order) pairs of that bin, limited on each ring to its band ``M_r``; a real DFT matrix then turns
-the bins into the ``R`` rotations (``engine.em.fold``). The norm term is the same circular
+the bins into the ``R`` rotations (``otf2d.engine.em.fold``). The norm term is the same circular
 correlation of the real sequences ``ω·C²`` and ``|A|²`` (all orders, no shift).
 
-Posteriors, with the ICUF temperature ``T`` (``engine.em.schedule.posterior_temperature``) and
+Posteriors, with the ICUF temperature ``T`` (``otf2d.engine.em.schedule.posterior_temperature``) and
 class priors ``π_k``:
 
 - force-max: for each class the best (ψ, o) (and ``α* = corr/(2·norm)`` when the per-particle
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.em.fold import (
+from otf2d.engine.em.fold import (
     FoldPlan,
     folded_correlation,
     low_precision_bmm,
@@ -46,8 +46,8 @@ from engine.em.fold import (
     reference_matrix,
     shift_argmax_at,
 )
-from engine.em.polar import PolarGrid, angular_spectrum
-from engine.em.scale import pose_log_likelihood
+from otf2d.engine.em.polar import PolarGrid, angular_spectrum
+from otf2d.engine.em.scale import pose_log_likelihood
 
 #: Posterior below which a (particle, class) pair is not accumulated in a force-max M-step.
 PAIR_THRESHOLD = 1e-3
@@ -208,7 +208,7 @@ class ChunkScores:
         """``(K, B)`` int64 shift index of the largest cross term at ``rotation`` ``(K, B)``.
 
         Without a tracked argmax it is recomputed only where the assignments and a force-max
-        M-step read it (:func:`engine.em.mstep.hard_pairs`): each particle's most probable class,
+        M-step read it (:func:`otf2d.engine.em.mstep.hard_pairs`): each particle's most probable class,
         and its other ``MAX_PAIRS_PER_PARTICLE − 1`` most probable ones with ``γ ≥ PAIR_THRESHOLD``
         (by ``class_weights`` ``(K, B)``). The others are −1.
         """
@@ -296,7 +296,7 @@ def score_products(
     native_low_precision: bool = False,
 ) -> ChunkScores:
     """The folded GEMM of a chunk without any rotation transform (adaptive marginalisation,
-    :mod:`engine.em.significant`, transforms only the samples it needs).
+    :mod:`otf2d.engine.em.significant`, transforms only the samples it needs).
 
     Parameters as in :func:`score_chunk`; the result has ``products`` (valid until the bank's
     workspace is reused by the next chunk), ``norm`` and ``power``, and neither ``corr`` nor

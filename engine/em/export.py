@@ -1,4 +1,4 @@
-"""Turn the classifier's state into a ``core.snapshot.ClassSnapshot`` (NumPy, no I/O).
+"""Turn the classifier's state into a ``otf2d.core.snapshot.ClassSnapshot`` (NumPy, no I/O).
 
 Classes are sorted by particle count (largest first) when ``params.sort_by_size`` is set; the
 engine keeps its own class numbers, and the snapshot records the mapping in
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
-from engine.em.preprocess import fourier_pad
+from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.engine.em.preprocess import fourier_pad
 
 if TYPE_CHECKING:
-    from engine.em.classifier import Classifier
+    from otf2d.engine.em.classifier import Classifier
 
 
 def optics_from_particles(particles: ParticleAssignments, pixel_size_angstrom: float, box: int) -> list[OpticsGroup]:

@@ -19,8 +19,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.config import Class2DParams
-from core.errors import InputError
+from otf2d.core.config import Class2DParams
+from otf2d.core.errors import InputError
 
 #: Extra angular orders kept on each ring beyond the support bound ``2π·r·a/D``.
 BAND_MARGIN_ORDERS = 2

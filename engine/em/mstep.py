@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from engine.em.estep import Posteriors
-from engine.em.polar import angular_spectrum
+from otf2d.engine.em.estep import Posteriors
+from otf2d.engine.em.polar import angular_spectrum
 
 #: RELION's ``--tau2_fudge`` for 2D (GUI default 2; "we typically use values of T=2-3").
 TAU2_FUDGE = 2.0

@@ -3,7 +3,7 @@
 - Initial estimate (RELION ``setSigmaNoiseEstimatesAndSetAverageImage``, ``algorithm.md`` §2): the
   mean power of the particles minus the power of their mean, per ring. Before any alignment this
   includes the signal, so the first posteriors are conservative (flatter).
-- Update from the sufficient statistics (``engine.em.mstep``): the expected residual power
+- Update from the sufficient statistics (``otf2d.engine.em.mstep``): the expected residual power
   ``Σ_i Σ_pose w·|X_i − α·C·R_ψ S_o A_k|²`` per ring, which expands exactly into the statistics
   ``x2 − 2·Re Σ_k ⟨A_k, B_k⟩ + Σ_k ⟨|A_k|², D_k⟩``, so it needs no extra pass over the particles.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.em.mstep import SufficientStats
+from otf2d.engine.em.mstep import SufficientStats
 
 
 def initial_noise(samples: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.em.geometry import Geometry
+from otf2d.engine.em.geometry import Geometry
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 Per particle: background normalisation (mean 0, std 1 outside the inner mask), Fourier crop to
 the internal box, the soft circular window (zeros outside, like RELION's ``--zero_mask``), polar
-samples of the transform (``engine.em.polar``), and RELION's CTF at the same frequencies
-(``engine.em.ctf``, evaluated on half the circle: ``C(θ + π) = C(θ)``).
+samples of the transform (``otf2d.engine.em.polar``), and RELION's CTF at the same frequencies
+(``otf2d.engine.em.ctf``, evaluated on half the circle: ``C(θ + π) = C(θ)``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import torch
 
-from core.errors import InputError
-from core.particles import ParticleBatch
-from engine.em.batch import BatchLike, PreparedBatch, TensorBatch
-from engine.em.ctf import CtfTensors, ctf_basis, relion_ctf
-from engine.em.geometry import Geometry
-from engine.em.polar import PolarGrid, image_to_polar
-from engine.em.preprocess import fourier_crop, normalise_background
+from otf2d.core.errors import InputError
+from otf2d.core.particles import ParticleBatch
+from otf2d.engine.em.batch import BatchLike, PreparedBatch, TensorBatch
+from otf2d.engine.em.ctf import CtfTensors, ctf_basis, relion_ctf
+from otf2d.engine.em.geometry import Geometry
+from otf2d.engine.em.polar import PolarGrid, image_to_polar
+from otf2d.engine.em.preprocess import fourier_crop, normalise_background
 
 
 class ParticlePreparer:

@@ -1,7 +1,7 @@
 """From class statistics to class images and E-step references (the M-step's image side).
 
-Per M-step: Wiener averages in polar form (``engine.em.mstep``), band-limited; real-space images
-by gridding (``engine.em.polar``) refined by a few Landweber iterations so that the image's polar
+Per M-step: Wiener averages in polar form (``otf2d.engine.em.mstep``), band-limited; real-space images
+by gridding (``otf2d.engine.em.polar``) refined by a few Landweber iterations so that the image's polar
 samples match the average; the DC fixed by the solvent (zero mean outside the inner mask, because
 the CTF is only ``≈ Q0`` there and the particles' background is normalised to zero); optional
 re-centring (class and statistics shifted together); the real-space constraints; and the polar,
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.em.constraints import centre_of_mass, fourier_shift_images, nonnegative
-from engine.em.mstep import SufficientStats, ring_power, wiener_average
-from engine.em.noise import noise_from_stats
-from engine.em.polar import PolarGrid, band_limit, image_to_polar, polar_to_image
+from otf2d.engine.em.constraints import centre_of_mass, fourier_shift_images, nonnegative
+from otf2d.engine.em.mstep import SufficientStats, ring_power, wiener_average
+from otf2d.engine.em.noise import noise_from_stats
+from otf2d.engine.em.polar import PolarGrid, band_limit, image_to_polar, polar_to_image
 
 #: Gridding refinement iterations when turning polar averages into images.
 GRIDDING_ITERATIONS = 2

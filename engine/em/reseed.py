@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from engine.em.mstep import SufficientStats
+from otf2d.engine.em.mstep import SufficientStats
 
 
 def reseed_empty_classes(

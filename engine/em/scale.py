@@ -1,6 +1,6 @@
 """Per-particle scale: the least-squares amplitude of the reference in a particle.
 
-With ``corr = 2·Re⟨C·X, Z⟩_ω`` and ``norm = ⟨C², |Z|²⟩_ω`` (``engine.em.estep``), the log-likelihood
+With ``corr = 2·Re⟨C·X, Z⟩_ω`` and ``norm = ⟨C², |Z|²⟩_ω`` (``otf2d.engine.em.estep``), the log-likelihood
 of a sample at scale α is ``−‖X‖² + α·corr − α²·norm``; its maximum is at
 ``α* = corr / (2·norm)`` (cryoSPARC's ``alpha_min = cross_cor / (2·slice_pow)``, ``algorithm.md``
 §12), giving ``−‖X‖² + corr²/(4·norm)`` — no extra GEMM. A negative ``corr`` gives ``α = 0``.

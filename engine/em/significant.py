@@ -1,12 +1,12 @@
 """Adaptive marginalisation: RELION's significant samples on the folded E-step.
 
-An exhaustive marginalising E-step (:func:`engine.em.estep.marginal_posteriors`) forms the
+An exhaustive marginalising E-step (:func:`otf2d.engine.em.estep.marginal_posteriors`) forms the
 posterior of every (rotation, shift, class) sample: ``R·T·K`` per particle (48,600 at 6°, ±5 px,
 K = 10), and every pass over that tensor (log-sum-exp, exp, sums, the M-step's transforms) costs
 more than the GEMM that scored it. RELION avoids this with adaptive oversampling (``--adaptive_oversampling``,
 ``--adaptive_fraction 0.999``); this module does the same on our grids:
 
-1. **Coarse pass.** The folded GEMM (:func:`engine.em.estep.score_products`) is computed once for
+1. **Coarse pass.** The folded GEMM (:func:`otf2d.engine.em.estep.score_products`) is computed once for
    every fine shift. Its rotation transform is evaluated only at every other rotation and for the
    shifts with even coordinates (on the 1-px disc: 12° and 2 px for 6° and 1 px): ``R_c·T_c·K``
    samples, 8× fewer. Their posterior (ICUF temperature, class priors) is exact on that grid.
@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.em.estep import Posteriors
-from engine.em.fold import FoldPlan, full_rotation_matrices
-from engine.em.scale import pose_log_likelihood
+from otf2d.engine.em.estep import Posteriors
+from otf2d.engine.em.fold import FoldPlan, full_rotation_matrices
+from otf2d.engine.em.scale import pose_log_likelihood
 
 #: Share of the coarse posterior whose samples are refined (RELION's ``--adaptive_fraction``).
 ADAPTIVE_FRACTION = 0.999
@@ -211,7 +211,7 @@ def adaptive_posteriors(
     Parameters
     ----------
     products
-        ``(J, 2·T·K, B)`` folded GEMM result (:func:`engine.em.estep.score_products`).
+        ``(J, 2·T·K, B)`` folded GEMM result (:func:`otf2d.engine.em.estep.score_products`).
     norm
         ``(R, K, B)`` norm terms.
     power

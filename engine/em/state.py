@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from core.errors import InputError
-from engine.em.mstep import SufficientStats
+from otf2d.core.errors import InputError
+from otf2d.engine.em.mstep import SufficientStats
 
 #: Format version of the packed state.
 STATE_VERSION = 1

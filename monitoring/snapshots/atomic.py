@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from core.errors import InputError
+from otf2d.core.errors import InputError
 
 #: The version line RELION 3.1 writes before each block (``CURRENT_MDT_VERSION`` 30001).
 RELION31_STAR_VERSION = 30001

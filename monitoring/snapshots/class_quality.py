@@ -2,17 +2,17 @@
 
 A snapshot is *scored* when ``ClassSnapshot.junk_score`` is set: the effective ``(K,)`` scores in
 [0, 1] with user overrides applied (1 for a class a user marked junk, 0 for one marked good), as
-``monitoring.quality.with_junk_scores`` makes it. Two entries of ``snapshot.parameters`` complete
+``otf2d.monitoring.quality.with_junk_scores`` makes it. Two entries of ``snapshot.parameters`` complete
 it (both optional, both written by ``with_junk_scores``):
 
 ``class_overrides`` (:data:`OVERRIDES_PARAMETER`)
     ``{"3": "junk", ...}``: the user overrides, keyed by the snapshot's class number (1-based).
 ``junk_score_threshold`` (:data:`THRESHOLD_PARAMETER`)
     The score above which a class is junk (default :data:`DEFAULT_JUNK_SCORE_THRESHOLD`, the same
-    as ``monitoring.quality.JUNK_SCORE_THRESHOLD``).
+    as ``otf2d.monitoring.quality.JUNK_SCORE_THRESHOLD``).
 
-The writers put them in the files (see ``monitoring.snapshots.relion`` and
-``monitoring.snapshots.cryosparc``); an unscored snapshot is written without them.
+The writers put them in the files (see ``otf2d.monitoring.snapshots.relion`` and
+``otf2d.monitoring.snapshots.cryosparc``); an unscored snapshot is written without them.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
 
 #: ``snapshot.parameters`` key of the user overrides (snapshot class number → ``"good"``/``"junk"``).
 OVERRIDES_PARAMETER = "class_overrides"

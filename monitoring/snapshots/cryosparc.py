@@ -37,7 +37,7 @@ as in the J2 file; ``ctf/type`` is ``b"imported"`` (the CTF came from upstream);
 The class-average companion (:func:`write_class_averages_cs`) has ``uid``, ``blob/path``,
 ``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/res_A`` (per-class resolution, 999 Å when
 unknown) and ``alignments2D/class``, pointing at the RELION ``_classes.mrcs`` stack. When the
-snapshot is scored (``ClassSnapshot.junk_score`` set, see ``monitoring.snapshots.class_quality``) it
+snapshot is scored (``ClassSnapshot.junk_score`` set, see ``otf2d.monitoring.snapshots.class_quality``) it
 also has, under otf2d's own prefix (a ``.cs`` reader such as cryosparc-tools keeps fields it does
 not know):
 
@@ -59,11 +59,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.snapshot import ClassSnapshot
-from monitoring.snapshots.atomic import write_npy_atomic
-from monitoring.snapshots.class_quality import class_quality_columns
-from monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
-from monitoring.snapshots.validation import check_snapshot
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.snapshots.atomic import write_npy_atomic
+from otf2d.monitoring.snapshots.class_quality import class_quality_columns
+from otf2d.monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
+from otf2d.monitoring.snapshots.validation import check_snapshot
 
 UIntArray = npt.NDArray[np.uint64]
 

@@ -1,4 +1,4 @@
-"""RELION Class2D output from a :class:`~core.snapshot.ClassSnapshot` (RELION 3.1 layout).
+"""RELION Class2D output from a :class:`~otf2d.core.snapshot.ClassSnapshot` (RELION 3.1 layout).
 
 For one iteration ``NNN`` this writes, in RELION's own order (``ml_optimiser.cpp``), each file
 atomically:
@@ -25,7 +25,7 @@ Values otf2d does not compute are written as neutral, documented constants:
 - ``rlnOverallFourierCompleteness`` = 1 for a class with a resolution estimate, else 0.
 
 Class quality: when the snapshot is scored (``ClassSnapshot.junk_score`` set, see
-``monitoring.snapshots.class_quality``), ``data_model_classes`` gets one more column,
+``otf2d.monitoring.snapshots.class_quality``), ``data_model_classes`` gets one more column,
 ``rlnPredictedClassScore`` = 1 − junk score. It is the label RELION ≥ 4 gives the class ranker's
 predicted merit of a 2D class (``relion_class_ranker``, "2D class merit scores predicted by RELION
 model"): a *goodness* in [0, 1], higher is better, and the Subset-selection job keeps classes at or
@@ -58,12 +58,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import core
-from core.errors import InputError
-from core.snapshot import ClassSnapshot
-from monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
-from monitoring.snapshots.class_quality import class_quality_columns
-from monitoring.snapshots.validation import check_snapshot
+from otf2d import core
+from otf2d.core.errors import InputError
+from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
+from otf2d.monitoring.snapshots.class_quality import class_quality_columns
+from otf2d.monitoring.snapshots.validation import check_snapshot
 
 #: Written where a resolution (or an accuracy) is unknown; RELION's ``rlnCtfMaxResolution`` and
 #: CTFFIND use 999 Å the same way.

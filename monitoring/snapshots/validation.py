@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import InputError, NonFiniteError
-from core.snapshot import ClassSnapshot
+from otf2d.core.errors import InputError, NonFiniteError
+from otf2d.core.snapshot import ClassSnapshot
 
 _FLOAT_FIELDS = (
     "psi_degrees",

@@ -1,0 +1,1 @@
+"""Process resources: the particle heap budget and memory readings."""

@@ -1,0 +1,1 @@
+"""Durable engine state on disk: the session journal, its segments, checkpoints."""
