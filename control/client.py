@@ -22,6 +22,8 @@ from typing import Any
 
 import zmq
 
+from otf2d.control.curve import apply_client
+from otf2d.core.curve import CurveClientFiles
 from otf2d.core.errors import DecodeError, Otf2dError
 from otf2d.core.wire import (
     KIND_CLOSE_SESSION,
@@ -58,14 +60,27 @@ class EngineClient:
         How long each request waits for its reply.
     context
         ZeroMQ context (default: the process-wide one).
+    curve
+        This client's and the engine's certificate files (:mod:`otf2d.core.curve`); ``None``: plain TCP.
+        An engine that does not accept the key answers nothing (the request times out).
     """
 
-    def __init__(self, endpoint: str, *, timeout_s: float = 5.0, context: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float = 5.0,
+        context: zmq.Context[Any] | None = None,
+        curve: CurveClientFiles | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_s = float(timeout_s)
         ctx = context if context is not None else zmq.Context.instance()
         self._socket: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
+        if curve is not None:
+            apply_client(self._socket, curve)
         self._socket.connect(endpoint)
 
     def __enter__(self) -> EngineClient:
@@ -96,6 +111,16 @@ class EngineClient:
             if matches(message):
                 return message
 
+    def _send(self, frames: list[bytes], what: str) -> None:
+        """Send, waiting at most ``timeout_s`` for a connection (a refused CURVE key never gets one)."""
+        try:
+            self._socket.send_multipart(frames)
+        except zmq.Again as exc:
+            raise EngineTimeoutError(
+                f"could not send {what} to the engine at {self.endpoint} within {self.timeout_s:g} s "
+                "(not reachable, or it does not accept this client's key)"
+            ) from exc
+
     def request(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Send one control request and return the ``result`` of its reply.
 
@@ -107,7 +132,7 @@ class EngineClient:
             The engine answered ``ok = false``.
         """
         request_id = uuid.uuid4().hex
-        self._socket.send_multipart(encode_control(kind, request_id=request_id, **fields))
+        self._send(encode_control(kind, request_id=request_id, **fields), f"a {kind!r} request")
         reply = self._receive(
             lambda m: m["kind"] == KIND_REPLY and m.get("request_id") == request_id, f"a {kind!r} request"
         )
@@ -120,7 +145,7 @@ class EngineClient:
         """Round-trip time of a ``ping``, seconds."""
         seq = int(uuid.uuid4().int % 1_000_000_000)
         start = time.monotonic()
-        self._socket.send_multipart(encode_control(KIND_PING, seq=seq, time=time.time()))
+        self._send(encode_control(KIND_PING, seq=seq, time=time.time()), "a ping")
         self._receive(lambda m: m["kind"] == KIND_PONG and m.get("seq") == seq, "a ping")
         return time.monotonic() - start
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from otf2d.control.client import EngineClient
+from otf2d.core.curve import add_client_args, client_files
 
 #: Values of ``--as``.
 CHOICES = ("good", "junk", "auto")
@@ -34,11 +35,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--as", dest="override", required=True, choices=CHOICES, help="good, junk, or auto (remove the override)"
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    add_client_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Send the override and print what the engine now holds."""
-    with EngineClient(args.engine, timeout_s=args.timeout) as client:
+    with EngineClient(args.engine, timeout_s=args.timeout, curve=client_files(args)) as client:
         result = client.set_class_override(args.session, args.class_number, args.override)
     what = "override removed" if result.get("override") is None else f"marked {result['override']}"
     overrides = result.get("overrides") or {}

@@ -16,6 +16,7 @@ import argparse
 import time
 
 from otf2d.control.client import EngineClient, EngineTimeoutError
+from otf2d.core.curve import add_client_args, client_files
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +25,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", required=True, help="the session to snapshot")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer")
     parser.add_argument("--wait", type=float, default=0.0, help="wait up to S seconds for the snapshot on disk")
+    add_client_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Request the snapshot (and optionally wait for it)."""
-    with EngineClient(args.engine, timeout_s=args.timeout) as client:
+    with EngineClient(args.engine, timeout_s=args.timeout, curve=client_files(args)) as client:
         result = client.snapshot(args.session)
         iteration = int(result["iteration"])
         print(f"snapshot {iteration} of {args.session} scheduled in {result['directory']}")

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from otf2d.control.client import EngineClient
+from otf2d.core.curve import add_client_args, client_files
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session", help="only this session")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     parser.add_argument("--json", action="store_true", help="print the full reply as JSON")
+    add_client_args(parser)
 
 
 def memory_text(memory: dict[str, Any]) -> str:
@@ -84,7 +86,7 @@ def format_status(status: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Ask the engine for its status and print it."""
-    with EngineClient(args.engine, timeout_s=args.timeout) as client:
+    with EngineClient(args.engine, timeout_s=args.timeout, curve=client_files(args)) as client:
         status = client.status(args.session)
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
     return 0

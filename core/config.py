@@ -8,6 +8,7 @@ so a typo in a config never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -18,6 +19,20 @@ from typing import Any, TypeVar
 from otf2d.core.errors import ConfigError
 
 T = TypeVar("T")
+
+
+#: Upper limits of the classification parameters a client may set (beyond them a session would only
+#: exhaust the engine's memory or time): far above any 2D classification run.
+_UPPER_LIMITS: dict[str, float] = {
+    "n_classes": 2000,
+    "batch_size_per_class": 100_000,
+    "online_em_iterations": 10_000,
+    "final_full_iterations": 100,
+    "zero_pad_factor": 8,
+    "initial_uncertainty_factor": 1e6,
+    "noise_anneal_start_iteration": 1_000_000,
+    "noise_anneal_iterations": 1_000_000,
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,9 @@ class Class2DParams:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(None, f"{name} must be > 0, got {value}")
+        for name, limit in _UPPER_LIMITS.items():
+            if getattr(self, name) > limit:
+                raise ConfigError(None, f"{name} must be <= {limit}, got {getattr(self, name)}")
         if self.initial_uncertainty_factor < 1:
             raise ConfigError(None, "initial_uncertainty_factor must be >= 1 (1 = no extra uncertainty)")
         if self.online_em_iterations < 0 or self.final_full_iterations < 0:
@@ -193,12 +211,40 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True)
+class EngineLimits:
+    """Limits of the engine's service (``[engine]`` table; flags of ``otf2d engine`` override them)."""
+
+    #: Most sessions the engine holds; creating one more is refused with the reason.
+    max_sessions: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_sessions <= 100_000:
+            raise ConfigError(None, f"engine.max_sessions must be 1 .. 100000, got {self.max_sessions}")
+
+
+@dataclass(frozen=True)
 class Otf2dConfig:
     """A whole configuration file: one section per component (more sections come with them)."""
 
     classification: Class2DParams = field(default_factory=Class2DParams)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     sessions: LifecycleConfig = field(default_factory=LifecycleConfig)
+    engine: EngineLimits = field(default_factory=EngineLimits)
+
+
+#: Largest magnitude of an integer setting (anything larger is a typo or an attack, never a setting).
+_INT_LIMIT = 2**31 - 1
+
+
+def _finite(value: float, where: str) -> float:
+    """``value`` as a finite float, or ``ConfigError`` (a 400-digit integer, NaN, infinity)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(None, f"{where}: {value!r:.40} is not a finite number")
+    return number
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -215,7 +261,9 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
                 continue
         raise ConfigError(None, f"{where}: {value!r} is not one of {options}")
     if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return _finite(value, where)
+    if annotation is int and type(value) is int and not -_INT_LIMIT <= value <= _INT_LIMIT:
+        raise ConfigError(None, f"{where}: {value:.6g} is out of range (|value| <= {_INT_LIMIT})")
     if annotation in (int, bool, str) and type(value) is annotation:
         return value
     raise ConfigError(None, f"{where}: expected {getattr(annotation, '__name__', annotation)}, got {value!r}")
@@ -262,4 +310,12 @@ def load_config(path: str | Path) -> Otf2dConfig:
         raise ConfigError(path, exc.what) from exc
 
 
-__all__ = ["Class2DParams", "LifecycleConfig", "Otf2dConfig", "VerdictConfig", "from_mapping", "load_config"]
+__all__ = [
+    "Class2DParams",
+    "EngineLimits",
+    "LifecycleConfig",
+    "Otf2dConfig",
+    "VerdictConfig",
+    "from_mapping",
+    "load_config",
+]

@@ -104,13 +104,21 @@ request carries ``request_id: str`` (chosen by the client) and is answered by on
                    journal and ACK, or NACK: engine's choice, documented there)
 ``resume``         ``session?: str``
 ``start_session``  ``session: str``, ``params: object`` (classification parameters, e.g.
-                   ``{"n_classes": 50, ...}``; validated by the engine)
+                   ``{"n_classes": 50, ...}``; validated by the engine; the session options
+                   ``project_dir``, and ``box_size`` + ``pixel_size_angstrom`` which fix the
+                   session's geometry before its first batch)
 ``set_class_override``  ``session: str``, ``class_number: int`` (the class as numbered in the
                    newest snapshot and gallery, 1-based), ``override: str`` (``"good"``,
                    ``"junk"``, or ``"auto"`` to remove a user's override); added in 0.1 without
                    a version bump: an older engine answers it with ``ok = false``
 ``reply``          ``request_id: str``, ``ok: bool``, ``result?: object``, ``error?: str``
                    (required when ``ok`` is false)
+
+Limits (every decoder, :func:`parse_json`): JSON nested at most :data:`MAX_JSON_DEPTH` deep
+(checked before parsing), integers of at most 19 digits within 64 bits, finite floats only,
+strings valid Unicode (no lone surrogate) of at most :data:`MAX_STRING_CHARS` characters (session
+names :data:`MAX_SESSION_CHARS`, ids :data:`MAX_ID_CHARS`, paths :data:`MAX_PATH_CHARS`), indices
+and optics groups 1 … :data:`MAX_INDEX`. Anything else raises :class:`DecodeError` naming it.
 
 Example::
 
@@ -167,9 +175,28 @@ IMAGE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.d
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 #: Longest session name accepted.
 MAX_SESSION_CHARS = 256
+#: Longest ``msg_id`` / ``request_id`` accepted.
+MAX_ID_CHARS = 1024
+#: Longest path (``source``, each of ``stack_paths``) accepted.
+MAX_PATH_CHARS = 4096
+#: Longest string anywhere else in a message.
+MAX_STRING_CHARS = 65536
+#: Deepest nesting of JSON arrays / objects accepted (checked before parsing).
+MAX_JSON_DEPTH = 32
+#: Most decimal digits of an integer in a header (any longer and it cannot fit 64 bits).
+MAX_INT_DIGITS = 19
+#: Largest 1-based particle index or optics group (they are 32-bit in RELION and cryoSPARC).
+MAX_INDEX = 2**31 - 1
+#: Largest image side, pixels, and most particles in one message.
+MAX_IMAGE_SIDE = 8192
+MAX_PARTICLES = 1_000_000
+#: Latest unix time accepted in a header (year 5138): anything later is garbage.
+MAX_UNIX_SECONDS = 1e11
 
 _CTF_DTYPE = np.dtype("<f8")
-_MSG_ID = re.compile(r"^(?P<scope>.+):(?P<seq>[0-9]+)$", re.DOTALL)
+_MSG_ID = re.compile(r"^(?P<scope>.+):(?P<seq>[0-9]{1,18})$", re.DOTALL)
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_INT64 = (-(2**63), 2**63 - 1)
 
 # Control kinds: field -> (accepted types, required). bool is excluded from int/float checks below.
 _FieldSpec = dict[str, tuple[tuple[type, ...], bool]]
@@ -223,9 +250,13 @@ def make_msg_id(scope: str, seq: int) -> str:
 
 def parse_msg_id(msg_id: str) -> tuple[str, int]:
     """Split ``"<scope>:<seq>"`` into ``(scope, seq)``; raise :class:`DecodeError` if malformed."""
-    match = _MSG_ID.match(msg_id) if isinstance(msg_id, str) else None
+    match = _MSG_ID.match(msg_id) if isinstance(msg_id, str) and len(msg_id) <= MAX_ID_CHARS else None
     if match is None:
-        raise DecodeError(None, f"msg_id must look like '<scope>:<seq>', got {msg_id!r}")
+        raise DecodeError(
+            None,
+            f"msg_id must look like '<scope>:<seq>' (seq at most 18 digits, {MAX_ID_CHARS} characters in all), "
+            f"got {msg_id!r:.80}",
+        )
     return match.group("scope"), int(match.group("seq"))
 
 
@@ -334,14 +365,77 @@ def _reject_constant(token: str) -> float:
     raise ValueError(f"non-finite number {token} in JSON")
 
 
-def _parse_header(frame: Any) -> dict[str, Any]:
-    buf = _as_buffer(frame, "header")
+def _bounded_int(token: str) -> int:
+    if len(token.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(token.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    value = int(token)
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise ValueError(f"integer {value} does not fit 64 bits")
+    return value
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"number {token:.40} is out of range (not a finite float64)")
+    return value
+
+
+def _check_depth(text: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH`, before the parser recurses into it."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
+    codes = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "replace"), dtype=np.uint8)
+    step = ((codes == ord("[")) | (codes == ord("{"))).astype(np.int64)
+    step -= (codes == ord("]")) | (codes == ord("}"))
+    if step.size and int(np.cumsum(step).max()) > MAX_JSON_DEPTH:
+        raise DecodeError(None, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _check_strings(value: Any) -> None:
+    """Every string (keys included) is valid Unicode text (no lone surrogate) of bounded length."""
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            raise DecodeError(None, f"a string of {len(value)} characters (at most {MAX_STRING_CHARS})")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DecodeError(None, f"a string holds a lone surrogate (\\u{ord(value[exc.start]):04x})") from exc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key)
+            _check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
+def parse_json(frame: Any, what: str = "header") -> Any:
+    """Parse one JSON frame safely: size, UTF-8, nesting depth, 64-bit integers, finite floats, strings.
+
+    Raises
+    ------
+    DecodeError
+        Says what is wrong; never another exception, whatever the bytes.
+    """
+    buf = _as_buffer(frame, what)
     if buf.nbytes > MAX_HEADER_BYTES:
-        raise DecodeError(None, f"header frame is {buf.nbytes} bytes, more than the limit {MAX_HEADER_BYTES}")
+        raise DecodeError(None, f"{what} frame is {buf.nbytes} bytes, more than the limit {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(buf).decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DecodeError(None, f"header frame is not valid UTF-8 JSON: {exc}") from exc
+        text = bytes(buf).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(None, f"{what} frame is not valid UTF-8: {exc}") from exc
+    _check_depth(text)
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_finite_float)
+    except ValueError as exc:
+        raise DecodeError(None, f"{what} frame is not valid JSON: {exc!s:.200}") from exc
+    _check_strings(value)
+    return value
+
+
+def _parse_header(frame: Any) -> dict[str, Any]:
+    header = parse_json(frame)
     if not isinstance(header, dict):
         raise DecodeError(None, f"header must be a JSON object, got {type(header).__name__}")
     version = header.get("schema_version")
@@ -385,15 +479,37 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _finite_number(
-    header: Mapping[str, Any], key: str, *, positive: bool = False, minimum: float | None = None
+    header: Mapping[str, Any],
+    key: str,
+    *,
+    positive: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
 ) -> float:
-    value = float(_require(header, key, (int, float)))
+    raw = _require(header, key, (int, float))
+    try:
+        value = float(raw)
+    except OverflowError as exc:
+        raise DecodeError(None, f"header field {key!r} is out of range ({raw!r:.40})") from exc
     if not math.isfinite(value):
         raise DecodeError(None, f"header field {key!r} is not finite ({value})")
     if positive and value <= 0:
         raise DecodeError(None, f"header field {key!r} must be > 0, got {value}")
     if minimum is not None and value < minimum:
         raise DecodeError(None, f"header field {key!r} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise DecodeError(None, f"header field {key!r} must be <= {maximum:g}, got {value:g}")
+    return value
+
+
+def _bounded_str(header: Mapping[str, Any], key: str, limit: int, *, empty: bool = False) -> str:
+    value = str(_require(header, key, (str,)))
+    if (not value and not empty) or len(value) > limit:
+        raise DecodeError(
+            None,
+            f"header field {key!r} must be a {'' if empty else 'non-empty '}string of at most "
+            f"{limit} characters (got {len(value)})",
+        )
     return value
 
 
@@ -401,8 +517,8 @@ def _shape(spec: Mapping[str, Any], what: str, ndim: int) -> tuple[int, ...]:
     shape = _require(spec, "shape", (list,), what)
     if len(shape) != ndim or not all(type(s) is int for s in shape):
         raise DecodeError(None, f"{what} shape must be {ndim} integers, got {shape!r:.80}")
-    if any(s < 1 for s in shape):
-        raise DecodeError(None, f"{what} shape must be positive, got {shape}")
+    if any(not 1 <= s <= MAX_PARTICLES for s in shape):
+        raise DecodeError(None, f"{what} shape must be positive and at most {MAX_PARTICLES}, got {shape}")
     return tuple(shape)
 
 
@@ -432,6 +548,8 @@ def _int_list(header: Mapping[str, Any], key: str, n: int) -> np.ndarray:
     arr = np.asarray(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
     if n and arr.min() < 1:
         raise DecodeError(None, f"header field {key!r} is 1-based; found {int(arr.min())}")
+    if n and arr.max() > MAX_INDEX:
+        raise DecodeError(None, f"header field {key!r} holds {int(arr.max())}, more than {MAX_INDEX}")
     return arr
 
 
@@ -463,26 +581,26 @@ def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
     header = _parse_header(frames[0])
     if header["kind"] != KIND_BATCH:
         raise DecodeError(None, f"expected kind 'batch', got {header['kind']!r}")
-    session = _require(header, "session", (str,))
-    if not session or len(session) > MAX_SESSION_CHARS:
-        raise DecodeError(None, f"session must be a non-empty string of at most {MAX_SESSION_CHARS} characters")
+    session = _bounded_str(header, "session", MAX_SESSION_CHARS)
     parse_msg_id(_require(header, "msg_id", (str,)))
-    _require(header, "source", (str,))
-    _finite_number(header, "file_ready_time", minimum=0.0)
+    _bounded_str(header, "source", MAX_PATH_CHARS, empty=True)
+    _finite_number(header, "file_ready_time", minimum=0.0, maximum=MAX_UNIX_SECONDS)
     if "sent_time" in header:
-        _finite_number(header, "sent_time", minimum=0.0)
+        _finite_number(header, "sent_time", minimum=0.0, maximum=MAX_UNIX_SECONDS)
     if "attempt" in header and (type(header["attempt"]) is not int or header["attempt"] < 1):
         raise DecodeError(None, f"header field 'attempt' must be an integer >= 1, got {header['attempt']!r:.40}")
     pixel_size = _finite_number(header, "pixel_size_angstrom", positive=True)
     n = _require(header, "n_particles", (int,))
-    if n < 1:
-        raise DecodeError(None, f"n_particles must be >= 1, got {n}")
+    if not 1 <= n <= MAX_PARTICLES:
+        raise DecodeError(None, f"n_particles must be 1 .. {MAX_PARTICLES}, got {n}")
 
     image_spec = _require(header, "images", (dict,))
     dtype_name = _require(image_spec, "dtype", (str,), "images")
     if dtype_name not in IMAGE_DTYPES:
         raise DecodeError(None, f"images dtype must be one of {sorted(IMAGE_DTYPES)}, got {dtype_name!r:.40}")
     images = _checked_array(frames[1], image_spec, "images", IMAGE_DTYPES[dtype_name], 3)
+    if max(images.shape[1:]) > MAX_IMAGE_SIDE:
+        raise DecodeError(None, f"images of {images.shape[1]}x{images.shape[2]} pixels: at most {MAX_IMAGE_SIDE}")
     if images.shape[0] != n:
         raise DecodeError(None, f"images hold {images.shape[0]} particles, n_particles says {n}")
 
@@ -500,8 +618,10 @@ def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
     stack_paths = _require(header, "stack_paths", (list,))
     if len(stack_paths) != n:
         raise DecodeError(None, f"header field 'stack_paths' has {len(stack_paths)} entries for {n} particles")
-    if not all(isinstance(p, str) and p for p in stack_paths):
-        raise DecodeError(None, "header field 'stack_paths' must hold non-empty strings only")
+    if not all(isinstance(p, str) and 0 < len(p) <= MAX_PATH_CHARS for p in stack_paths):
+        raise DecodeError(
+            None, f"header field 'stack_paths' must hold non-empty strings of at most {MAX_PATH_CHARS} characters only"
+        )
     indices = _int_list(header, "indices", n)
     optics_groups = _int_list(header, "optics_groups", n)
     if len(set(zip(stack_paths, indices.tolist(), strict=True))) != n:
@@ -590,6 +710,11 @@ def decode_control(frames: Sequence[Any]) -> dict[str, Any]:
                 raise DecodeError(None, f"{kind!r} field 'time' is not finite")
         elif required:
             raise DecodeError(None, f"{kind!r} message lacks the field {key!r}")
+    for key in ("msg_id", "request_id", "session"):
+        value = message.get(key)
+        limit = MAX_SESSION_CHARS if key == "session" else MAX_ID_CHARS
+        if isinstance(value, str) and len(value) > limit:
+            raise DecodeError(None, f"{kind!r} field {key!r} has {len(value)} characters (at most {limit})")
     if kind == KIND_REPLY and not message["ok"] and not message.get("error"):
         raise DecodeError(None, "a 'reply' with ok=false must say why in 'error'")
     return message
@@ -768,6 +893,12 @@ __all__ = [
     "KIND_START_SESSION",
     "KIND_STATUS",
     "MAX_HEADER_BYTES",
+    "MAX_ID_CHARS",
+    "MAX_INDEX",
+    "MAX_JSON_DEPTH",
+    "MAX_PATH_CHARS",
+    "MAX_SESSION_CHARS",
+    "MAX_STRING_CHARS",
     "SCHEMA_VERSION",
     "decode_batch",
     "decode_control",
@@ -777,5 +908,6 @@ __all__ = [
     "encode_metadata_frame",
     "make_msg_id",
     "message_kind",
+    "parse_json",
     "parse_msg_id",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from otf2d.control.client import EngineClient, EngineTimeoutError
+from otf2d.core.curve import CurveClientFiles
 from otf2d.core.errors import InputError
 
 #: Seconds between two status polls while waiting for the snapshot.
@@ -99,7 +100,12 @@ def request_snapshot(
 
 
 def live_snapshot_directory(
-    endpoint: str, session: str, *, timeout_s: float = 5.0, wait_s: float = 120.0
+    endpoint: str,
+    session: str,
+    *,
+    timeout_s: float = 5.0,
+    wait_s: float = 120.0,
+    curve: CurveClientFiles | None = None,
 ) -> LiveSnapshot:
     """Connect to the engine at ``endpoint`` and :func:`request_snapshot` of ``session``.
 
@@ -110,7 +116,7 @@ def live_snapshot_directory(
     EngineRequestError, EngineTimeoutError
         As :func:`request_snapshot`.
     """
-    with EngineClient(endpoint, timeout_s=timeout_s) as client:
+    with EngineClient(endpoint, timeout_s=timeout_s, curve=curve) as client:
         live = request_snapshot(client, session, wait_s=wait_s)
     if not live.directory.is_dir():
         raise InputError(

@@ -13,6 +13,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from otf2d.core.curve import add_client_args, client_files
 from otf2d.monitoring.quality import JUNK_SCORE_THRESHOLD
 from otf2d.selection.choose import ClassChoice, choose_classes, parse_class_numbers, session_overrides
 from otf2d.selection.snapshot_reader import LoadedSnapshot, read_snapshot
@@ -49,6 +50,7 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
     live.add_argument(
         "--timeout", type=float, default=5.0, metavar="S", help="wait for each engine answer, seconds (default 5)"
     )
+    add_client_args(parser)
     parser.add_argument(
         "--project-dir",
         type=Path,
@@ -101,7 +103,9 @@ def load_source(args: argparse.Namespace) -> Source:
     if args.engine:
         from otf2d.selection.live import live_snapshot_directory
 
-        live = live_snapshot_directory(args.engine, args.source, timeout_s=args.timeout, wait_s=args.wait)
+        live = live_snapshot_directory(
+            args.engine, args.source, timeout_s=args.timeout, wait_s=args.wait, curve=client_files(args)
+        )
         loaded = read_snapshot(live.directory, project_dir=args.project_dir)
         where = (
             f"snapshot {loaded.snapshot.iteration} of live session {args.source!r} at {args.engine} ({live.directory})"

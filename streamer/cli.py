@@ -39,6 +39,7 @@ from types import FrameType
 from typing import Any
 
 from otf2d.core.errors import ConfigError
+from otf2d.core.curve import add_client_args, client_files
 from otf2d.streamer.daemon import Streamer, StreamerConfig
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --once: the collection has ended; after the last ACK, close the session on the engine",
     )
+    add_client_args(parser)
 
 
 #: Flag destination → ``StreamerConfig`` field, for the flags whose names differ.
@@ -203,6 +205,7 @@ def config_from_args(args: argparse.Namespace) -> StreamerConfig:
     ConfigError
         An invalid file, or no watch directory / engine / session in either.
     """
+    client_files(args)  # both CURVE files or neither
     config_file = getattr(args, "config", None)
     values = load_streamer_table(config_file) if config_file is not None else {}
     values.update(_flag_values(args))

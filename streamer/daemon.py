@@ -25,6 +25,7 @@ from pathlib import Path
 
 import zmq
 
+from otf2d.core.curve import CurveClientFiles
 from otf2d.core.errors import ConfigError
 from otf2d.streamer.gate import QUARANTINE_REASONS, Gate, GateConfig, Outcome, file_kind
 from otf2d.streamer.ledger import FileRecord, Ledger, safe_text
@@ -67,6 +68,8 @@ class StreamerConfig:
         Serve ``/metrics`` there (``None``: not at all; 0: any free port).
     once
         Scan once (no observer), deliver everything, exit.
+    curve_secret, curve_server
+        CurveZMQ: this streamer's ``NAME.key_secret`` and the engine's ``NAME.key`` (both or neither).
     """
 
     watch_dirs: tuple[Path, ...]
@@ -95,6 +98,8 @@ class StreamerConfig:
     rescan_interval_s: float = 300.0
     metrics_port: int | None = None
     once: bool = False
+    curve_secret: Path | None = None
+    curve_server: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.watch_dirs:
@@ -122,6 +127,13 @@ class StreamerConfig:
             amplitude_contrast=self.amplitude_contrast,
         )
 
+    @property
+    def curve_files(self) -> CurveClientFiles | None:
+        """The CurveZMQ certificate files, when both are set."""
+        if self.curve_secret is None or self.curve_server is None:
+            return None
+        return CurveClientFiles(Path(self.curve_secret), Path(self.curve_server))
+
     def sender_config(self) -> SenderConfig:
         """The sender's part."""
         return SenderConfig(
@@ -130,6 +142,9 @@ class StreamerConfig:
             window=self.window,
             ack_timeout_s=self.ack_timeout_s,
             heartbeat_s=self.heartbeat_s,
+            curve=None
+            if self.curve_secret is None
+            else CurveClientFiles(self.curve_secret, Path(self.curve_server or "")),
         )
 
 

@@ -23,9 +23,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
+import zmq.auth
 
+from otf2d.core.curve import CurveClientFiles
 from otf2d.core.errors import DecodeError, InputError
 from otf2d.core.particles import ParticleBatch
 from otf2d.core.wire import (
@@ -66,6 +69,8 @@ class SenderConfig:
         Wait before re-sending a NACKed batch when the NACK gives no ``retry_after_s``.
     linger_ms
         Socket ``LINGER``.
+    curve
+        CurveZMQ certificate files (this streamer's secret, the engine's public key); ``None``: plain TCP.
     """
 
     engine: str
@@ -75,6 +80,7 @@ class SenderConfig:
     heartbeat_s: float = 2.0
     nack_retry_s: float = 1.0
     linger_ms: int = 200
+    curve: CurveClientFiles | None = None
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -83,6 +89,18 @@ class SenderConfig:
             raise InputError(None, f"identity must be 1-255 bytes, got {self.identity!r}")
         if self.ack_timeout_s <= 0 or self.heartbeat_s <= 0:
             raise InputError(None, "ack_timeout_s and heartbeat_s must be > 0")
+
+
+def _apply_curve(sock: zmq.Socket[Any], files: CurveClientFiles) -> None:
+    """Make ``sock`` a CURVE client (ZeroMQ certificate files, ``otf2d keys``)."""
+    try:
+        public, secret = zmq.auth.load_certificate(str(files.secret))
+        server, _ = zmq.auth.load_certificate(str(files.server))
+    except (OSError, ValueError) as exc:
+        raise InputError(files.secret, f"cannot load the CurveZMQ certificates: {exc}") from exc
+    if secret is None:
+        raise InputError(files.secret, "holds no secret key: give the NAME.key_secret file")
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server
 
 
 @dataclass
@@ -141,6 +159,8 @@ class Sender:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         sock.setsockopt(zmq.HEARTBEAT_TTL, 10000)
+        if config.curve is not None:
+            _apply_curve(sock, config.curve)
         sock.connect(config.engine)
         self.socket = sock
         self._in_flight: dict[str, _InFlight] = {}

@@ -56,3 +56,8 @@ def test_fold_memory_benchmark_prints_its_table() -> None:
     assert 3 * 20 <= folded[0] < folded[1] <= 6 * 2048
     assert all(float(r.split("|")[4]) > 50 for r in rows)  # RSS MB of a process holding torch
     assert "RSS MB from the first reading to the last:" in out
+
+
+def test_fuzz_wire_benchmark_finds_no_failure() -> None:
+    out = run_benchmark("fuzz_wire.py", "--cases", "3000", "--seed", "5", "--strict")
+    assert out.splitlines()[-1].startswith("failures: 0 of 3000 cases")

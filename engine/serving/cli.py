@@ -2,9 +2,17 @@
 
 Example usage:
 
-    otf2d engine --listen tcp://*:5555 --data /srv/otf2d --classes 50 --http-port 8001 --http-addr 0.0.0.0
+    otf2d engine --data /srv/otf2d --classes 50                      # tcp://127.0.0.1:5555, this host only
+    otf2d keys --out /etc/otf2d/keys --name engine                   # once: the engine's certificate
+    otf2d engine --listen tcp://*:5555 --curve-secret /etc/otf2d/keys/engine.key_secret \\
+        --curve-clients /etc/otf2d/clients --data /srv/otf2d --http-port 8001 --http-addr 0.0.0.0
 
-Streamers (``otf2d stream --engine tcp://HOST:5555``) connect to it. Each session (named by its
+Streamers (``otf2d stream --engine tcp://HOST:5555``) connect to it. Security: by default the engine
+listens on loopback only. On an address other hosts can reach it requires CurveZMQ (it refuses to
+start otherwise, unless ``--insecure``): ``--curve-secret`` is its certificate, ``--curve-clients`` the
+folder of the public keys (``*.key``, from ``otf2d keys``) of the streamers and users it accepts;
+other clients get nothing through. A session belongs to the key that created it: another key may
+read its status but not write to it. At most ``--max-sessions`` sessions (default 64). Each session (named by its
 batches, or created by ``start_session``) keeps its journal, checkpoints and snapshots under
 ``--data DIR/sessions/<name>/``. Particles are ACKed once durably journaled; the classes are
 initialised from the first ``K × batch_size_per_class`` particles, then every new batch is folded
@@ -45,6 +53,7 @@ engine's memory (and the GPU's on CUDA); ``/metrics`` has it as ``process_reside
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -54,7 +63,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from otf2d.core.classification_flags import add_classification_args, params_from_args
-from otf2d.core.config import Class2DParams, VerdictConfig, load_config
+from otf2d.core.config import Class2DParams, EngineLimits, VerdictConfig, load_config
+from otf2d.core.curve import is_loopback
 from otf2d.core.errors import ConfigError
 from otf2d.engine.resources.device import add_device_args, check_threads, choose_device
 from otf2d.engine.resources.heap import MAX_MMAP_THRESHOLD_BYTES, set_mmap_threshold
@@ -69,13 +79,20 @@ log = logging.getLogger(__name__)
 
 #: Port of the status page and /metrics when ``--http-port`` is not given (deploy/ scrapes it).
 DEFAULT_HTTP_PORT = 8001
+#: Default of ``--listen``: this host only (other hosts need CurveZMQ, or ``--insecure``).
+DEFAULT_LISTEN = "tcp://127.0.0.1:5555"
 #: Default of ``--mmap-threshold-mb`` (measured in :mod:`otf2d.engine.resources.heap`).
 DEFAULT_MMAP_THRESHOLD_MB = 4.0
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """The options of ``otf2d engine``."""
-    parser.add_argument("--listen", default="tcp://*:5555", help="ROUTER endpoint to bind (default %(default)s)")
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help="ROUTER endpoint to bind (default %(default)s: this host only); an address other hosts can reach "
+        "needs --curve-secret and --curve-clients (or --insecure)",
+    )
     parser.add_argument("--data", required=True, type=Path, help="directory of the engine's state")
     parser.add_argument(
         "--config", type=Path, help="TOML file; its [classification] table sets session defaults (flags win)"
@@ -115,6 +132,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--metrics-port", type=int, help="also serve /metrics alone on this port")
     parser.add_argument("--metrics-addr", default="0.0.0.0", help="address of --metrics-port (default %(default)s)")
+    parser.add_argument(
+        "--max-sessions", type=int, help="most sessions held, one more is refused (default: config's, else 64)"
+    )
+    curve = parser.add_argument_group("CurveZMQ authentication and encryption (otf2d keys)")
+    curve.add_argument("--curve-secret", type=Path, metavar="FILE", help="the engine's certificate (NAME.key_secret)")
+    curve.add_argument(
+        "--curve-clients", type=Path, metavar="DIR", help="folder of the accepted clients' public keys (*.key)"
+    )
+    curve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen on an address other hosts can reach WITHOUT CurveZMQ: anyone who reaches the port can "
+        "create sessions, inject particles and control the engine",
+    )
     add_classification_args(
         parser, "classification defaults of new sessions (cryoSPARC's parameters and defaults; flags override --config)"
     )
@@ -129,6 +160,40 @@ def session_defaults(args: argparse.Namespace) -> Class2DParams:
         An invalid config file or flag value.
     """
     return params_from_args(args)
+
+
+def check_listen_security(args: argparse.Namespace) -> bool:
+    """Whether CURVE is on; refuses an address other hosts can reach without it (unless ``--insecure``).
+
+    Raises
+    ------
+    ConfigError
+        Only one of ``--curve-secret`` / ``--curve-clients``, or a reachable address without CURVE.
+    """
+    secret, clients = args.curve_secret, args.curve_clients
+    if (secret is None) != (clients is None):
+        raise ConfigError(None, "--curve-secret and --curve-clients go together (the engine's key, the clients' keys)")
+    if secret is not None:
+        return True
+    if not is_loopback(args.listen) and not args.insecure:
+        raise ConfigError(
+            None,
+            f"refusing to listen on {args.listen} without CurveZMQ: any host that reaches this port could create "
+            "sessions, inject particles, pause sessions and mark classes junk. Give --curve-secret ENGINE.key_secret "
+            "and --curve-clients DIR (make keys with 'otf2d keys'), listen on 127.0.0.1, or accept the risk with "
+            "--insecure",
+        )
+    if args.insecure and not is_loopback(args.listen):
+        log.warning("listening on %s WITHOUT CurveZMQ (--insecure): any host that reaches it is trusted", args.listen)
+    return False
+
+
+def max_sessions(args: argparse.Namespace) -> int:
+    """``--max-sessions``, else the config's ``[engine] max_sessions`` (default 64)."""
+    limits = load_config(args.config).engine if args.config is not None else EngineLimits()
+    if args.max_sessions is None:
+        return limits.max_sessions
+    return dataclasses.replace(limits, max_sessions=args.max_sessions).max_sessions
 
 
 def http_port(args: argparse.Namespace) -> int:
@@ -201,10 +266,12 @@ def main(args: argparse.Namespace) -> int:
             "(give --http-addr 0.0.0.0 to reach it from other hosts, or another --metrics-port)",
         )
     check_threads(args.threads)
+    use_curve = check_listen_security(args)
     apply_mmap_threshold(args.mmap_threshold_mb)
     import torch
     import zmq
 
+    from otf2d.control.curve import ServerCurve
     from otf2d.engine.serving.em_adapter import em_classifier_factory
     from otf2d.engine.serving.monitoring_hooks import EngineMonitoring
     from otf2d.engine.serving.server import EngineServer, ServerConfig
@@ -228,7 +295,9 @@ def main(args: argparse.Namespace) -> int:
         cache_dtype=args.cache_dtype,
         max_backlog=args.max_backlog,
         keep_snapshots=args.keep_snapshots,
+        max_sessions=max_sessions(args),
     )
+    curve = ServerCurve(args.curve_secret, args.curve_clients) if use_curve else None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -254,7 +323,7 @@ def main(args: argparse.Namespace) -> int:
         args.snapshot_seconds,
     )
     service.open()
-    server = EngineServer(service, ServerConfig(listen=args.listen))
+    server = EngineServer(service, ServerConfig(listen=args.listen), curve=curve)
     stop_metrics = None
     status_server = None
     try:

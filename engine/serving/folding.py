@@ -34,7 +34,14 @@ from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
 from otf2d.engine.serving.classifier_port import ClassifierFactory, ClassifierPort, Judgements
 from otf2d.engine.serving.session import Session, params_to_dict
-from otf2d.engine.storage.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from otf2d.engine.storage.checkpoint import (
+    flatten_state,
+    previous_path,
+    readable_checkpoints,
+    save_checkpoint,
+    set_aside,
+    unflatten_state,
+)
 from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, JournalSlice
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,10 @@ class SessionFolder:
         self.last_pass_start = 0
         self.snapshot_iteration = 0
         self.error: str | None = None
+        #: Not before this unix time is a failed checkpoint tried again.
+        self.checkpoint_retry_at = 0.0
+        #: Judgements of particles folded in but not yet stored (the store failed: a full disk).
+        self._unstored: tuple[JournalSlice, Judgements] | None = None
         self.initialising = False
         self.checkpoint_consumed = 0
         self.checkpoint_time = time.time()
@@ -157,22 +168,36 @@ class SessionFolder:
         classifier = self._new_classifier()
         judgements = classifier.initialise(part.batch)
         self.classifier = classifier
-        self._store(part, judgements)
         self.consumed = n_init
         self.phase = Phase.STREAMING
         self.last_pass_start = self.consumed
         log.info("session %s: classes initialised from %d particles", self.name, n_init)
+        self._unstored = (part, judgements)
+        self.flush_judgements()
         return part
 
     def fold(self, max_particles: int) -> JournalSlice:
         """Fold the next (at most ``max_particles``) journal particles in; returns them."""
         if self.classifier is None:
             raise RuntimeError(f"session {self.name} is not streaming")
+        self.flush_judgements()
         part = self.session.journal.read(self.consumed, self.consumed + max_particles)
         judgements = self.classifier.fold(part.batch)
-        self._store(part, judgements)
-        self.consumed += len(part)
+        self.consumed += len(part)  # in the classes now, whether or not the judgements can be stored
+        self._unstored = (part, judgements)
+        self.flush_judgements()
         return part
+
+    @property
+    def has_unstored(self) -> bool:
+        """Whether judgements wait to be stored (their store failed before)."""
+        return self._unstored is not None
+
+    def flush_judgements(self) -> None:
+        """Store judgements whose store failed before (a full disk); raises while it still fails."""
+        if self._unstored is not None:
+            self._store(*self._unstored)
+            self._unstored = None
 
     def wants_revisit(self) -> bool:
         """A revisit pass is under way, or the folded set grew enough to start one."""
@@ -226,17 +251,33 @@ class SessionFolder:
         return size
 
     def restore(self) -> bool:
-        """Continue from the session's checkpoint, if it has one; returns whether it had.
+        """Continue from the session's newest usable checkpoint; returns whether there was one.
 
-        Raises
-        ------
-        InputError
-            The checkpoint is unreadable, or claims more folded particles than the journal holds.
+        A checkpoint that cannot be read (empty, truncated, corrupt) or used (it claims more folded
+        particles than the journal holds, or its state does not fit the classifier) falls back to the
+        previous one; with none usable, the unusable files are set aside (renamed, kept) and the
+        session replays its journal from the start: slower, never wedged.
         """
-        loaded = load_checkpoint(self.session.checkpoint_path)
-        if loaded is None:
-            return False
-        meta, arrays = loaded
+        path = self.session.checkpoint_path
+        readable, errors = readable_checkpoints(path)
+        for candidate, meta, arrays in readable:
+            try:
+                self._apply_checkpoint(meta, arrays)
+            except (InputError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+                log.error("session %s: checkpoint %s cannot be used (%s)", self.name, candidate.name, exc)
+                errors.append(f"{candidate.name}: {exc}")
+                continue
+            if candidate != path:
+                log.warning("session %s: restored the previous checkpoint %s", self.name, candidate.name)
+            return True
+        if errors:
+            for candidate in (path, previous_path(path)):
+                set_aside(candidate, "; ".join(errors))
+            log.error("session %s: no usable checkpoint; replaying the journal from the start", self.name)
+        return False
+
+    def _apply_checkpoint(self, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Take the folding state of one checkpoint (nothing changes when it raises)."""
         consumed = int(meta["consumed"])
         if consumed > self.session.journal.count:
             raise InputError(
@@ -267,7 +308,6 @@ class SessionFolder:
             self.session.journal.count,
             self.session.journal.count - consumed,
         )
-        return True
 
     # ------------------------------------------------------------------ snapshots
 

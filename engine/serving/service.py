@@ -9,8 +9,14 @@ Delivery answers (see ``otf2d.core.wire``):
 
 - ACK: the batch is durably journaled (``n_accepted`` new particles, ``n_duplicates`` already
   known); a re-sent ``msg_id`` is ACKed again with ``n_accepted = 0``.
-- REJECT: the batch can never be accepted (its box or pixel size differs from its session's, or
-  its box is not square and even).
+- REJECT: the batch can never be classified (:func:`otf2d.engine.serving.ingest_checks.batch_problem`: a box
+  that is not square, even and 16-2048 px, a pixel size outside 0.05-50 Å, or a particle whose CTF
+  is not physical: voltage 60-400 kV, Cs 0-10 mm, amplitude contrast 0-1, defocus -10..20 µm).
+- NACK naming both geometries: the batch's box or pixel size differs from its session's, which its
+  ``start_session`` fixes (``params`` ``box_size`` + ``pixel_size_angstrom``) or else its first
+  accepted batch; a stray first batch thus never makes the good ones dead letters. Also NACKed: a
+  batch for a session that belongs to another CURVE client key, or one that would create a session
+  beyond ``max_sessions``.
 - NACK with ``retry_after_s``: not now — the journal could not be written (disk full, I/O error),
   or the session's backlog of particles not yet folded exceeds ``max_backlog``, or the engine is
   shutting down. A paused session still journals and ACKs: pausing stops folding only.
@@ -56,10 +62,12 @@ from otf2d.core.wire import (
 from otf2d.engine.resources.memory import device_memory_bytes, memory_status
 from otf2d.engine.serving.classifier_port import ClassifierFactory
 from otf2d.engine.serving.folding import Phase
+from otf2d.engine.serving.ingest_checks import BOX_RANGE, PIXEL_SIZE_RANGE_ANGSTROM, batch_problem
 from otf2d.engine.serving.metrics import EngineMetrics
 from otf2d.engine.serving.session import SESSION_OPTIONS, Session, find_sessions, merge_params, params_to_dict
 from otf2d.engine.serving.snapshot_writer import SnapshotWrite, SnapshotWriter
 from otf2d.engine.serving.worker import Worker, WorkerConfig
+from otf2d.engine.storage.disk import is_disk_full
 from otf2d.engine.storage.journal import AppendOutcome
 
 log = logging.getLogger(__name__)
@@ -91,6 +99,9 @@ class EngineConfig:
         ``retry_after_s`` of NACKs.
     keep_snapshots
         Snapshots kept per session (0: all).
+    max_sessions
+        Most sessions the engine holds; a batch or ``start_session`` that would create one more is
+        refused (NACK / ``ok = false``) with the reason.
     """
 
     data_dir: Path
@@ -100,16 +111,24 @@ class EngineConfig:
     max_backlog: int = 0
     retry_after_s: float = 2.0
     keep_snapshots: int = 5
+    max_sessions: int = 64
 
 
-def box_problem(batch: ParticleBatch) -> str:
-    """Why the classifier cannot take images of this box ("" when it can): square and even only."""
-    h, w = batch.box_size
-    if h != w:
-        return f"images of {h}x{w} pixels: only square boxes can be classified"
-    if h % 2:
-        return f"images of odd box {h}: only even boxes can be classified"
-    return ""
+def _geometry_option(options: dict[str, Any]) -> tuple[int, float] | None:
+    """``(box, pixel size)`` from ``start_session``'s ``box_size`` and ``pixel_size_angstrom`` (both or neither)."""
+    box, pixel = options.get("box_size"), options.get("pixel_size_angstrom")
+    if box is None and pixel is None:
+        return None
+    if type(box) is not int or not isinstance(pixel, int | float) or isinstance(pixel, bool):
+        raise InputError(None, "box_size (an integer) and pixel_size_angstrom (a number) go together")
+    if box % 2 or not BOX_RANGE[0] <= box <= BOX_RANGE[1]:
+        raise InputError(None, f"box_size must be even and {BOX_RANGE[0]}-{BOX_RANGE[1]} pixels, got {box}")
+    if not PIXEL_SIZE_RANGE_ANGSTROM[0] <= pixel <= PIXEL_SIZE_RANGE_ANGSTROM[1]:
+        raise InputError(
+            None,
+            f"pixel_size_angstrom must be {PIXEL_SIZE_RANGE_ANGSTROM[0]}-{PIXEL_SIZE_RANGE_ANGSTROM[1]} Å, got {pixel}",
+        )
+    return box, float(pixel)
 
 
 @dataclass(frozen=True)
@@ -236,9 +255,21 @@ class EngineService:
         with self._lock:
             return self._sessions.get(name)
 
-    def _create(self, name: str, params: Class2DParams, project_dir: str | None) -> Session:
+    def _create(self, name: str, params: Class2DParams, project_dir: str | None, owner: str | None) -> Session:
+        with self._lock:
+            if len(self._sessions) >= self.config.max_sessions:
+                raise InputError(
+                    None,
+                    f"the engine holds {len(self._sessions)} sessions, its limit (max_sessions = "
+                    f"{self.config.max_sessions}): session {name!r} is not created",
+                )
         session = Session.create(
-            self.sessions_dir, name, params, project_dir=project_dir, cache_dtype=self.config.cache_dtype
+            self.sessions_dir,
+            name,
+            params,
+            project_dir=project_dir,
+            cache_dtype=self.config.cache_dtype,
+            owner=owner,
         )
         with self._lock:
             self._sessions[name] = session
@@ -246,19 +277,24 @@ class EngineService:
         log.info("session %s created (%d classes)", name, params.n_classes)
         return session
 
-    def _session_for_batch(self, name: str) -> Session:
+    def _session_for_batch(self, name: str, client: str | None) -> Session:
         session = self.session(name)
-        return session if session is not None else self._create(name, self.config.defaults, None)
+        return session if session is not None else self._create(name, self.config.defaults, None, client)
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, entries: Sequence[tuple[dict[str, Any], ParticleBatch]]) -> list[Answer]:
+    def ingest(
+        self, entries: Sequence[tuple[dict[str, Any], ParticleBatch]], clients: Sequence[str | None] | None = None
+    ) -> list[Answer]:
         """Journal decoded batches (grouped per session, one durable write each) and say what to answer.
 
         Parameters
         ----------
         entries
             ``(header, batch)`` pairs from :func:`otf2d.core.wire.decode_batch`.
+        clients
+            The authenticated CURVE public key of each entry's sender (``None`` entries or no list:
+            no CURVE). A batch for a session that belongs to another key is NACKed with the reason.
 
         Returns
         -------
@@ -266,11 +302,13 @@ class EngineService:
             One per entry, in order: ACK, NACK or REJECT with their fields.
         """
         answers: list[Answer | None] = [None] * len(entries)
-        by_session: dict[str, list[int]] = {}
+        senders = list(clients) if clients is not None else [None] * len(entries)
+        by_session: dict[tuple[str, str | None], list[int]] = {}
         for i, (header, _) in enumerate(entries):
-            by_session.setdefault(str(header["session"]), []).append(i)
-        for name, idxs in by_session.items():
-            for i, answer in zip(idxs, self._ingest_session(name, [entries[i] for i in idxs]), strict=True):
+            by_session.setdefault((str(header["session"]), senders[i]), []).append(i)
+        for (name, client), idxs in by_session.items():
+            group = [entries[i] for i in idxs]
+            for i, answer in zip(idxs, self._ingest_session(name, group, client), strict=True):
                 answers[i] = answer
         self.worker.notify()
         result = [a for a in answers if a is not None]
@@ -281,34 +319,54 @@ class EngineService:
     def _nack(self, msg_id: str, reason: str) -> Answer:
         return Answer(KIND_NACK, {"msg_id": msg_id, "reason": reason, "retry_after_s": self.config.retry_after_s})
 
-    def _ingest_session(self, name: str, entries: list[tuple[dict[str, Any], ParticleBatch]]) -> list[Answer]:
+    def _ingest_session(
+        self, name: str, entries: list[tuple[dict[str, Any], ParticleBatch]], client: str | None = None
+    ) -> list[Answer]:
         msg_ids = [str(h["msg_id"]) for h, _ in entries]
         if self._closing:
             return [self._nack(m, "engine shutting down") for m in msg_ids]
         try:
-            session = self._session_for_batch(name)
+            session = self._session_for_batch(name, client)
         except (OSError, sqlite3.Error, InputError) as exc:
             log.error("session %s: cannot open: %s", name, exc)
             return [self._nack(m, f"session cannot be opened: {exc}") for m in msg_ids]
+        refusal = session.writable_by(client)
+        if refusal:
+            return [self._nack(m, refusal) for m in msg_ids]
         backlog = self.config.max_backlog
         if backlog > 0:
             folder = self.worker.folder(name)
             if folder is not None and folder.pending > backlog:
                 return [self._nack(m, f"backlog of {folder.pending} particles to fold") for m in msg_ids]
-        unusable = {i: box_problem(batch) for i, (_, batch) in enumerate(entries) if box_problem(batch)}
-        usable = [e for i, e in enumerate(entries) if i not in unusable]
+        problems = [batch_problem(batch) for _, batch in entries]
+        unusable = {i: p for i, p in enumerate(problems) if p}
+        mismatched = self._geometry_mismatches(session, entries, unusable)
+        usable = [e for i, e in enumerate(entries) if i not in unusable and i not in mismatched]
+        paused = self.worker.disk.paused()
+        if paused:
+            return [self._nack(m, paused) for m in msg_ids]
         try:
             appended = iter(session.journal.append_many(usable) if usable else [])
         except (OSError, sqlite3.Error) as exc:
-            log.error("session %s: journal write failed: %s", name, exc)
+            if is_disk_full(exc):
+                self.worker.disk.trip(exc, f"journal of session {name}")
+                return [self._nack(m, self.worker.disk.paused() or f"disk full: {exc}") for m in msg_ids]
+            self.worker.problems.report(logging.ERROR, "journal write", f"session {name}: journal write failed: {exc}")
             return [self._nack(m, f"journal write failed: {exc}") for m in msg_ids]
+        if usable:
+            self.worker.disk.clear()
         outcomes = [
-            AppendOutcome(msg_ids[i], False, reason=unusable[i]) if i in unusable else next(appended)
+            AppendOutcome(msg_ids[i], False, reason=unusable.get(i) or mismatched[i])
+            if i in unusable or i in mismatched
+            else next(appended)
             for i in range(len(entries))
         ]
         answers = []
-        for (_, batch), outcome in zip(entries, outcomes, strict=True):
-            if outcome.accepted:
+        for i, ((_, batch), outcome) in enumerate(zip(entries, outcomes, strict=True)):
+            if i in mismatched:
+                log.info("session %s: NACK %s: %s", name, outcome.msg_id, outcome.reason)
+                answers.append(self._nack(outcome.msg_id, outcome.reason))
+            elif outcome.accepted:
                 if not outcome.resent:
                     self.metrics.particles_received.inc(outcome.n_accepted)
                     self.metrics.particles_rejected.labels("duplicate").inc(outcome.n_duplicates)
@@ -328,6 +386,28 @@ class EngineService:
                 answers.append(Answer(KIND_REJECT, {"msg_id": outcome.msg_id, "reason": outcome.reason}))
         return answers
 
+    @staticmethod
+    def _geometry_mismatches(
+        session: Session, entries: list[tuple[dict[str, Any], ParticleBatch]], unusable: dict[int, str]
+    ) -> dict[int, str]:
+        """Batches whose box or pixel size differs from the session's (fixed by ``start_session`` or its
+        first accepted batch): NACKed with the reason, so that a wrong first batch never dead-letters
+        the good ones."""
+        box, pixel = session.journal.box, session.journal.pixel_size_angstrom
+        mismatched: dict[int, str] = {}
+        for i, (header, batch) in enumerate(entries):
+            if i in unusable or session.journal.message(str(header["msg_id"])) is not None:
+                continue
+            if box is None or pixel is None:
+                box, pixel = batch.box_size, batch.pixel_size_angstrom
+                continue
+            if batch.box_size != box or abs(batch.pixel_size_angstrom - pixel) > 1e-4 * pixel:
+                mismatched[i] = (
+                    f"box {batch.box_size[0]} at {batch.pixel_size_angstrom:g} Å/px differs from session "
+                    f"{session.name!r}'s box {box[0]} at {pixel:g} Å/px (set by its start_session or first batch)"
+                )
+        return mismatched
+
     def invalid(self, msg_id: str, reason: str, n_particles: int = 0) -> Answer:
         """The REJECT of a message that failed decoding (counted as ``invalid``)."""
         self.metrics.particles_rejected.labels("invalid").inc(max(0, n_particles))
@@ -336,18 +416,26 @@ class EngineService:
 
     # ------------------------------------------------------------------ control
 
-    def control(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Serve a control request; returns the ``reply`` fields (``ok`` and ``result`` or ``error``)."""
+    def control(self, message: dict[str, Any], client: str | None = None) -> dict[str, Any]:
+        """Serve a control request; returns the ``reply`` fields (``ok`` and ``result`` or ``error``).
+
+        ``client`` is the sender's CURVE public key (``None`` without CURVE): every request but
+        ``status`` that names a session is refused unless the session is :meth:`Session.writable_by` it.
+        """
         kind = message["kind"]
         try:
+            target = self.session(str(message["session"])) if isinstance(message.get("session"), str) else None
+            refusal = target.writable_by(client) if target is not None and kind != KIND_STATUS else ""
+            if refusal:
+                raise InputError(None, refusal)
             if kind == KIND_STATUS:
                 result = self.status(message.get("session"))
             elif kind == KIND_SNAPSHOT:
                 result = self._request_snapshot(message["session"])
             elif kind in (KIND_PAUSE, KIND_RESUME):
-                result = self._pause(message.get("session"), kind == KIND_PAUSE)
+                result = self._pause(message.get("session"), kind == KIND_PAUSE, client)
             elif kind == KIND_START_SESSION:
-                result = self.start_session(message["session"], message["params"])
+                result = self.start_session(message["session"], message["params"], client)
             elif kind in self._control_handlers:
                 result = self._control_handlers[kind](message)
             else:
@@ -381,8 +469,11 @@ class EngineService:
             "directory": str(session.snapshot_dir),
         }
 
-    def _pause(self, name: str | None, paused: bool) -> dict[str, Any]:
-        sessions = [self._require(name)] if name is not None else list(self._all_sessions())
+    def _pause(self, name: str | None, paused: bool, client: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            sessions = [self._require(name)]
+        else:
+            sessions = [s for s in self._all_sessions() if not s.writable_by(client)]
         for session in sessions:
             session.paused = paused
             if paused:
@@ -394,7 +485,7 @@ class EngineService:
         with self._lock:
             return list(self._sessions.values())
 
-    def start_session(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    def start_session(self, name: str, params: dict[str, Any], client: str | None = None) -> dict[str, Any]:
         """Create session ``name`` with ``params`` (merged over the defaults), or check / update it.
 
         Raises
@@ -408,6 +499,7 @@ class EngineService:
         project_dir = options.get("project_dir")
         if project_dir is not None and not isinstance(project_dir, str):
             raise InputError(None, "project_dir must be a string")
+        geometry = _geometry_option(options)
         classification = {k: v for k, v in params.items() if k not in SESSION_OPTIONS}
         try:
             wanted = merge_params(self.config.defaults, classification, f"start_session {name!r} params")
@@ -415,8 +507,12 @@ class EngineService:
             raise InputError(None, exc.what) from exc
         session = self.session(name)
         if session is None:
-            session = self._create(name, wanted, project_dir)
+            session = self._create(name, wanted, project_dir, client)
+            if geometry is not None:
+                session.journal.fix_geometry(*geometry)
             return {"session": name, "created": True, "params": params_to_dict(wanted)}
+        if geometry is not None:
+            session.journal.fix_geometry(*geometry)
         folder = self.worker.folder(name)
         changed = wanted != session.params or (project_dir is not None and project_dir != session.project_dir)
         if changed:
@@ -463,6 +559,7 @@ class EngineService:
             "n_classes": session.params.n_classes,
             "params": params_to_dict(session.params),
             "project_dir": session.project_dir,
+            "owner": session.owner,
             "directory": str(session.root),
             "snapshot_directory": str(session.snapshot_dir),
         }

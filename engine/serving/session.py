@@ -2,7 +2,7 @@
 
 ::
 
-    <data>/sessions/<dir>/session.json      name, parameters, project_dir, created (atomic)
+    <data>/sessions/<dir>/session.json      name, parameters, project_dir, owner, created (atomic)
     <data>/sessions/<dir>/journal/          the journal and particle cache (otf2d.engine.storage.journal)
     <data>/sessions/<dir>/checkpoint.npz    the newest checkpoint (otf2d.engine.storage.checkpoint)
     <data>/sessions/<dir>/snapshots/        RELION / cryoSPARC / PNG snapshots + latest.json
@@ -30,7 +30,7 @@ from otf2d.engine.storage.journal import Journal
 
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
 #: Keys of ``start_session`` params that are session options, not classification parameters.
-SESSION_OPTIONS = ("project_dir",)
+SESSION_OPTIONS = ("project_dir", "box_size", "pixel_size_angstrom")
 
 
 def session_directory_name(name: str) -> str:
@@ -90,6 +90,9 @@ class Session:
     params: Class2DParams
     journal: Journal
     project_dir: str | None = None
+    #: Public key (Z85) of the CurveZMQ client that created the session; only it may write to the
+    #: session. ``None``: created without CURVE (a loopback or ``--insecure`` engine): open to all.
+    owner: str | None = None
     created: float = field(default_factory=time.time)
     paused: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -104,6 +107,12 @@ class Session:
         """``<root>/snapshots``."""
         return self.root / "snapshots"
 
+    def writable_by(self, client: str | None) -> str:
+        """Why ``client`` (a CURVE public key, or ``None``) may not write to this session ("" when it may)."""
+        if self.owner is None or client == self.owner:
+            return ""
+        return f"session {self.name!r} belongs to another client key; this key may read its status only"
+
     def save(self) -> None:
         """Write ``session.json`` (atomically)."""
         write_json_atomic(
@@ -112,6 +121,7 @@ class Session:
                 "name": self.name,
                 "params": params_to_dict(self.params),
                 "project_dir": self.project_dir,
+                "owner": self.owner,
                 "created": self.created,
             },
             sort_keys=True,
@@ -127,6 +137,7 @@ class Session:
         *,
         project_dir: str | None = None,
         cache_dtype: str = "float16",
+        owner: str | None = None,
     ) -> Session:
         """Make the session's folder, write ``session.json`` and open an empty journal."""
         root = sessions_dir / session_directory_name(name)
@@ -135,7 +146,7 @@ class Session:
         root.mkdir(parents=True, exist_ok=True)
         fsync_directory(sessions_dir)
         journal = Journal(root / "journal", name, cache_dtype=cache_dtype)
-        session = cls(name=name, root=root, params=params, journal=journal, project_dir=project_dir)
+        session = cls(name=name, root=root, params=params, journal=journal, project_dir=project_dir, owner=owner)
         session.save()
         return session
 
@@ -164,6 +175,7 @@ class Session:
             params=params,
             journal=journal,
             project_dir=record.get("project_dir"),
+            owner=record.get("owner"),
             created=float(record.get("created", time.time())),
         )
 

@@ -39,11 +39,14 @@ from otf2d.engine.resources.heap import HeapTrimmer
 from otf2d.engine.serving.classifier_port import ClassifierFactory
 from otf2d.engine.serving.folding import Phase, SessionFolder
 from otf2d.engine.serving.metrics import EngineMetrics
+from otf2d.engine.serving.problem_log import ProblemLog
 from otf2d.engine.serving.session import Session
 from otf2d.engine.serving.snapshot_writer import SnapshotJob, SnapshotWriter
+from otf2d.engine.storage.disk import DiskGuard, is_disk_full
 from otf2d.engine.storage.journal import JournalSlice
 
 log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 #: How many recent file → classified latencies are kept for the status reply.
@@ -74,6 +77,8 @@ class WorkerConfig:
     heap_trim_seconds
         Shortest interval between two trims of the heap (:mod:`otf2d.engine.resources.heap`) after checkpoints
         and in rounds with nothing to fold; 0 disables them.
+    retry_seconds
+        Wait before a failed checkpoint is tried again, and before a failed snapshot is written again.
     """
 
     max_step_particles: int = 2048
@@ -85,6 +90,7 @@ class WorkerConfig:
     snapshot_min_seconds: float = 10.0
     revisit: bool = True
     heap_trim_seconds: float = 10.0
+    retry_seconds: float = 30.0
 
 
 def _due(done: int, every: int, elapsed_s: float, seconds: float) -> bool:
@@ -109,6 +115,9 @@ class Worker:
         self.device = device
         self.metrics = metrics
         self.snapshots = snapshots
+        #: Shared with ingest: a full disk pauses folding, checkpoints and snapshots.
+        self.disk = DiskGuard()
+        self.problems = ProblemLog(log)
         self._folders: dict[str, SessionFolder] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(threading.Lock())
@@ -207,12 +216,16 @@ class Worker:
             self._signalled = False
 
     def _round(self) -> bool:
-        """One pass over the sessions; whether anything was done."""
+        """One pass over the sessions; whether anything was done (nothing but calls while the disk is full)."""
+        if self.disk.paused():
+            return self._serve_calls()
         worked = self._serve_requests()
         folded = False
         for folder in self.folders():
             if self._stopping.is_set():
                 break
+            if folder.has_unstored and not self._flush(folder):
+                continue
             if folder.has_work():
                 self._step(folder)
                 folded = True
@@ -233,12 +246,29 @@ class Worker:
         try:
             part = folder.initialise() if folder.ready_to_initialise() else folder.fold(self.config.max_step_particles)
         except Exception as exc:
-            folder.fail(exc)
+            if is_disk_full(exc):
+                self.disk.trip(exc, f"folding session {folder.name}")
+            else:
+                folder.fail(exc)
             return
+        self.disk.clear()
         seconds = time.monotonic() - start
         self.busy_seconds += seconds
         self.heap.note_work()
         self._observe(part, seconds)
+
+    def _flush(self, folder: SessionFolder) -> bool:
+        """Store the judgements a full disk held back; whether the folder may go on."""
+        try:
+            folder.flush_judgements()
+        except Exception as exc:
+            if is_disk_full(exc):
+                self.disk.trip(exc, f"storing the judgements of session {folder.name}")
+            else:
+                folder.fail(exc)
+            return False
+        self.disk.clear()
+        return True
 
     def _observe(self, part: JournalSlice, seconds: float) -> None:
         self.metrics.step_duration.observe(seconds)
@@ -253,7 +283,10 @@ class Worker:
         try:
             n = folder.revisit(self.config.revisit_batch)
         except Exception as exc:
-            folder.fail(exc)
+            if is_disk_full(exc):
+                self.disk.trip(exc, f"re-judging session {folder.name}")
+            else:
+                folder.fail(exc)
             return
         self.busy_seconds += time.monotonic() - start
         self.heap.note_work()
@@ -264,13 +297,15 @@ class Worker:
             return
         now = time.time()
         cfg = self.config
-        if _due(
+        if now >= folder.checkpoint_retry_at and _due(
             folder.consumed - folder.checkpoint_consumed,
             cfg.checkpoint_every,
             now - folder.checkpoint_time,
             cfg.checkpoint_seconds,
         ):
             self._checkpoint(folder)
+        if self.snapshots.errors.get(folder.name) and now - folder.snapshot_time >= cfg.retry_seconds:
+            self._snapshot(folder)  # the last one failed (a full disk, ...): try again
         folded = folder.consumed - folder.snapshot_consumed
         elapsed = now - folder.snapshot_time
         by_count = _due(folded, cfg.snapshot_every, 0.0, 0.0) and elapsed >= cfg.snapshot_min_seconds
@@ -299,9 +334,21 @@ class Worker:
         start = time.monotonic()
         try:
             size = folder.checkpoint()
-        except Exception:
-            log.exception("session %s: checkpoint failed (the previous one stays)", folder.name)
+        except Exception as exc:
+            folder.checkpoint_retry_at = time.time() + self.config.retry_seconds
+            if is_disk_full(exc):
+                self.disk.trip(exc, f"checkpoint of session {folder.name}")
+            else:
+                self.problems.report(
+                    logging.ERROR,
+                    f"checkpoint {type(exc).__name__}",
+                    f"session {folder.name}: checkpoint failed (the previous one stays; retried in "
+                    f"{self.config.retry_seconds:g} s): {exc}",
+                    traceback=True,
+                )
             return
+        folder.checkpoint_retry_at = 0.0
+        self.disk.clear()
         self.heap.note_work()
         self.heap.maybe_trim()
         if size:

@@ -25,7 +25,8 @@ import json
 import logging
 import math
 import os
-import zipfile
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otf2d.core.durable import write_bytes_atomic
+from otf2d.core.durable import fsync_directory, write_bytes_atomic
 from otf2d.core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,27 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, arrays
 
 
+def readable_checkpoints(
+    path: str | os.PathLike[str],
+) -> tuple[list[tuple[Path, dict[str, Any], dict[str, np.ndarray]]], list[str]]:
+    """The checkpoint at ``path`` and its previous one that can be read, newest first, and why the
+    others cannot (an empty, truncated or corrupt file: any failure to read it)."""
+    target = Path(path)
+    readable: list[tuple[Path, dict[str, Any], dict[str, np.ndarray]]] = []
+    errors: list[str] = []
+    for candidate in (target, previous_path(target)):
+        if not candidate.exists():
+            continue
+        try:
+            meta, arrays = _read(candidate)
+        except Exception as exc:  # whatever the bytes on disk are, they only make a checkpoint unreadable
+            log.error("checkpoint %s is unreadable (%s: %s)", candidate, type(exc).__name__, exc)
+            errors.append(f"{candidate.name}: {type(exc).__name__}: {exc}")
+            continue
+        readable.append((candidate, meta, arrays))
+    return readable, errors
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
     """Read the checkpoint at ``path`` (or its previous one); ``None`` when there is neither.
 
@@ -120,19 +142,23 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     InputError
         Both exist and neither can be read.
     """
-    target = Path(path)
-    errors: list[str] = []
-    for candidate in (target, previous_path(target)):
-        if not candidate.exists():
-            continue
-        try:
-            return _read(candidate)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            log.error("checkpoint %s is unreadable (%s); trying the previous one", candidate, exc)
-            errors.append(f"{candidate.name}: {exc}")
+    readable, errors = readable_checkpoints(path)
+    if readable:
+        return readable[0][1], readable[0][2]
     if errors:
-        raise InputError(target, "no readable checkpoint: " + "; ".join(errors))
+        raise InputError(Path(path), "no readable checkpoint: " + "; ".join(errors))
     return None
+
+
+def set_aside(path: Path, reason: str) -> Path | None:
+    """Rename an unusable checkpoint to ``<stem>.unusable-<time>.npz`` (kept for inspection); returns the new path."""
+    if not path.exists():
+        return None
+    aside = path.with_name(f"{path.stem}.unusable-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.npz")
+    os.replace(path, aside)
+    fsync_directory(path.parent)
+    log.error("checkpoint %s set aside as %s: %s", path, aside.name, reason)
+    return aside
 
 
 def flatten_state(state: Any, arrays: dict[str, np.ndarray], prefix: str = "state") -> Any:
@@ -220,6 +246,8 @@ __all__ = [
     "flatten_state",
     "load_checkpoint",
     "previous_path",
+    "readable_checkpoints",
     "save_checkpoint",
+    "set_aside",
     "unflatten_state",
 ]

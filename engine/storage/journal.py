@@ -27,6 +27,8 @@ import logging
 import sqlite3
 import threading
 import time
+import zlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -40,7 +42,7 @@ from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
 from otf2d.core.snapshot import OpticsGroup, ParticleAssignments
 from otf2d.core.wire import decode_metadata_frame, encode_metadata_frame
-from otf2d.engine.storage.segments import BlockLocation, SegmentStore
+from otf2d.engine.storage.segments import BlockLocation, SegmentStore, segment_path
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     byte_offset INTEGER NOT NULL,
     dtype TEXT NOT NULL,
     height INTEGER NOT NULL,
-    width INTEGER NOT NULL
+    width INTEGER NOT NULL,
+    crc32 INTEGER
 );
 CREATE TABLE IF NOT EXISTS particles (
     seq INTEGER PRIMARY KEY,
@@ -142,6 +145,45 @@ class JournalSlice:
         return len(self.seqs)
 
 
+#: Most SQLite connections one thread keeps open over every journal (each holds about 3 file
+#: descriptors: the index, its WAL and its shared memory); the least recently used is closed beyond.
+MAX_CONNECTIONS_PER_THREAD = 16
+_thread_state = threading.local()
+
+
+def _thread_connections() -> OrderedDict[Journal, sqlite3.Connection]:
+    """This thread's open connections, least recently used first."""
+    lru: OrderedDict[Journal, sqlite3.Connection] | None = getattr(_thread_state, "lru", None)
+    if lru is None:
+        lru = _thread_state.lru = OrderedDict()
+    return lru
+
+
+def _add_chunk_checksums(conn: sqlite3.Connection) -> None:
+    """Give a journal written before chunk checksums its ``crc32`` column (NULL: not checked)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
+    if "crc32" not in columns:
+        conn.execute("ALTER TABLE chunks ADD COLUMN crc32 INTEGER")
+
+
+def _block_crc(path: Path, offset: int, nbytes: int) -> int | None:
+    """``zlib.crc32`` of ``nbytes`` at ``offset`` of ``path`` (None when they cannot be read)."""
+    crc = 0
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            remaining = nbytes
+            while remaining > 0:
+                block = handle.read(min(remaining, 1 << 22))
+                if not block:
+                    return None
+                crc = zlib.crc32(block, crc)
+                remaining -= len(block)
+    except OSError:
+        return None
+    return crc
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -183,7 +225,7 @@ class Journal:
         self.session = session
         self.cache_dtype = _CACHE_DTYPES[cache_dtype]
         self._db_path = self.directory / "index.sqlite"
-        self._local = threading.local()
+        self._closed = False
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._append_lock = threading.Lock()
@@ -195,6 +237,8 @@ class Journal:
             raise InputError(self._db_path, f"journal belongs to session {stored!r}, not {session!r}")
         if "format" in self._meta and int(self._meta["format"]) != JOURNAL_FORMAT:
             raise InputError(self._db_path, f"journal format {self._meta['format']} is not {JOURNAL_FORMAT}")
+        _add_chunk_checksums(conn)
+        self._cut_damaged_tail(conn)
         row = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM particles").fetchone()
         self._count = int(row[0])
         row = conn.execute("SELECT COALESCE(MAX(stack_id), 0) FROM stacks").fetchone()
@@ -208,26 +252,90 @@ class Journal:
         kwargs = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
         self._segments = SegmentStore(self.directory / "segments", committed, **kwargs)
 
+    # ------------------------------------------------------------------ damaged tail
+
+    def _cut_damaged_tail(self, conn: sqlite3.Connection) -> None:
+        """Cut the journal back to its last intact chunk (bytes all there, checksum right).
+
+        Chunks are checked from the newest back to the first intact one (a damaged disk or a
+        truncated segment loses the tail): the particles, chunks and messages from the first damaged
+        chunk on are deleted from the index, so they are never read as zero-filled images. The
+        streamer's ACKed batches among them are lost and logged as such.
+        """
+        cut: int | None = None
+        sizes: dict[int, int] = {}
+        rows = conn.execute(
+            "SELECT first_seq, n, segment, byte_offset, dtype, height, width, crc32 FROM chunks ORDER BY first_seq DESC"
+        )
+        for first_seq, n, segment, offset, dtype_name, h, w, crc in rows:
+            path = segment_path(self.directory / "segments", int(segment))
+            if segment not in sizes:
+                sizes[segment] = path.stat().st_size if path.exists() else -1
+            nbytes = int(n) * int(h) * int(w) * _CACHE_DTYPES[dtype_name].itemsize
+            if offset + nbytes <= sizes[segment] and (crc is None or _block_crc(path, offset, nbytes) == crc):
+                break
+            cut = int(first_seq)
+        rows.close()
+        if cut is None:
+            return
+        lost = int(conn.execute("SELECT COUNT(*) FROM particles WHERE seq >= ?", (cut,)).fetchone()[0])
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM particles WHERE seq >= ?", (cut,))
+            conn.execute("DELETE FROM chunks WHERE first_seq >= ?", (cut,))
+            conn.execute("DELETE FROM messages WHERE first_seq >= ?", (cut,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.error(
+            "journal %s: damaged tail (missing or corrupt image bytes): cut back to %d particles; %d particle(s) "
+            "from journal position %d on are lost",
+            self.directory,
+            cut,
+            lost,
+            cut,
+        )
+
     # ------------------------------------------------------------------ connections
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = _connect(self._db_path)
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
+        """This thread's connection to the index (opened on demand; a thread keeps at most
+        :data:`MAX_CONNECTIONS_PER_THREAD` over every journal, closing the least recently used)."""
+        lru = _thread_connections()
+        conn = lru.get(self)
+        if conn is not None:
+            lru.move_to_end(self)
+            return conn
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"journal {self.directory} is closed")
+        conn = _connect(self._db_path)
+        lru[self] = conn
+        with self._connections_lock:
+            self._connections.append(conn)
+        while len(lru) > MAX_CONNECTIONS_PER_THREAD:
+            journal, old = lru.popitem(last=False)
+            journal._forget(old)
         return conn
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Close one of this journal's connections (called by the thread that owns it)."""
+        with self._connections_lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
 
     def close(self) -> None:
         """Close the segment file and every thread's connection (call once no thread uses the journal)."""
         with self._append_lock:
+            self._closed = True
             self._segments.close()
             with self._connections_lock:
                 for conn in self._connections:
                     conn.close()
                 self._connections.clear()
-            self._local = threading.local()
+            _thread_connections().pop(self, None)
 
     # ------------------------------------------------------------------ properties
 
@@ -248,6 +356,45 @@ class Journal:
         """Å per pixel of the session's images, or ``None`` before the first particle."""
         value = self._meta.get("pixel_size_angstrom")
         return None if value is None else float(value)
+
+    def fix_geometry(self, box: int, pixel_size_angstrom: float) -> None:
+        """Fix the session's box and pixel size before its first particle (``start_session``).
+
+        Raises
+        ------
+        InputError
+            The journal already has another geometry.
+        """
+        with self._append_lock:
+            current = (self.box, self.pixel_size_angstrom)
+            if current[0] is not None:
+                if current[0] != (box, box) or not np.isclose(current[1] or 0.0, pixel_size_angstrom, rtol=1e-4):
+                    raise InputError(
+                        self._db_path,
+                        f"the session's geometry is box {current[0][0]} at {current[1]} Å/px already, "
+                        f"not {box} at {pixel_size_angstrom} Å/px",
+                    )
+                return
+            meta = self._geometry_meta((box, box), pixel_size_angstrom)
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._meta.update(meta)
+
+    def _geometry_meta(self, box: tuple[int, int], pixel: float) -> dict[str, str]:
+        return {
+            "format": str(JOURNAL_FORMAT),
+            "session": self.session,
+            "height": str(box[0]),
+            "width": str(box[1]),
+            "pixel_size_angstrom": repr(float(pixel)),
+        }
 
     def n_messages(self) -> int:
         """Distinct messages journaled."""
@@ -311,7 +458,7 @@ class Journal:
         outcomes: list[AppendOutcome] = []
         blocks: list[bytes] = []
         block_offset = 0
-        chunk_rows: list[tuple[int, int, int, str, int, int]] = []  # first_seq, n, rel offset, dtype, h, w
+        chunk_rows: list[tuple[int, int, int, str, int, int, int]] = []  # first_seq, n, rel offset, dtype, h, w, crc
         particle_rows: list[tuple[Any, ...]] = []
         message_rows: list[tuple[Any, ...]] = []
         metadata_rows: list[tuple[int, int, bytes]] = []
@@ -366,7 +513,7 @@ class Journal:
                 dtype = _CACHE_DTYPES["float32"]
             data = np.ascontiguousarray(images, dtype=dtype).tobytes()
             blocks.append(data)
-            chunk_rows.append((seq, n_new, block_offset, dtype.name, box[0], box[1]))
+            chunk_rows.append((seq, n_new, block_offset, dtype.name, box[0], box[1], zlib.crc32(data)))
             block_offset += len(data)
             if batch.extra is not None:
                 metadata_rows.append((seq, n_new, encode_metadata_frame(batch.extra.take(take))))
@@ -387,13 +534,7 @@ class Journal:
             return outcomes
         meta: dict[str, str] = {}
         if box is not None and pixel is not None and "height" not in self._meta:
-            meta = {
-                "format": str(JOURNAL_FORMAT),
-                "session": self.session,
-                "height": str(box[0]),
-                "width": str(box[1]),
-                "pixel_size_angstrom": repr(float(pixel)),
-            }
+            meta = self._geometry_meta(box, pixel)
         location: BlockLocation | None = self._segments.append(b"".join(blocks)) if blocks else None
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -404,8 +545,12 @@ class Journal:
             conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", message_rows)
             if location is not None:
                 conn.executemany(
-                    "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(fs, n, location.segment, location.offset + rel, dt, h, w) for fs, n, rel, dt, h, w in chunk_rows],
+                    "INSERT INTO chunks (first_seq, n, segment, byte_offset, dtype, height, width, crc32) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (fs, n, location.segment, location.offset + rel, dt, h, w, crc)
+                        for fs, n, rel, dt, h, w, crc in chunk_rows
+                    ],
                 )
             placeholders = ", ".join("?" * (5 + len(CTF_COLUMNS)))
             columns = ", ".join(("seq", "stack_id", "image_index", "optics_group", "file_ready_time", *CTF_COLUMNS))
@@ -521,7 +666,8 @@ class Journal:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back itself ("database or disk is full")
+                conn.execute("ROLLBACK")
             raise
 
     def n_assigned(self) -> int:

@@ -64,7 +64,7 @@ class SegmentStore:
         segment, end = committed_end if committed_end is not None else (0, 0)
         self.truncate_to(segment, end)
         self._segment = segment
-        self._fd = os.open(segment_path(self.directory, segment), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.close(os.open(segment_path(self.directory, segment), os.O_WRONLY | os.O_CREAT, 0o644))
         self._end = end
         fsync_directory(self.directory)
 
@@ -83,7 +83,7 @@ class SegmentStore:
             if number > segment:
                 path.unlink()
         path = segment_path(self.directory, segment)
-        if path.exists() and path.stat().st_size != end:
+        if path.exists() and path.stat().st_size > end:  # never extended: missing bytes are not zeros
             os.truncate(path, end)
         fsync_directory(self.directory)
 
@@ -99,21 +99,25 @@ class SegmentStore:
         if self._end > 0 and self._end + view.nbytes > self.segment_bytes:
             self._roll_over()
         start = self._end
+        # opened for each append and closed after: an idle session holds no file descriptor
+        fd = os.open(segment_path(self.directory, self._segment), os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             written = 0
             while written < view.nbytes:
-                written += os.pwrite(self._fd, view[written:], start + written)
-            os.fsync(self._fd)
+                written += os.pwrite(fd, view[written:], start + written)
+            os.fsync(fd)
         except OSError:
-            os.ftruncate(self._fd, start)
+            os.ftruncate(fd, start)
             raise
+        finally:
+            os.close(fd)
         self._end = start + view.nbytes
         return BlockLocation(self._segment, start, view.nbytes)
 
     def rollback(self, location: BlockLocation) -> None:
         """Forget a block just appended (its index rows could not be committed)."""
         if location.segment == self._segment and location.offset + location.nbytes == self._end:
-            os.ftruncate(self._fd, location.offset)
+            os.truncate(segment_path(self.directory, self._segment), location.offset)
             self._end = location.offset
 
     def read(self, location: BlockLocation, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -126,16 +130,15 @@ class SegmentStore:
         return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
 
     def close(self) -> None:
-        """Close the open segment (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Nothing to release: segments are open only while a block is written (kept for the callers)."""
 
     def _roll_over(self) -> None:
-        os.close(self._fd)
         self._segment += 1
-        self._fd = os.open(segment_path(self.directory, self._segment), os.O_WRONLY | os.O_CREAT, 0o644)
-        os.ftruncate(self._fd, 0)
+        fd = os.open(segment_path(self.directory, self._segment), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
         self._end = 0
         fsync_directory(self.directory)
 
