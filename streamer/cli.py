@@ -38,8 +38,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from otf2d.core.errors import ConfigError
 from otf2d.core.curve import add_client_args, client_files
+from otf2d.core.errors import ConfigError
 from otf2d.streamer.daemon import Streamer, StreamerConfig
 
 log = logging.getLogger(__name__)
