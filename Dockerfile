@@ -24,6 +24,8 @@ COPY engine engine
 COPY monitoring monitoring
 COPY simulator simulator
 COPY selection selection
+COPY control control
+COPY demo demo
 RUN pip install ".[engine]" && otf2d --version
 
 COPY deploy/config/engine.example.toml /etc/otf2d/engine.toml
