@@ -208,6 +208,18 @@ def signal_variance_in_circle(images: npt.ArrayLike, diameter_pixels: float) -> 
     return np.asarray(arr[:, mask].var(axis=1))
 
 
+def decoy_density_scale(volume: FloatArray, decoy: FloatArray) -> float:
+    """Factor that gives the decoy protein the map's density: the ratio of their 99th percentiles of
+    density over the voxels above 10 % of each one's maximum (protein has about one density)."""
+
+    def protein_level(v: FloatArray) -> float:
+        inside = v[v > 0.1 * float(v.max())]
+        return float(np.percentile(inside, 99)) if inside.size else 0.0
+
+    level = protein_level(decoy)
+    return protein_level(volume) / level if level > 0 else 1.0
+
+
 def prepare_simulation(config: SimulationConfig) -> SimulationSetup:
     """Load or build the maps, transform them, and calibrate the noise to ``config.snr``.
 
@@ -219,7 +231,12 @@ def prepare_simulation(config: SimulationConfig) -> SimulationSetup:
     volume, voxel, source, pixel, box = _load_volume(config)
     spectrum = prepare_volume(volume, voxel, padding=config.padding)
     decoy_box = int(np.ceil(box * pixel / voxel / 2.0)) * 2
-    decoy_spectrum = prepare_volume(render_blobs(decoy_phantom(), decoy_box, voxel), voxel, padding=config.padding)
+    decoy = render_blobs(decoy_phantom(), decoy_box, voxel)
+    if config.map_path is not None:
+        # The phantom's density is in its own units; a map's (e.g. ~1e-4 for ASPIRE's ribosome) differs
+        # by orders of magnitude, and a decoy that bright would be junk no classifier could miss.
+        decoy *= decoy_density_scale(volume, decoy)
+    decoy_spectrum = prepare_volume(decoy, voxel, padding=config.padding)
     if config.particle_diameter_angstrom is not None:
         diameter = config.particle_diameter_angstrom
     elif config.map_path is None:
