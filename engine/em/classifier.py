@@ -66,6 +66,8 @@ from otf2d.engine.em.schedule import posterior_temperature, step_size
 from otf2d.engine.em.significant import SampleWeights, adaptive_posteriors, make_coarse_grid
 from otf2d.engine.em.state import ClassifierState, pack_state, unpack_state
 
+#: Each class starts from one particle low-passed to this resolution (Å): see ``Classifier.initialise``.
+INIT_RESOLUTION_ANGSTROM = 30.0
 #: Classes whose prior falls below this fraction of 1/K are reseeded during online EM.
 RESEED_FRACTION = 0.1
 #: Relative amplitude of the perturbation that separates the two halves of a split class.
@@ -241,13 +243,22 @@ class Classifier:
         return self.preparer.chunks(batch, self.chunk_size)
 
     # ------------------------------------------------------------------ initialisation
-    def initialise(self, batch: BatchLike) -> None:
-        """Start the classes from random subsets of ``batch`` at random in-plane angles.
+    def initialise(self, batch: BatchLike, *, from_subsets: bool = False) -> None:
+        """Start the classes from ``batch`` (seeded by ``params.seed``).
 
-        The initial noise is the particles' power minus the power of their mean, per ring. Each
-        particle goes to class ``perm(i) mod K`` (so every class gets particles) at a random
-        rotation and no shift; class ``k`` starts as the CTF-corrected (Wiener) average of its
-        particles. Seeded by ``params.seed``.
+        By default class ``k`` starts from one particle of the batch (``K`` distinct particles
+        drawn at random), CTF-corrected and low-passed to :data:`INIT_RESOLUTION_ANGSTROM`: ``K``
+        distinct views to start from (junk particles, drawn at the batch's junk fraction, start
+        junk classes). With ``from_subsets`` each particle goes to class ``perm(i) mod K`` at a
+        random rotation and no shift and the class is the CTF-corrected average of its
+        particles: RELION's start, and otf2d's before. At low SNR those averages are all the same
+        rotationally blurred disc, so the first posteriors are flat, the classes stay alike and
+        the first class to lead takes the particles: on the realistic session (SNR 0.05, K = 20,
+        ``benchmarks/realistic.py``) two classes held 83 % of the particles and 13 were empty
+        images, where single-particle starts kept 12 good classes and none empty.
+
+        The initial noise is, either way, the power of the batch's particles minus the power of
+        their mean, per ring.
         """
         n = len(batch)
         if n < 2:
@@ -258,6 +269,8 @@ class Classifier:
         klass_all = torch.empty(n, dtype=torch.int64)
         klass_all[perm] = torch.arange(n) % k
         rot_all = torch.randint(0, g.n_rotations, (n,), generator=self.generator)
+        # one particle per class (the first K of the permutation); the others weigh nothing
+        weight_all = torch.ones(n, dtype=self.dtype) if from_subsets else (perm.argsort() < k).to(self.dtype)
         acc = self.new_accumulator()
         power_sum = torch.zeros(g.n_rings + 1, dtype=torch.float64, device=self.device)
         mean_sum = torch.zeros(g.n_rings + 1, g.n_angles, dtype=torch.complex128, device=self.device)
@@ -265,7 +278,6 @@ class Classifier:
             b = samples.shape[0]
             power_sum += (samples.real**2 + samples.imag**2).to(torch.float64).sum(dim=(0, 2))
             mean_sum += samples.to(torch.complex128).sum(dim=0)
-            ones = torch.ones(b, dtype=self.dtype, device=self.device)
             acc.add_pairs(
                 data_spectra(samples, ctf, acc.numerator.shape[-1]),
                 samples,
@@ -273,16 +285,24 @@ class Classifier:
                 klass_all[sl].to(self.device),
                 torch.full((b,), self.zero_shift, device=self.device, dtype=torch.int64),
                 rot_all[sl].to(self.device),
-                ones,
-                ones,
+                weight_all[sl].to(self.device),
+                torch.ones(b, dtype=self.dtype, device=self.device),
             )
         stats = acc.to_stats(self.phases, g.n_angles)
-        self.sigma2 = unaligned_noise(power_sum, mean_sum, n, g.n_angles).to(self.dtype)
+        unaligned = unaligned_noise(power_sum, mean_sum, n, g.n_angles).to(self.dtype)
+        if not from_subsets:
+            ring = int(g.internal_box * g.internal_pixel_angstrom / INIT_RESOLUTION_ANGSTROM)
+            numerator = stats.numerator.clone()
+            numerator[:, ring + 1 :] = 0
+            stats = dataclasses.replace(stats, numerator=numerator)
+        self.sigma2 = unaligned
         self.stats = stats.normalised()
-        self.variance = 1.0 / n
+        self.variance = 1.0 / float(weight_all.sum())
         self.tau2 = None
         self._rebuild(recenter=False)
         self._rebuild(recenter=False)  # second pass: Wiener with τ² of the first
+        if not from_subsets:
+            self.sigma2 = unaligned  # the seeds' residuals against themselves say nothing of the noise
 
     def estimate_noise(self, batch: BatchLike) -> torch.Tensor:
         """Set (and return) the noise power from unaligned particles: their power minus that of their mean."""
@@ -658,4 +678,4 @@ class Classifier:
         self.generator.set_state(restored.generator)
 
 
-__all__ = ["Classifier", "MaximiseReport", "TensorBatch"]
+__all__ = ["INIT_RESOLUTION_ANGSTROM", "Classifier", "MaximiseReport", "TensorBatch"]
