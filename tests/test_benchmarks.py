@@ -61,3 +61,16 @@ def test_fold_memory_benchmark_prints_its_table() -> None:
 def test_fuzz_wire_benchmark_finds_no_failure() -> None:
     out = run_benchmark("fuzz_wire.py", "--cases", "3000", "--seed", "5", "--strict")
     assert out.splitlines()[-1].startswith("failures: 0 of 3000 cases")
+
+
+@pytest.mark.slow
+def test_realistic_benchmark_prints_its_table(shared_data: Path, tmp_path: Path) -> None:
+    out = run_benchmark(
+        "realistic.py", "--particles", "240", "--classes", "4", "--seeds", "1", "--skip-relion", "--out", str(tmp_path)
+    )
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    for metric in ("good classes", "empty classes", "view spread deg", "selection F1", "wall s"):
+        assert metric in rows, out
+    cells = [c.strip() for c in rows["wall s"].split("|")[2:-2]]
+    assert cells and float(cells[0]) > 0
+    assert (tmp_path / "seed1" / "truth.csv").is_file()
