@@ -11,6 +11,7 @@ from otf2d.simulator.particles import prepare_simulation, simulate_particles
 from otf2d.simulator.projection import project, viewing_direction
 from otf2d.simulator.scoring import (
     align_to_reference,
+    best_selection_f1,
     circular_std_degrees,
     fourier_ring_correlation,
     frc_resolution_angstrom,
@@ -87,7 +88,10 @@ def test_perfect_classification_scores_well_and_random_scores_badly(session: tup
         averages[k] = project(
             setup.spectrum, members["rlnAngleRot"].iloc[0], members["rlnAngleTilt"].iloc[0], 0.0, 48, 5.0
         )[0]
-    good = score_classification(truth, truth["rlnImageName"], labels, psi_est, averages, 5.0, setup.spectrum)
+    good = score_classification(
+        truth, truth["rlnImageName"], labels, psi_est, averages, 5.0, setup.spectrum, n_classes=15,
+        junk_flags={0: True, 3: True},
+    )  # fmt: skip
     rng = np.random.default_rng(5)
     random_labels = rng.integers(0, 13, len(truth))
     bad = score_classification(
@@ -109,6 +113,23 @@ def test_perfect_classification_scores_well_and_random_scores_badly(session: tup
     assert good.fidelity_correlation > 0.6 > bad.fidelity_correlation
     assert good.fidelity_resolution_angstrom < bad.fidelity_resolution_angstrom
     assert good.populated_classes == 13
+    # issue 12's metrics: oracle classes are all good but the junk one, none empty beyond the 2 unused labels
+    assert good.good_classes == 12 and good.empty_classes == 2 and good.good_classes_flagged_junk == 1
+    assert good.selection_f1 == 1.0 and bad.selection_f1 < 0.95
+    assert good.view_spread_degrees < 30 < bad.view_spread_degrees
+    assert good.in_plane_consistency_degrees < 20.0 < 60 < bad.in_plane_consistency_degrees  # a mean: views spread
+    assert good.faithful_classes >= 6 and bad.faithful_classes == 0
+    assert good.fidelity_ncc > 0.72 > bad.fidelity_ncc
+    assert bad.empty_classes == -1 and bad.good_classes_flagged_junk == -1  # not given: unknown
+
+
+def test_best_selection_f1_takes_whole_classes_in_order_of_purity() -> None:
+    # class 1: 8 good of 10; class 2: 1 good of 10; class 3: 10 good of 10
+    labels = np.repeat([1, 2, 3], 10)
+    good = np.concatenate([np.arange(10) < 8, np.arange(10) < 1, np.ones(10, dtype=bool)])
+    # best: classes 3 and 1 (18 of the 19 good among 20 kept): F1 = 2*18 / (20 + 19)
+    assert best_selection_f1(labels, good) == pytest.approx(36 / 39)
+    assert np.isnan(best_selection_f1(labels, np.zeros(30, dtype=bool)))
 
 
 def test_unknown_particles_are_an_error(session: tuple[pd.DataFrame, object]) -> None:
