@@ -51,8 +51,6 @@ CTF terms (``ctf/shift_A``, ``tilt_A``, ``trefoil_A``,
 ``b"imported"`` (the CTF came from upstream); ``blob/sign`` is −1 by default, as in the J2 file for
 particles imported from RELION (override with ``blob_sign``); a ``.cs`` input's own values of these
 (and of every other field it has) are written back (:mod:`otf2d.monitoring.snapshots.passthrough`).
-The engine's snapshots, rebuilt from its journal, do not store the E-step statistics yet: their
-``.cs`` leaves them out.
 
 The class-average companion (:func:`write_class_averages_cs`) has ``uid``, ``blob/path``,
 ``blob/idx``, ``blob/shape``, ``blob/psize_A``, ``blob/sign``, ``blob/res_A`` (per-class resolution,
