@@ -3,6 +3,8 @@ cryoSPARC's identities (``algorithm.md`` §12): read back with plain NumPy."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -25,11 +27,15 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> SessionSummary:
     return simulate_session(SimulationConfig(n_particles=90, n_micrographs=2, snr=0.2, seed=3), out)
 
 
+def _particles_cs(session: SessionSummary, name: str) -> Path:
+    (path,) = sorted((session.out_dir / name).glob("run_it*_particles.cs"))
+    return path
+
+
 def _classify(session: SessionSummary, name: str, *flags: str) -> dict[str, np.ndarray]:
     out = session.out_dir / name
     assert otf2d(["classify", str(session.particles_star), "--out", str(out), *FAST, *flags]) == 0
-    (path,) = sorted(out.glob("run_it*_particles.cs"))
-    cs = np.load(path, allow_pickle=False)
+    cs = np.load(_particles_cs(session, name), allow_pickle=False)
     assert len(cs) == 90
     return {n: cs[f"alignments2D/{n}"].astype(np.float64) for n in STATISTICS}
 
@@ -60,3 +66,11 @@ def test_per_particle_scale_is_the_least_squares_scale(session: SessionSummary) 
     # α* = max(cross_cor, 0) / (2·slice_pow): the scale used is alpha_min where that is positive
     np.testing.assert_allclose(a["alpha"], np.clip(a["alpha_min"], 0.0, None), rtol=1e-5, atol=1e-7)
     assert a["alpha"].std() > 0
+
+
+def test_cryosparc_tools_reads_the_statistics(session: SessionSummary) -> None:
+    dataset_module = pytest.importorskip("cryosparc.dataset")
+    a = _classify(session, "tools")
+    data = dataset_module.Dataset.load(_particles_cs(session, "tools"))
+    for name in STATISTICS:
+        np.testing.assert_array_equal(np.asarray(data[f"alignments2D/{name}"], dtype=np.float64), a[name])
