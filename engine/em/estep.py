@@ -450,8 +450,10 @@ def marginal_posteriors(
     class_weights = post.sum(dim=(0, 1))  # (K, B)
     pmax = post.reshape(-1, b).max(dim=0).values
     significant = (post >= 1e-3 * pmax).reshape(-1, b).sum(dim=0)
-    best_corr = corr.reshape(r_count * t, k, b).gather(0, best_flat[None])[0]
-    best_norm = norm.gather(0, best_rot[None])[0]
+    # the chosen class's terms, indexed (no reshape: corr may be a strided view of a big tensor)
+    top = class_weights.argmax(dim=0)
+    particles = torch.arange(b, device=top.device)
+    top_rot, top_shift = best_rot[top, particles], best_shift[top, particles]
     return Posteriors(
         class_weights,
         best_rot,
@@ -462,8 +464,8 @@ def marginal_posteriors(
         pmax,
         significant,
         power,
-        chosen(best_corr, class_weights),
-        chosen(best_norm, class_weights),
+        corr[top_rot, top_shift, top, particles],
+        norm[top_rot, top, particles],
     )
 
 
