@@ -52,6 +52,10 @@ PER_PARTICLE_ARRAYS: tuple[str, ...] = (
     "log_likelihood",
 )
 
+#: Optional per-particle arrays of :class:`ParticleAssignments` (``None`` when unknown, e.g. in a
+#: journal or snapshot written before they existed): the E-step's whitened-unit statistics.
+OPTIONAL_PER_PARTICLE_ARRAYS: tuple[str, ...] = ("scale", "image_power", "cross_term", "norm_term")
+
 
 @dataclass(frozen=True)
 class ParticleAssignments:
@@ -62,6 +66,11 @@ class ParticleAssignments:
     the chosen (class, pose), ``class_posterior`` that of the chosen class, ``class_ess`` the
     effective number of classes ``1 / Σ p_k²``. ``extra`` holds every column of the input's particle
     rows (:mod:`otf2d.core.extra_columns`), written back by the snapshot writers, or ``None``.
+
+    The E-step's statistics at the chosen sample, each ``None`` when unknown (NaN entries: unknown
+    for that particle): ``scale`` the per-particle scale α (1 when it is off), ``image_power``
+    ``‖X‖²_ω``, ``cross_term`` ``2·Re⟨X, C·A⟩_ω`` and ``norm_term`` ``‖C·A‖²_ω`` (whitened units, at
+    scale 1), with ``−log_likelihood = image_power − α·cross_term + α²·norm_term``.
     """
 
     stack_paths: np.ndarray
@@ -79,10 +88,14 @@ class ParticleAssignments:
     log_likelihood: FloatArray
     micrograph_names: np.ndarray | None = None
     extra: ExtraColumns | None = None
+    scale: FloatArray | None = None
+    image_power: FloatArray | None = None
+    cross_term: FloatArray | None = None
+    norm_term: FloatArray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.indices)
-        for name in PER_PARTICLE_ARRAYS:
+        for name in PER_PARTICLE_ARRAYS + self.known_optional():
             if len(getattr(self, name)) != n:
                 raise InputError(None, f"assignments: {name} has {len(getattr(self, name))} entries, not {n}")
         if len(self.ctf) != n:
@@ -93,10 +106,15 @@ class ParticleAssignments:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def known_optional(self) -> tuple[str, ...]:
+        """The names of :data:`OPTIONAL_PER_PARTICLE_ARRAYS` that are not ``None``."""
+        return tuple(name for name in OPTIONAL_PER_PARTICLE_ARRAYS if getattr(self, name) is not None)
+
     def take(self, index: npt.ArrayLike) -> ParticleAssignments:
         """The particles at positions ``index`` (an integer array), in that order."""
         idx = np.asarray(index, dtype=np.int64)
-        changes: dict[str, Any] = {name: np.asarray(getattr(self, name))[idx] for name in PER_PARTICLE_ARRAYS}
+        names = PER_PARTICLE_ARRAYS + self.known_optional()
+        changes: dict[str, Any] = {name: np.asarray(getattr(self, name))[idx] for name in names}
         changes["indices"] = np.asarray(self.indices)[idx]
         changes["ctf"] = self.ctf.take(idx)
         if self.micrograph_names is not None:
@@ -170,4 +188,4 @@ class ClassSnapshot:
         return counts / total if total > 0 else np.zeros_like(counts)
 
 
-__all__ = ["PER_PARTICLE_ARRAYS", "ClassSnapshot", "OpticsGroup", "ParticleAssignments"]
+__all__ = ["OPTIONAL_PER_PARTICLE_ARRAYS", "PER_PARTICLE_ARRAYS", "ClassSnapshot", "OpticsGroup", "ParticleAssignments"]

@@ -12,7 +12,8 @@ What :func:`find_snapshot` accepts (the first that applies):
 :func:`read_snapshot` reads ``_model.star`` (classes: resolution, accuracies, pixel size),
 ``_classes.mrcs`` (averages), ``_data.star`` (every particle's class and 2D alignment, through
 ``otf2d.core.readers``), and when present ``_otf2d.json`` (the classification parameters) and
-``_particles.cs`` (class posterior and ESS, which only the ``.cs`` carries). A scored snapshot's
+``_particles.cs`` (class posterior and ESS, and the E-step statistics ``alpha``, ``image_pow``,
+``cross_cor``, ``slice_pow`` where written, which only the ``.cs`` carries). A scored snapshot's
 ``rlnPredictedClassScore`` column (1 − junk score, overrides applied; also RELION ≥ 4's class-ranker
 merit) becomes ``ClassSnapshot.junk_score``. Values RELION's own
 Class2D output lacks get neutral values: ``class_posterior`` = ``rlnMaxValueProbDistribution``,
@@ -246,6 +247,24 @@ def _matching_cs(path: Path, stack_paths: np.ndarray, indices: np.ndarray) -> np
     return records if same else None
 
 
+#: ``ParticleAssignments`` statistics and the ``.cs`` fields they are read from.
+_CS_STATISTICS: dict[str, str] = {
+    "scale": "alignments2D/alpha",
+    "image_power": "alignments2D/image_pow",
+    "cross_term": "alignments2D/cross_cor",
+    "norm_term": "alignments2D/slice_pow",
+}
+
+
+def _cs_statistics(cs: np.ndarray | None) -> dict[str, np.ndarray | None]:
+    """The E-step statistics a particle ``.cs`` has (``None`` for those it lacks)."""
+    names = () if cs is None else (cs.dtype.names or ())
+    return {
+        field: cs[name].astype(np.float64) if cs is not None and name in names else None
+        for field, name in _CS_STATISTICS.items()
+    }
+
+
 def read_snapshot(
     source: str | os.PathLike[str] | SnapshotPaths,
     *,
@@ -329,6 +348,7 @@ def read_snapshot(
         log_likelihood=log_likelihood,
         micrograph_names=None if table.micrograph_names is None else np.asarray(table.micrograph_names, dtype=object),
         extra=table.extra,
+        **_cs_statistics(cs),
     )
     first_stack = str(table.stack_paths[0]) if n else None
     project = Path(project_dir) if project_dir is not None else table.project_dir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from engine_helpers import ROOT, batch_frames, make_batch
 from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
 from otf2d.core.wire import decode_batch, encode_batch
-from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, Journal
+from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, STATISTIC_COLUMNS, Journal
 from otf2d.engine.storage.segments import segment_path
 
 SESSION = "grid1"
@@ -121,6 +122,36 @@ def test_assignments_are_stored_and_overwritten(tmp_path: Path) -> None:
     np.testing.assert_array_equal(journal.class_counts(4), [0, 1, 5, 0])
     assert len(journal.assignments(stop=3)) == 3
     assert journal.optics_groups()[0].number == 1
+
+
+def test_estep_statistics_are_journaled_or_unknown(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", SESSION)
+    journal.append_many([entry(make_batch(SESSION, 1, 6), "s:1")])
+    values: dict[str, np.ndarray] = {c: np.zeros(6) for c in ASSIGNMENT_COLUMNS}
+    journal.store_assignments(np.arange(6), values)  # a classifier that gives no statistics
+    got = journal.assignments()
+    assert all(getattr(got, c) is None for c in STATISTIC_COLUMNS)
+    stats = {c: np.arange(6, dtype=np.float64) + 10 * k for k, c in enumerate(STATISTIC_COLUMNS)}
+    stats["cross_term"][2] = np.nan  # unknown for one particle
+    journal.store_assignments(np.arange(6), values | stats)
+    got = journal.assignments()
+    for c in STATISTIC_COLUMNS:
+        np.testing.assert_array_equal(getattr(got, c), stats[c])
+    np.testing.assert_array_equal(got.ctf.scale, make_batch(SESSION, 1, 6).ctf.scale)  # not the particle scale
+    journal.store_assignments(np.array([0]), {c: v[:1] for c, v in values.items()})  # forgets the old ones
+    assert np.isnan(np.asarray(journal.assignments().image_power)[0])
+
+
+def test_a_journal_written_before_the_statistics_gains_their_columns(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j", SESSION)
+    journal.append_many([entry(make_batch(SESSION, 1, 3), "s:1")])
+    journal.close()
+    with sqlite3.connect(tmp_path / "j" / "index.sqlite") as conn:
+        for column in ("particle_scale", "image_power", "cross_term", "norm_term"):
+            conn.execute(f"ALTER TABLE particles DROP COLUMN {column}")
+    journal = Journal(tmp_path / "j", SESSION)
+    journal.store_assignments(np.arange(3), {c: np.zeros(3) for c in ASSIGNMENT_COLUMNS})
+    assert len(journal.assignments()) == 3 and journal.assignments().image_power is None
 
 
 def test_bytes_written_but_never_committed_are_cut_off(tmp_path: Path) -> None:

@@ -54,6 +54,25 @@ def test_round_trip_of_every_field(written: tuple[ClassSnapshot, Path, Path]) ->
     assert loaded.project_dir == project
 
 
+def test_estep_statistics_are_read_back_from_the_cs(tmp_path: Path) -> None:
+    snapshot = make_snapshot()
+    n = len(snapshot.particles)
+    assert read_snapshot(_written(snapshot, tmp_path / "a")).snapshot.particles.image_power is None
+    ramp = np.linspace(1.0, 2.0, n)
+    parts = dataclasses.replace(
+        snapshot.particles, scale=ramp, image_power=100 * ramp, cross_term=10 * ramp, norm_term=np.full(n, 3.0)
+    )
+    back = read_snapshot(_written(dataclasses.replace(snapshot, particles=parts), tmp_path / "b")).snapshot.particles
+    for name in ("scale", "image_power", "cross_term", "norm_term"):
+        np.testing.assert_allclose(getattr(back, name), getattr(parts, name), rtol=1e-6)  # float32 in the .cs
+
+
+def _written(snapshot: ClassSnapshot, project: Path) -> Path:
+    job = project / "Class2D" / "otf2d"
+    write_snapshot(snapshot, job, project_dir=project, session="s1")
+    return job
+
+
 def test_every_way_of_naming_a_snapshot_finds_the_same_files(written: tuple[ClassSnapshot, Path, Path]) -> None:
     _, job, project = written
     expected = find_snapshot(job)

@@ -17,6 +17,7 @@ from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.snapshots.cryosparc import (
     ALIGNMENTS2D_OMITTED,
+    ALIGNMENTS2D_STATISTICS,
     class_averages_cs_array,
     import_signature,
     particle_uids,
@@ -48,14 +49,65 @@ def test_alignments2d_fields_match_the_real_cryosparc_file(shared_data: Path, tm
     real_align = [n for n in real.dtype.names if n.startswith("alignments2D/")]
     ours_align = [n for n in ours.dtype.names if n.startswith("alignments2D/")]
     # same fields in the same order, less the statistics otf2d does not compute (absent, not faked)
-    assert ours_align == [n for n in real_align if n not in ALIGNMENTS2D_OMITTED]
-    assert len(ALIGNMENTS2D_OMITTED) == 10 and set(real_align) > ALIGNMENTS2D_OMITTED
+    # and those this snapshot does not know
+    unknown = ALIGNMENTS2D_OMITTED | ALIGNMENTS2D_STATISTICS
+    assert ours_align == [n for n in real_align if n not in unknown]
+    assert len(ALIGNMENTS2D_OMITTED) == 5 and len(ALIGNMENTS2D_STATISTICS) == 5
+    assert set(real_align) > unknown
+    with_stats = _load(write_cryosparc_cs(_with_statistics(make_snapshot()), tmp_path / "s.cs"))
+    assert [n for n in with_stats.dtype.names or () if n.startswith("alignments2D/")] == [
+        n for n in real_align if n not in ALIGNMENTS2D_OMITTED
+    ]
     for name in real.dtype.names:
-        if name == "blob/path" or name in ALIGNMENTS2D_OMITTED:
+        if name in ALIGNMENTS2D_STATISTICS:
+            assert with_stats.dtype[name] == real.dtype[name], name
+        if name == "blob/path" or name in unknown:
             continue  # path width depends on the paths
         assert name in ours.dtype.names, name
         assert ours.dtype[name] == real.dtype[name], (name, ours.dtype[name], real.dtype[name])
     assert ours.dtype["blob/path"].kind == "S"
+
+
+def _with_statistics(snapshot: ClassSnapshot, scale: np.ndarray | None = None) -> ClassSnapshot:
+    """``snapshot`` with E-step statistics consistent with its log-likelihoods (α = ``scale`` or 1)."""
+    parts = snapshot.particles
+    n = len(parts)
+    rng = np.random.default_rng(5)
+    alpha = np.ones(n) if scale is None else scale
+    power = 1000.0 + rng.random(n) * 100.0
+    norm = 20.0 + rng.random(n) * 10.0
+    # −LL = power − α·corr + α²·norm
+    corr = (power + alpha**2 * norm + parts.log_likelihood) / alpha
+    stats = dataclasses.replace(parts, scale=alpha, image_power=power, cross_term=corr, norm_term=norm)
+    return dataclasses.replace(snapshot, particles=stats)
+
+
+def test_statistics_follow_cryosparcs_identities(tmp_path: Path) -> None:
+    for scale in (None, np.linspace(0.5, 1.5, len(make_snapshot().particles))):
+        snapshot = _with_statistics(make_snapshot(), scale)
+        cs = _load(write_cryosparc_cs(snapshot, tmp_path / "p.cs"))
+        a = {name: cs[f"alignments2D/{name}"].astype(np.float64) for name in ("error", "image_pow", "cross_cor")}
+        a |= {name: cs[f"alignments2D/{name}"].astype(np.float64) for name in ("slice_pow", "alpha", "alpha_min")}
+        parts = snapshot.particles
+        assert parts.image_power is not None
+        _close_f4(cs["alignments2D/image_pow"], parts.image_power)
+        _close_f4(cs["alignments2D/alpha"], np.ones(len(parts)) if scale is None else scale)
+        rebuilt = a["image_pow"] - a["alpha"] * a["cross_cor"] + a["alpha"] ** 2 * a["slice_pow"]
+        np.testing.assert_allclose(a["error"], rebuilt, rtol=1e-5)
+        np.testing.assert_allclose(a["alpha_min"], a["cross_cor"] / (2 * a["slice_pow"]), rtol=1e-5)
+
+
+def test_a_statistic_unknown_for_one_particle_is_left_out(tmp_path: Path) -> None:
+    snapshot = _with_statistics(make_snapshot())
+    power = snapshot.particles.image_power
+    assert power is not None
+    power = power.copy()
+    power[3] = np.nan
+    parts = dataclasses.replace(snapshot.particles, image_power=power, scale=None)
+    cs = _load(write_cryosparc_cs(dataclasses.replace(snapshot, particles=parts), tmp_path / "p.cs"))
+    names = set(cs.dtype.names or ())
+    assert "alignments2D/image_pow" not in names and "alignments2D/alpha" not in names
+    assert {"alignments2D/cross_cor", "alignments2D/slice_pow", "alignments2D/alpha_min"} <= names
 
 
 def test_values(tmp_path: Path) -> None:
@@ -90,7 +142,7 @@ def test_values(tmp_path: Path) -> None:
     # real statistics, or none: error is the negative log-likelihood, the rest is absent
     _close_f4(cs["alignments2D/error"], -parts.log_likelihood)
     np.testing.assert_array_equal(cs["alignments2D/split"], 0)
-    assert not ALIGNMENTS2D_OMITTED & set(cs.dtype.names or ())
+    assert not (ALIGNMENTS2D_OMITTED | ALIGNMENTS2D_STATISTICS) & set(cs.dtype.names or ())
     assert len(np.unique(cs["blob/import_sig"])) == 1 and cs["blob/import_sig"][0] == import_signature("")
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 
 from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
-from otf2d.core.snapshot import ParticleAssignments
+from otf2d.core.snapshot import OPTIONAL_PER_PARTICLE_ARRAYS, ParticleAssignments
 from otf2d.engine.em.estep import Posteriors
 
 
@@ -38,6 +40,10 @@ class Assignments:
         Log-likelihood of the chosen sample (whitened units, untempered).
     scale
         Per-particle scale α at the chosen sample (1 when the per-particle scale is off).
+    image_power, cross_term, norm_term
+        ``‖X‖²_ω``, and the cross and norm terms at the chosen sample at scale 1 (whitened units,
+        ``otf2d.engine.em.estep``), so that ``−log_likelihood = image_power − α·cross_term +
+        α²·norm_term``; NaN where the E-step did not keep them.
     """
 
     class_index: torch.Tensor
@@ -50,6 +56,9 @@ class Assignments:
     n_significant: torch.Tensor
     log_likelihood: torch.Tensor
     scale: torch.Tensor
+    image_power: torch.Tensor
+    cross_term: torch.Tensor
+    norm_term: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.class_index.shape[0])
@@ -99,6 +108,10 @@ class Assignments:
             class_ess=f64(self.class_ess),
             n_significant=np.asarray(self.n_significant.cpu().numpy(), dtype=np.int64),
             log_likelihood=f64(self.log_likelihood),
+            scale=f64(self.scale),
+            image_power=f64(self.image_power),
+            cross_term=f64(self.cross_term),
+            norm_term=f64(self.norm_term),
         )
 
 
@@ -147,15 +160,29 @@ def assignments_from_posteriors(
         n_significant=posteriors.n_significant.to(torch.int64).cpu(),
         log_likelihood=posteriors.best_log_likelihood.gather(0, col)[0].to(torch.float64).cpu(),
         scale=posteriors.best_scale.gather(0, col)[0].to(torch.float64).cpu(),
+        image_power=_per_particle(posteriors.power, len(best)),
+        cross_term=_per_particle(posteriors.chosen_corr, len(best)),
+        norm_term=_per_particle(posteriors.chosen_norm, len(best)),
     )
+
+
+def _per_particle(values: torch.Tensor | None, n: int) -> torch.Tensor:
+    """``values`` as float64 on the CPU, or ``n`` NaN (unknown) when ``None``."""
+    if values is None:
+        return torch.full((n,), math.nan, dtype=torch.float64)
+    return values.to(torch.float64).cpu()
 
 
 def concatenate_particle_assignments(parts: Sequence[ParticleAssignments]) -> ParticleAssignments:
     """Join ``ParticleAssignments`` end to end (CTF and metadata included)."""
     if not parts:
         raise ValueError("nothing to concatenate")
-    names = [f.name for f in fields(ParticleAssignments) if f.name not in ("ctf", "micrograph_names", "extra")]
-    values = {name: np.concatenate([np.asarray(getattr(p, name)) for p in parts]) for name in names}
+    skip = ("ctf", "micrograph_names", "extra", *OPTIONAL_PER_PARTICLE_ARRAYS)
+    names = [f.name for f in fields(ParticleAssignments) if f.name not in skip]
+    values: dict[str, Any] = {name: np.concatenate([np.asarray(getattr(p, name)) for p in parts]) for name in names}
+    for name in OPTIONAL_PER_PARTICLE_ARRAYS:  # known for all parts, else unknown
+        arrays = [getattr(p, name) for p in parts]
+        values[name] = None if any(a is None for a in arrays) else np.concatenate(arrays)
     mics = [p.micrograph_names for p in parts]
     return ParticleAssignments(
         ctf=CtfParams.concatenate([p.ctf for p in parts]),

@@ -342,6 +342,12 @@ class Posteriors:
         ``(B,)`` posterior of the best (class, pose) sample.
     n_significant
         ``(B,)`` int64 number of samples with a posterior of at least 0.1 % of ``pmax``.
+    power
+        ``(B,)`` ``‖X‖²_ω`` (``None`` when not kept).
+    chosen_corr, chosen_norm
+        ``(B,)`` cross term ``2·Re⟨C·X, R_ψ Z_kt⟩_ω`` and norm term ``⟨C², |R_ψ A_k|²⟩_ω`` at the best
+        pose of each particle's most probable class (``class_weights.argmax(0)``), at scale 1
+        (``None`` when not kept): cryoSPARC's ``cross_cor`` and ``slice_pow``.
     """
 
     class_weights: torch.Tensor
@@ -352,6 +358,14 @@ class Posteriors:
     sample_posterior: torch.Tensor | None
     pmax: torch.Tensor
     n_significant: torch.Tensor
+    power: torch.Tensor | None = None
+    chosen_corr: torch.Tensor | None = None
+    chosen_norm: torch.Tensor | None = None
+
+
+def chosen(values: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` the entries of ``(K, B)`` ``values`` at each particle's most probable class."""
+    return values.gather(0, class_weights.argmax(dim=0)[None])[0]
 
 
 def force_max_posteriors(
@@ -387,7 +401,19 @@ def force_max_posteriors(
     best_shift = scores.best_shift(best_rot, weights)
     pmax = weights.max(dim=0).values
     significant = (weights >= 1e-3 * pmax[None]).sum(dim=0)
-    return Posteriors(weights, best_rot, best_shift, best_scale, best_ll, None, pmax, significant)
+    return Posteriors(
+        weights,
+        best_rot,
+        best_shift,
+        best_scale,
+        best_ll,
+        None,
+        pmax,
+        significant,
+        power,
+        chosen(best_corr, weights),
+        chosen(best_norm, weights),
+    )
 
 
 def marginal_posteriors(
@@ -424,7 +450,23 @@ def marginal_posteriors(
     class_weights = post.sum(dim=(0, 1))  # (K, B)
     pmax = post.reshape(-1, b).max(dim=0).values
     significant = (post >= 1e-3 * pmax).reshape(-1, b).sum(dim=0)
-    return Posteriors(class_weights, best_rot, best_shift, best_scale, best_ll, post, pmax, significant)
+    # the chosen class's terms, indexed (no reshape: corr may be a strided view of a big tensor)
+    top = class_weights.argmax(dim=0)
+    particles = torch.arange(b, device=top.device)
+    top_rot, top_shift = best_rot[top, particles], best_shift[top, particles]
+    return Posteriors(
+        class_weights,
+        best_rot,
+        best_shift,
+        best_scale,
+        best_ll,
+        post,
+        pmax,
+        significant,
+        power,
+        corr[top_rot, top_shift, top, particles],
+        norm[top_rot, top, particles],
+    )
 
 
 def ring_weights(grid: PolarGrid, sigma2: torch.Tensor, ring_min: int, ring_max: int) -> torch.Tensor:
@@ -443,6 +485,7 @@ __all__ = [
     "Posteriors",
     "ReferenceBank",
     "build_reference_bank",
+    "chosen",
     "force_max_posteriors",
     "marginal_posteriors",
     "norm_and_power",

@@ -168,16 +168,29 @@ def _fine_log_likelihood(
     ``products`` is ``(J, 2·T·K, B)`` with rows ordered ``(re/im, shift, class)``: each sample reads
     its ``J`` real and imaginary bins and applies its rotation's row of the transform.
     """
+    corr = _fine_correlation(products, grid, rotation, shift, klass, particle, norm.shape[1])
+    return pose_log_likelihood(corr, norm[rotation, klass, particle], power[particle], per_particle_scale)
+
+
+def _fine_correlation(
+    products: torch.Tensor,
+    grid: CoarseGrid,
+    rotation: torch.Tensor,
+    shift: torch.Tensor,
+    klass: torch.Tensor,
+    particle: torch.Tensor,
+    k: int,
+) -> torch.Tensor:
+    """Cross terms ``(P,)`` of individual fine samples (see :func:`_fine_log_likelihood`)."""
     n_bins, two_c, b = products.shape
     c = two_c // 2
-    k = norm.shape[1]
     flat = products.reshape(n_bins, two_c * b)
     column = (shift * k + klass) * b + particle
     re = flat.index_select(1, column)  # (J, P)
     im = flat.index_select(1, column + c * b)
     corr = (grid.wc.to(products.dtype)[rotation].T * re).sum(dim=0)
     corr += (grid.ws.to(products.dtype)[rotation].T * im).sum(dim=0)
-    return pose_log_likelihood(corr, norm[rotation, klass, particle], power[particle], per_particle_scale)
+    return corr
 
 
 def _segment_max(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
@@ -371,7 +384,20 @@ def adaptive_posteriors(
         weight=used_post / kept[used_b],
         alpha=alpha,
     )
-    posteriors = Posteriors(class_weights, best_rot, best_shift, best_scale, best_ll, None, pmax, n_significant)
+    top_rot, top_shift = best_rot[top_class, particles], best_shift[top_class, particles]
+    posteriors = Posteriors(
+        class_weights,
+        best_rot,
+        best_shift,
+        best_scale,
+        best_ll,
+        None,
+        pmax,
+        n_significant,
+        power,
+        _fine_correlation(products, grid, top_rot, top_shift, top_class, particles, k),
+        norm[top_rot, top_class, particles],
+    )
     return posteriors, weights
 
 

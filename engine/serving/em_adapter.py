@@ -24,12 +24,13 @@ from otf2d.engine.em.assignments import Assignments
 from otf2d.engine.em.classifier import Classifier
 from otf2d.engine.em.driver import classify_batches
 from otf2d.engine.serving.classifier_port import Judgements
-from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS
+from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, STATISTIC_COLUMNS
 
 
 def judgements(assignments: Assignments) -> Judgements:
-    """The assignment columns as ``(n,)`` NumPy arrays."""
-    return {name: np.asarray(getattr(assignments, name).detach().cpu().numpy()) for name in ASSIGNMENT_COLUMNS}
+    """The assignment columns and the E-step statistics as ``(n,)`` NumPy arrays."""
+    names = (*ASSIGNMENT_COLUMNS, *STATISTIC_COLUMNS)
+    return {name: np.asarray(getattr(assignments, name).detach().cpu().numpy()) for name in names}
 
 
 class EmClassifier:

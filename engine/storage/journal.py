@@ -40,7 +40,7 @@ import numpy.typing as npt
 from otf2d.core.errors import DecodeError, InputError
 from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
-from otf2d.core.snapshot import OpticsGroup, ParticleAssignments
+from otf2d.core.snapshot import OPTIONAL_PER_PARTICLE_ARRAYS, OpticsGroup, ParticleAssignments
 from otf2d.core.wire import decode_metadata_frame, encode_metadata_frame
 from otf2d.engine.storage.segments import BlockLocation, SegmentStore, segment_path
 
@@ -65,6 +65,12 @@ ASSIGNMENT_COLUMNS: tuple[str, ...] = (
     "n_significant",
     "log_likelihood",
 )
+#: Optional assignment columns (the E-step's statistics, ``OPTIONAL_PER_PARTICLE_ARRAYS`` of
+#: :class:`ParticleAssignments`): NULL when the classifier did not give them, and in journals
+#: written before they existed.
+STATISTIC_COLUMNS: tuple[str, ...] = OPTIONAL_PER_PARTICLE_ARRAYS
+#: Their SQL names (``scale`` is taken by the CTF's scale).
+_STATISTIC_SQL: dict[str, str] = {c: "particle_scale" if c == "scale" else c for c in STATISTIC_COLUMNS}
 _INT_ASSIGNMENT_COLUMNS = frozenset({"class_index", "n_significant"})
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _CACHE_DTYPES: dict[str, np.dtype[Any]] = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
@@ -108,6 +114,7 @@ CREATE TABLE IF NOT EXISTS particles (
     class_ess REAL,
     n_significant INTEGER,
     log_likelihood REAL,
+    {", ".join(f"{c} REAL" for c in _STATISTIC_SQL.values())},
     n_judgements INTEGER NOT NULL DEFAULT 0,
     judged_time REAL,
     UNIQUE (stack_id, image_index)
@@ -164,6 +171,19 @@ def _add_chunk_checksums(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(chunks)")}
     if "crc32" not in columns:
         conn.execute("ALTER TABLE chunks ADD COLUMN crc32 INTEGER")
+
+
+def _add_statistic_columns(conn: sqlite3.Connection) -> None:
+    """Give a journal written before the E-step statistics their columns (NULL: unknown)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(particles)")}
+    for name in _STATISTIC_SQL.values():
+        if name not in columns:
+            conn.execute(f"ALTER TABLE particles ADD COLUMN {name} REAL")
+
+
+def _known(values: FloatArray) -> FloatArray | None:
+    """``values``, or ``None`` when none of them is known (all NaN: NULL in the journal)."""
+    return None if bool(np.isnan(values).all()) else values
 
 
 def _block_crc(path: Path, offset: int, nbytes: int) -> int | None:
@@ -238,6 +258,7 @@ class Journal:
         if "format" in self._meta and int(self._meta["format"]) != JOURNAL_FORMAT:
             raise InputError(self._db_path, f"journal format {self._meta['format']} is not {JOURNAL_FORMAT}")
         _add_chunk_checksums(conn)
+        _add_statistic_columns(conn)
         self._cut_damaged_tail(conn)
         row = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM particles").fetchone()
         self._count = int(row[0])
@@ -644,7 +665,8 @@ class Journal:
             ``(n,)`` journal positions.
         values
             Every name of :data:`ASSIGNMENT_COLUMNS` → ``(n,)`` array (``class_index`` 0-based,
-            psi in degrees, origins in Å).
+            psi in degrees, origins in Å); those of :data:`STATISTIC_COLUMNS` it has (the others,
+            and NaN entries, are stored as unknown).
         """
         seq_list = np.asarray(seqs, dtype=np.int64).tolist()
         missing = [c for c in ASSIGNMENT_COLUMNS if c not in values]
@@ -654,9 +676,13 @@ class Journal:
             np.asarray(values[c], dtype=np.int64 if c in _INT_ASSIGNMENT_COLUMNS else np.float64).tolist()
             for c in ASSIGNMENT_COLUMNS
         ]
+        unknown = [None] * len(seq_list)
+        cols += [
+            np.asarray(values[c], dtype=np.float64).tolist() if c in values else unknown for c in STATISTIC_COLUMNS
+        ]
         now = time.time()
         rows = [(*vals, now, s) for s, *vals in zip(seq_list, *cols, strict=True)]
-        assignments = ", ".join(f"{c} = ?" for c in ASSIGNMENT_COLUMNS)
+        assignments = ", ".join(f"{c} = ?" for c in (*ASSIGNMENT_COLUMNS, *_STATISTIC_SQL.values()))
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -697,7 +723,15 @@ class Journal:
                 "SELECT COUNT(*) FROM particles WHERE class_index IS NOT NULL AND seq < ?", (stop,)
             ).fetchone()[0]
         )
-        columns = ("seq", "stack_id", "image_index", "optics_group", *CTF_COLUMNS, *ASSIGNMENT_COLUMNS)
+        columns = (
+            "seq",
+            "stack_id",
+            "image_index",
+            "optics_group",
+            *CTF_COLUMNS,
+            *ASSIGNMENT_COLUMNS,
+            *_STATISTIC_SQL.values(),
+        )
         table = np.empty((n, len(columns)), dtype=np.float64)
         cursor = conn.execute(
             f"SELECT {', '.join(columns)} FROM particles WHERE class_index IS NOT NULL AND seq < ? ORDER BY seq",
@@ -732,6 +766,10 @@ class Journal:
             n_significant=col["n_significant"].astype(np.int64),
             log_likelihood=col["log_likelihood"],
             extra=self._extra_columns(col["seq"].astype(np.int64), stop),
+            scale=_known(col["particle_scale"]),
+            image_power=_known(col["image_power"]),
+            cross_term=_known(col["cross_term"]),
+            norm_term=_known(col["norm_term"]),
         )
 
     def _extra_columns(self, seqs: IntArray, stop: int) -> ExtraColumns | None:
@@ -816,6 +854,7 @@ __all__ = [
     "ASSIGNMENT_COLUMNS",
     "CTF_COLUMNS",
     "JOURNAL_FORMAT",
+    "STATISTIC_COLUMNS",
     "AppendOutcome",
     "Journal",
     "JournalSlice",

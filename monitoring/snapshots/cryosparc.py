@@ -26,7 +26,13 @@ cryoSPARC field                   from the snapshot (RELION label)
 ``alignments2D/class_ess``        effective number of classes ``1 / Σ p_k²``
 ``otf2d/junk_score``              the particle's junk score (:mod:`otf2d.monitoring.particle_junk`)
 ``alignments2D/error``            ``−rlnLogLikeliContribution``: the negative log-likelihood of the
-                                  particle under its best (class, pose), in otf2d's noise model
+                                  particle under its best (class, pose), in otf2d's noise model:
+                                  ``image_pow − alpha·cross_cor + alpha²·slice_pow``
+``alignments2D/image_pow``        ``‖X‖²_ω``: the particle's power, whitened (ring weights ``ω``)
+``alignments2D/cross_cor``        ``2·Re⟨X, C·A⟩_ω`` at the best (class, pose), scale 1
+``alignments2D/slice_pow``        ``‖C·A‖²_ω``: the CTF-modulated class at that pose, scale 1
+``alignments2D/alpha``            the per-particle scale used (1 when it is off)
+``alignments2D/alpha_min``        ``cross_cor / (2·slice_pow)``: the least-squares scale
 ``blob/import_sig``               BLAKE2b-64 of ``"otf2d:" + session``: one signature per imported set,
                                   as cryoSPARC gives every particle of one import the same value
 ================================  ==============================================================
@@ -34,11 +40,13 @@ cryoSPARC field                   from the snapshot (RELION label)
 **Statistics are real or absent.** ``alignments2D/class_posterior`` is clipped to [0, 1] (float
 rounding of a sum of posteriors reaches 1.0000007). Of cryoSPARC's 18 ``alignments2D/*`` fields,
 those otf2d does not compute are **left out** (:data:`ALIGNMENTS2D_OMITTED`: ``error_min``,
-``resid_pow``, ``slice_pow``, ``image_pow``, ``cross_cor``, ``alpha``, ``alpha_min``, ``weight``,
-``pose_ess``, ``shift_ess``), rather than written as zeros or ones that cryoSPARC's subset-by-
-statistic filters would read as values; ``split`` is 0 (no half-sets). The classifier computes a
-per-particle scale and best cross-correlation internally, but the snapshot (``ParticleAssignments``)
-does not carry them yet. The higher-order CTF terms (``ctf/shift_A``, ``tilt_A``, ``trefoil_A``,
+``resid_pow``, ``weight``, ``pose_ess``, ``shift_ess``), rather than written as zeros or ones that
+cryoSPARC's subset-by-statistic filters would read as values; ``split`` is 0 (no half-sets). The
+E-step statistics (:data:`ALIGNMENTS2D_STATISTICS`) are written only when the snapshot
+(``ParticleAssignments``) knows them for every particle (:func:`alignment_statistics`); the
+identities ``error = image_pow − cross_cor + slice_pow`` (at ``alpha`` = 1) and ``alpha_min =
+cross_cor / (2·slice_pow)`` are those of the real J2 file (``algorithm.md`` §12). The higher-order
+CTF terms (``ctf/shift_A``, ``tilt_A``, ``trefoil_A``,
 ``tetra_A``, ``anisomag``) and ``scale_const`` are 0, as in the J2 file; ``ctf/type`` is
 ``b"imported"`` (the CTF came from upstream); ``blob/sign`` is −1 by default, as in the J2 file for
 particles imported from RELION (override with ``blob_sign``); a ``.cs`` input's own values of these
@@ -71,7 +79,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from otf2d.core.snapshot import ClassSnapshot
+from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
 from otf2d.monitoring.particle_junk import CS_FIELD as PARTICLE_JUNK_FIELD
 from otf2d.monitoring.particle_junk import particle_junk_scores
 from otf2d.monitoring.snapshots.atomic import write_npy_atomic
@@ -106,22 +114,17 @@ ALIGNMENTS2D_FIELDS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
 
 #: cryoSPARC ``alignments2D/*`` fields otf2d does not compute, and so does not write.
 ALIGNMENTS2D_OMITTED: frozenset[str] = frozenset(
-    f"alignments2D/{name}"
-    for name in (
-        "error_min",
-        "resid_pow",
-        "slice_pow",
-        "image_pow",
-        "cross_cor",
-        "alpha",
-        "alpha_min",
-        "weight",
-        "pose_ess",
-        "shift_ess",
-    )
+    f"alignments2D/{name}" for name in ("error_min", "resid_pow", "weight", "pose_ess", "shift_ess")
 )
-#: The ``alignments2D/*`` fields otf2d writes (cryoSPARC's names, dtypes and order).
-ALIGNMENTS2D_WRITTEN = tuple(f for f in ALIGNMENTS2D_FIELDS if f[0] not in ALIGNMENTS2D_OMITTED)
+#: The E-step's statistics, written when the snapshot knows them for every particle
+#: (:func:`alignment_statistics`), else left out.
+ALIGNMENTS2D_STATISTICS: frozenset[str] = frozenset(
+    f"alignments2D/{name}" for name in ("slice_pow", "image_pow", "cross_cor", "alpha", "alpha_min")
+)
+#: The ``alignments2D/*`` fields otf2d always writes (cryoSPARC's names, dtypes and order).
+ALIGNMENTS2D_WRITTEN = tuple(
+    f for f in ALIGNMENTS2D_FIELDS if f[0] not in ALIGNMENTS2D_OMITTED | ALIGNMENTS2D_STATISTICS
+)
 
 #: otf2d's class-quality fields of the class-average ``.cs`` of a scored snapshot.
 CLASS_QUALITY_FIELDS: tuple[tuple[str, str], ...] = (
@@ -200,6 +203,32 @@ def _fixed_bytes(strings: Sequence[str] | np.ndarray) -> np.ndarray:
     return np.array(encoded, dtype=f"S{width}")
 
 
+def alignment_statistics(parts: ParticleAssignments) -> dict[str, np.ndarray]:
+    """The :data:`ALIGNMENTS2D_STATISTICS` known (finite) for every particle, by field name.
+
+    ``image_pow`` = ``‖X‖²_ω``, ``cross_cor`` = ``2·Re⟨X, C·A⟩_ω``, ``slice_pow`` = ``‖C·A‖²_ω`` at
+    the chosen (class, pose), at scale 1, as cryoSPARC records them (``algorithm.md`` §12);
+    ``alpha`` the scale the classifier used (1 when the per-particle scale is off);
+    ``alpha_min = cross_cor / (2·slice_pow)``, the least-squares scale. With them
+    ``error = image_pow − alpha·cross_cor + alpha²·slice_pow`` (cryoSPARC's identity at α = 1).
+    """
+    found = {
+        "alignments2D/image_pow": parts.image_power,
+        "alignments2D/cross_cor": parts.cross_term,
+        "alignments2D/slice_pow": parts.norm_term,
+        "alignments2D/alpha": parts.scale,
+    }
+    known = {
+        name: np.asarray(v, dtype=np.float64)
+        for name, v in found.items()
+        if v is not None and bool(np.all(np.isfinite(np.asarray(v, dtype=np.float64))))
+    }
+    cross, slice_pow = known.get("alignments2D/cross_cor"), known.get("alignments2D/slice_pow")
+    if cross is not None and slice_pow is not None and bool(np.all(slice_pow > 0)):
+        known["alignments2D/alpha_min"] = cross / (2.0 * slice_pow)
+    return known
+
+
 def particles_cs_array(
     snapshot: ClassSnapshot,
     *,
@@ -233,6 +262,8 @@ def particles_cs_array(
     psize = np.array([g.image_pixel_size_angstrom for g in snapshot.optics], dtype=np.float64)[rows]
     size = np.array([g.image_size for g in snapshot.optics], dtype=np.int64)[rows]
     paths = _fixed_bytes(parts.stack_paths)
+    statistics = alignment_statistics(parts)
+    alignments = [f for f in ALIGNMENTS2D_FIELDS if f in ALIGNMENTS2D_WRITTEN or f[0] in statistics]
 
     dtype = np.dtype(
         [
@@ -244,7 +275,7 @@ def particles_cs_array(
             ("blob/sign", "<f4"),
             ("blob/import_sig", "<u8"),
             *_CTF_FIELDS,
-            *ALIGNMENTS2D_WRITTEN,
+            *alignments,
             (PARTICLE_JUNK_FIELD, "<f4"),
         ]
     )
@@ -280,6 +311,8 @@ def particles_cs_array(
     cs["alignments2D/class_posterior"] = np.clip(np.asarray(parts.class_posterior, dtype=np.float64), 0.0, 1.0)
     cs["alignments2D/class"] = np.asarray(parts.class_index, dtype=np.int64)
     cs["alignments2D/class_ess"] = parts.class_ess
+    for name, values in statistics.items():
+        cs[name] = values
     cs[PARTICLE_JUNK_FIELD] = particle_junk_scores(snapshot)
     micrographs = parts.micrograph_names
     if micrographs is None and parts.extra is not None and parts.extra.origin == "relion":
@@ -384,8 +417,10 @@ def write_class_averages_cs(snapshot: ClassSnapshot, path: str | os.PathLike[str
 __all__ = [
     "ALIGNMENTS2D_FIELDS",
     "ALIGNMENTS2D_OMITTED",
+    "ALIGNMENTS2D_STATISTICS",
     "ALIGNMENTS2D_WRITTEN",
     "CLASS_QUALITY_FIELDS",
+    "alignment_statistics",
     "class_averages_cs_array",
     "import_signature",
     "particle_uids",
