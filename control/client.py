@@ -46,7 +46,12 @@ class EngineTimeoutError(Otf2dError, TimeoutError):
 
 
 class EngineRequestError(Otf2dError, RuntimeError):
-    """The engine answered a request with ``ok = false``; the message is its ``error``."""
+    """The engine answered a request with ``ok = false``; ``reason`` is its ``error``."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"engine refused {kind!r}: {reason}")
 
 
 class EngineClient:
@@ -137,7 +142,7 @@ class EngineClient:
             lambda m: m["kind"] == KIND_REPLY and m.get("request_id") == request_id, f"a {kind!r} request"
         )
         if not reply["ok"]:
-            raise EngineRequestError(f"engine refused {kind!r}: {reply.get('error', 'no reason given')}")
+            raise EngineRequestError(kind, str(reply.get("error", "no reason given")))
         result: dict[str, Any] = reply.get("result", {})
         return result
 

@@ -4,8 +4,8 @@ ZeroMQ's own certificate files (``zmq.auth.create_certificates``, ``otf2d keys``
 holds a public key, ``NAME.key_secret`` the public and the secret key (keep it mode 0600, never in a
 committed config). A client gives ``--curve-secret CLIENT.key_secret --curve-server ENGINE.key``; the
 engine gives ``--curve-secret ENGINE.key_secret --curve-clients DIR`` (DIR holds the ``.key`` files
-of the clients it accepts). The sockets themselves are set up where ZeroMQ is imported
-(``otf2d.control.curve`` for the engine and its control client, ``otf2d.streamer.sender`` for the streamer).
+of the clients it accepts). The sockets themselves are set up where ZeroMQ is imported:
+``otf2d.control.curve``, for the engine, its control client and the streamer's sender alike.
 """
 
 from __future__ import annotations

@@ -234,7 +234,9 @@ def main(args: argparse.Namespace) -> int:
     if close and status == 0:
         from otf2d.streamer.close import close_session
 
-        result = close_session(config.engine, config.session, timeout_s=max(10.0, config.ack_timeout_s))
+        result = close_session(
+            config.engine, config.session, timeout_s=max(10.0, config.ack_timeout_s), curve=config.curve_files
+        )
         log.info("session %s closed on the engine (%s particles received)", config.session, result.get("received"))
         print(f"{config.session}: closed on the engine; {result.get('received')} particles received")
     return status

@@ -23,11 +23,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import zmq
-import zmq.auth
 
+from otf2d.control.curve import apply_client
 from otf2d.core.curve import CurveClientFiles
 from otf2d.core.errors import DecodeError, InputError
 from otf2d.core.particles import ParticleBatch
@@ -91,18 +90,6 @@ class SenderConfig:
             raise InputError(None, "ack_timeout_s and heartbeat_s must be > 0")
 
 
-def _apply_curve(sock: zmq.Socket[Any], files: CurveClientFiles) -> None:
-    """Make ``sock`` a CURVE client (ZeroMQ certificate files, ``otf2d keys``)."""
-    try:
-        public, secret = zmq.auth.load_certificate(str(files.secret))
-        server, _ = zmq.auth.load_certificate(str(files.server))
-    except (OSError, ValueError) as exc:
-        raise InputError(files.secret, f"cannot load the CurveZMQ certificates: {exc}") from exc
-    if secret is None:
-        raise InputError(files.secret, "holds no secret key: give the NAME.key_secret file")
-    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server
-
-
 @dataclass
 class _InFlight:
     seq: int
@@ -160,7 +147,7 @@ class Sender:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         sock.setsockopt(zmq.HEARTBEAT_TTL, 10000)
         if config.curve is not None:
-            _apply_curve(sock, config.curve)
+            apply_client(sock, config.curve)
         sock.connect(config.engine)
         self.socket = sock
         self._in_flight: dict[str, _InFlight] = {}

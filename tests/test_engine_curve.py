@@ -24,6 +24,7 @@ from otf2d.control.curve import apply_client, create_keys
 from otf2d.core.curve import CurveClientFiles, client_files, is_loopback
 from otf2d.core.errors import ConfigError
 from otf2d.core.wire import KIND_ACK, KIND_NACK, decode_control, encode_control
+from otf2d.streamer.close import CloseRefused, close_session
 from otf2d.streamer.daemon import Streamer
 from otf2d.streamer.ledger import Ledger
 
@@ -72,6 +73,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CurveEngine]:
 def _dealer(engine: CurveEngine, name: str | None) -> zmq.Socket[Any]:
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
+    # A refused handshake leaves the DEALER without a peer, and a send then blocks for ever: give up.
+    socket.setsockopt(zmq.SNDTIMEO, 2000)
     if name is not None:
         apply_client(socket, engine.files(name))
     socket.connect(engine.endpoint)
@@ -106,10 +109,13 @@ def test_a_listed_key_works(engine: CurveEngine) -> None:
 def test_an_unlisted_client_gets_nothing_through(engine: CurveEngine, who: str | None) -> None:
     dealer = _dealer(engine, who)
     try:
-        dealer.send_multipart(encode_control("ping", seq=1))
-        dealer.send_multipart(encode_control("start_session", request_id="r", session="forged", params={}))
-        dealer.send_multipart(encode_control("pause", request_id="p"))
-        dealer.send_multipart(batch_frames(make_batch("forged", 1, 3), "forged:1"), copy=False)
+        try:
+            dealer.send_multipart(encode_control("ping", seq=1))
+            dealer.send_multipart(encode_control("start_session", request_id="r", session="forged", params={}))
+            dealer.send_multipart(encode_control("pause", request_id="p"))
+            dealer.send_multipart(batch_frames(make_batch("forged", 1, 3), "forged:1"), copy=False)
+        except zmq.Again:
+            pass  # the handshake was refused before everything was queued: nothing can be sent
         assert _answer(dealer, 2.0) is None
     finally:
         dealer.close(0)
@@ -131,6 +137,7 @@ def test_a_session_belongs_to_the_key_that_created_it(engine: CurveEngine) -> No
             lambda: bob.snapshot("owned"),
             lambda: bob.start_session("owned", {**TEST_PARAMS, "n_classes": 3}),
             lambda: bob.set_class_override("owned", 1, "junk"),
+            lambda: bob.close_session("owned"),
         ):
             with pytest.raises(EngineRequestError, match="belongs to another client key"):
                 attempt()
@@ -170,6 +177,24 @@ def test_the_streamer_delivers_with_its_key(engine: CurveEngine, tmp_path: Path)
         assert ledger.counts()["particles"]["acked"] == 20
     finally:
         ledger.close()
+    # --close-session closes with the streamer's key (the owner); another key is refused, not ignored
+    with pytest.raises(CloseRefused, match="belongs to another client key"):
+        close_session(engine.endpoint, "streamed", timeout_s=10.0, curve=engine.files("bob"))
+    closed = close_session(engine.endpoint, "streamed", timeout_s=10.0, curve=config.curve_files)
+    assert closed["session"] == "streamed" and closed["closed_by"] == "user" and closed["received"] == 20
+
+
+def test_otf2d_close_takes_the_client_key(engine: CurveEngine) -> None:
+    with engine.client("alice") as alice:
+        alice.start_session("closed-by-cli", TEST_PARAMS)
+    command = [sys.executable, "-m", "otf2d.core.cli", "close", "--engine", engine.endpoint]
+    command += ["--session", "closed-by-cli"]
+    plain = subprocess.run([*command, "--timeout", "2"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert plain.returncode == 2 and ("no answer from the engine" in plain.stderr or "could not send" in plain.stderr)
+    keys = ["--curve-secret", str(engine.keys / "alice.key_secret"), "--curve-server", str(engine.keys / "engine.key")]
+    keyed = subprocess.run([*command, *keys], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert keyed.returncode == 0, keyed.stderr
+    assert "closed-by-cli: closed (by user)" in keyed.stdout
 
 
 def test_at_most_max_sessions(engine: CurveEngine) -> None:

@@ -90,6 +90,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory):
     life = SessionLifecycle()
     register_monitoring(monitor.states, engine.registry, lifecycle=life)
     streamer = StreamerMetrics("grid1")
+    # as the daemon reports one file in quarantine (the dashboard's "in quarantine" series and the alert)
+    streamer.quarantined.labels("grid1", "missing_column").set(1)
     stop = threading.Event()
     load = threading.Thread(target=drive_load, args=(engine, streamer, life, stop), daemon=True)
     load.start()

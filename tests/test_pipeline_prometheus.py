@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pipeline_helpers import (
     PIPELINE_PARAMS,
@@ -66,7 +67,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     tmp = tmp_path_factory.mktemp("pipeline-prometheus")
     logs = tmp / "logs"
     sim = tmp / "microscope"
-    sim.mkdir()
+    (sim / "Import").mkdir(parents=True)
+    # one file the streamer must quarantine (no blob/path): the dashboards' quarantine series has data
+    with open(sim / "Import" / "broken.cs", "wb") as broken:  # np.save(path) would append .npy
+        np.save(broken, np.zeros(3, dtype=[("uid", "<u8"), ("blob/idx", "<u4")]))
     ports = engine_ports()
     streamer_port = free_port()
     prometheus_port = free_port()

@@ -20,7 +20,7 @@ import pytest
 import torch
 import zmq
 from engine_helpers import batch_frames, make_batch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from otf2d.core.config import Class2DParams
@@ -31,6 +31,7 @@ from otf2d.core.wire import (
     KIND_PONG,
     KIND_REJECT,
     KIND_REPLY,
+    MAX_JSON_DEPTH,
     decode_batch,
     decode_control,
     encode_control,
@@ -143,9 +144,11 @@ def test_any_bytes_are_a_decode_error_or_a_message(frames: list[bytes]) -> None:
 
 @FUZZ
 @given(st.integers(1, 100_000))
+@example(MAX_JSON_DEPTH - 1).via("the deepest accepted: the outer object + 31 arrays = 32 levels")
+@example(MAX_JSON_DEPTH).via("one level too deep")
 def test_deep_json_is_refused_before_parsing(depth: int) -> None:
     text = '{"schema_version":1,"kind":"ping","x":' + "[" * depth + "]" * depth + "}"
-    if depth <= 30:
+    if depth + 1 <= MAX_JSON_DEPTH:  # the outer object is a level too; MAX_JSON_DEPTH levels are allowed
         assert parse_json(text.encode())["kind"] == "ping"
     else:
         with pytest.raises(DecodeError, match="nested deeper"):
