@@ -107,7 +107,7 @@ def _reopened(data: Path) -> tuple[dict[str, object], dict[str, str]]:
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(
     two_checkpoints: Path, tmp_path: Path, damage: Callable[[bytes], bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="engine")
+    caplog.set_level(logging.INFO, logger="otf2d.engine")
     data = _copy(two_checkpoints, tmp_path)
     path = data / "sessions" / SESSION / "checkpoint.npz"
     path.write_bytes(damage(path.read_bytes()))
@@ -229,7 +229,7 @@ def _fill(path: Path) -> None:
 
 
 def test_a_full_disk_pauses_ingest_and_it_resumes_by_itself(small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="engine")
+    caplog.set_level(logging.INFO, logger="otf2d.engine")
     service = _service(small_disk / "data")
     service.worker.disk.retry_s = 0.3
     try:
@@ -258,7 +258,7 @@ def test_a_full_disk_pauses_ingest_and_it_resumes_by_itself(small_disk: Path, ca
 def test_a_full_disk_while_folding_pauses_it_instead_of_failing_the_session(
     small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="engine")
+    caplog.set_level(logging.INFO, logger="otf2d.engine")
     service = _service(small_disk / "data")
     service.worker.disk.retry_s = 0.3
     try:
@@ -286,7 +286,7 @@ def test_a_snapshot_that_failed_is_written_again(small_disk: Path, caplog: pytes
     from otf2d.engine.serving.em_adapter import em_classifier_factory
     from otf2d.monitoring.snapshots import write_snapshot
 
-    caplog.set_level(logging.INFO, logger="engine")
+    caplog.set_level(logging.INFO, logger="otf2d.engine")
     worker = WorkerConfig(
         checkpoint_every=0, checkpoint_seconds=3600, snapshot_every=0, snapshot_seconds=3600, retry_seconds=0.5
     )

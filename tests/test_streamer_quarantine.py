@@ -117,7 +117,7 @@ def test_the_four_loop_killers_are_quarantined_and_the_rest_delivered(
 ) -> None:
     project, expected, bad = _poisoned_project(tmp_path)
     ledger_path = tmp_path / "ledger.sqlite"
-    with FakeEngine(free_port()) as engine, caplog.at_level(logging.INFO, logger="streamer"):
+    with FakeEngine(free_port()) as engine, caplog.at_level(logging.INFO, logger="otf2d.streamer"):
         streamer = _run_once(project, ledger_path, engine)
     assert set(engine.keys) == expected and max(engine.keys.values()) == 1
     # the Latin-1 file was read and its particles delivered, with a printable provenance on the wire
