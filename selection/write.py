@@ -26,6 +26,7 @@ from otf2d import core
 from otf2d.core.errors import InputError
 from otf2d.core.extra_columns import from_records
 from otf2d.core.snapshot import ClassSnapshot
+from otf2d.monitoring.particle_junk import CS_FIELD, RELION_LABEL, particle_junk_scores
 from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_npy_atomic, write_star_atomic
 from otf2d.monitoring.snapshots.cryosparc import particles_cs_array
 from otf2d.monitoring.snapshots.relion import data_star_blocks, json_safe
@@ -152,6 +153,11 @@ def write_selection(
         cs_rows = from_records(loaded.particles_cs[idx])
         cs_subset = dataclasses.replace(subset, particles=dataclasses.replace(subset.particles, extra=cs_rows))
     cs = particles_cs_array(cs_subset, session=loaded.session, project_dir=loaded.project_dir)
+    # The junk scores that chose the particles, not scores recomputed among the kept ones alone.
+    scores = particle_junk_scores(loaded.snapshot)[idx]
+    blocks["particles"][RELION_LABEL] = scores
+    if CS_FIELD in (cs.dtype.names or ()):
+        cs[CS_FIELD] = scores
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"particles_star": out / PARTICLES_STAR, "particles_cs": out / PARTICLES_CS}
