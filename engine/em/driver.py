@@ -162,6 +162,7 @@ def classify_batches(
     progress: Callable[[Progress], None] | None = None,
     pass_chunk: int = 2048,
     on_processed: Callable[[int], None] | None = None,
+    start_from_subsets: bool = False,
 ) -> ClassificationResult:
     """Classify a finished set of particles with cryoSPARC's O-EM schedule (module docstring).
 
@@ -181,6 +182,9 @@ def classify_batches(
         Called with the number of particles each piece of work has just gone through (the
         initialisation batch, every online-EM batch, every chunk of a full pass or of the final
         assignment): the counts add up to :func:`planned_work`.
+    start_from_subsets
+        Start the classes from averages of random subsets instead of single particles
+        (``Classifier.initialise``); the streaming engine does, see ``otf2d.engine.serving.em_adapter``.
 
     Returns
     -------
@@ -213,7 +217,7 @@ def classify_batches(
             return prepared.take(torch.as_tensor(index))
         return source.take(index)
 
-    clf.initialise(minibatch())
+    clf.initialise(minibatch(), from_subsets=start_from_subsets)
     processed(batch_size)
     report("init", 0, 0)
     seen = 0
