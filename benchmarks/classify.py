@@ -320,9 +320,17 @@ def otf2d_command(
 
 
 def score_relion_output(
-    data_star: Path, classes_mrcs: Path, truth: pd.DataFrame, spectrum: object, diameter: float
+    data_star: Path,
+    classes_mrcs: Path,
+    truth: pd.DataFrame,
+    spectrum: object,
+    diameter: float,
+    *,
+    n_classes: int | None = None,
+    junk_flags: dict[int, bool] | None = None,
 ) -> QualityReport:
-    """Score a RELION (or otf2d) Class2D iteration: ``_data.star`` + ``_classes.mrcs``."""
+    """Score a RELION (or otf2d) Class2D iteration: ``_data.star`` + ``_classes.mrcs`` (``n_classes`` and
+    ``junk_flags``, class number -> flagged junk, as ``score_classification`` takes them)."""
     blocks = starfile.read(data_star, always_dict=True)
     particles = blocks["particles"]
     with mrcfile.open(classes_mrcs, permissive=True) as mrc:
@@ -340,6 +348,8 @@ def score_relion_output(
         spectrum,  # type: ignore[arg-type]
         particle_diameter_angstrom=diameter,
         first_class_label=1,  # rlnClassNumber 1 is the first slice, even when class 1 is empty
+        n_classes=n_classes,
+        junk_flags=junk_flags,
     )
 
 

@@ -41,16 +41,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 import starfile
-from classify import relion_command, run_logged  # benchmarks/classify.py: one RELION command line
+from classify import relion_command, run_logged, score_relion_output  # benchmarks/classify.py
 
 from otf2d.monitoring.snapshots import read_latest
 from otf2d.simulator.particles import SimulationSetup, prepare_simulation
 from otf2d.simulator.presets import RIBOSOME_MAP, realistic_session
-from otf2d.simulator.scoring import FAITHFUL_NCC, QualityReport, score_classification
+from otf2d.simulator.scoring import FAITHFUL_NCC, QualityReport
 from otf2d.simulator.session import SessionSummary, simulate_session
 
 #: RELION's default schedule (the GUI's Class2D).
@@ -91,15 +90,6 @@ def mask_diameter_angstrom(setup: SimulationSetup) -> float:
     return float(min(10 * math.ceil(setup.particle_diameter_angstrom / 10), box_angstrom))
 
 
-def read_output(data_star: Path, classes_mrcs: Path) -> tuple[pd.DataFrame, np.ndarray, float]:
-    """Particles table, class averages and their pixel size of a Class2D iteration."""
-    particles = starfile.read(data_star, always_dict=True)["particles"]
-    with mrcfile.open(classes_mrcs, permissive=True) as mrc:
-        averages = np.asarray(mrc.data, dtype=np.float64)
-        pixel = float(mrc.voxel_size.x)
-    return particles, averages.reshape(-1, *averages.shape[-2:]), pixel
-
-
 def junk_flags_of(model_star: Path) -> dict[int, bool]:
     """Class number -> flagged junk, from otf2d's ``rlnPredictedClassScore`` (1 - junk score)."""
     classes = starfile.read(model_star, always_dict=True)["model_classes"]
@@ -117,17 +107,12 @@ def score(
     k: int,
     junk_flags: dict[int, bool] | None,
 ) -> QualityReport:
-    particles, averages, pixel = read_output(data_star, classes_mrcs)
-    return score_classification(
+    return score_relion_output(
+        data_star,
+        classes_mrcs,
         truth,
-        particles["rlnImageName"].to_numpy(),
-        particles["rlnClassNumber"].to_numpy(),
-        particles["rlnAnglePsi"].to_numpy(),
-        averages,
-        pixel,
         setup.spectrum,
-        particle_diameter_angstrom=setup.particle_diameter_angstrom,
-        first_class_label=1,
+        setup.particle_diameter_angstrom,
         n_classes=k,
         junk_flags=junk_flags,
     )
