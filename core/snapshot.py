@@ -36,11 +36,9 @@ class OpticsGroup:
     image_size: int
 
 
-#: The per-particle array fields of :class:`ParticleAssignments` besides ``indices`` (and ``ctf``,
-#: ``micrograph_names``): each as long as ``indices``.
-PER_PARTICLE_ARRAYS: tuple[str, ...] = (
-    "stack_paths",
-    "optics_groups",
+#: What the classifier says of each particle (fields of :class:`ParticleAssignments`; the journal's
+#: assignment columns).
+ASSIGNMENT_ARRAYS: tuple[str, ...] = (
     "class_index",
     "psi_degrees",
     "origin_x_angstrom",
@@ -51,6 +49,9 @@ PER_PARTICLE_ARRAYS: tuple[str, ...] = (
     "n_significant",
     "log_likelihood",
 )
+#: The per-particle array fields of :class:`ParticleAssignments` besides ``indices`` (and ``ctf``,
+#: ``micrograph_names``): each as long as ``indices``.
+PER_PARTICLE_ARRAYS: tuple[str, ...] = ("stack_paths", "optics_groups", *ASSIGNMENT_ARRAYS)
 
 #: Optional per-particle arrays of :class:`ParticleAssignments` (``None`` when unknown, e.g. in a
 #: journal or snapshot written before they existed): the E-step's whitened-unit statistics.
@@ -188,4 +189,11 @@ class ClassSnapshot:
         return counts / total if total > 0 else np.zeros_like(counts)
 
 
-__all__ = ["OPTIONAL_PER_PARTICLE_ARRAYS", "PER_PARTICLE_ARRAYS", "ClassSnapshot", "OpticsGroup", "ParticleAssignments"]
+__all__ = [
+    "ASSIGNMENT_ARRAYS",
+    "OPTIONAL_PER_PARTICLE_ARRAYS",
+    "PER_PARTICLE_ARRAYS",
+    "ClassSnapshot",
+    "OpticsGroup",
+    "ParticleAssignments",
+]

@@ -40,7 +40,7 @@ import numpy.typing as npt
 from otf2d.core.errors import DecodeError, InputError
 from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
-from otf2d.core.snapshot import OPTIONAL_PER_PARTICLE_ARRAYS, OpticsGroup, ParticleAssignments
+from otf2d.core.snapshot import ASSIGNMENT_ARRAYS, OPTIONAL_PER_PARTICLE_ARRAYS, OpticsGroup, ParticleAssignments
 from otf2d.core.wire import decode_metadata_frame, encode_metadata_frame
 from otf2d.engine.storage.segments import BlockLocation, SegmentStore, segment_path
 
@@ -54,17 +54,7 @@ JOURNAL_FORMAT = 1
 #: The CTF columns of the ``particles`` table, in :class:`CtfParams` order.
 CTF_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CtfParams))
 #: The assignment columns of the ``particles`` table (names of :class:`ParticleAssignments` fields).
-ASSIGNMENT_COLUMNS: tuple[str, ...] = (
-    "class_index",
-    "psi_degrees",
-    "origin_x_angstrom",
-    "origin_y_angstrom",
-    "pmax",
-    "class_posterior",
-    "class_ess",
-    "n_significant",
-    "log_likelihood",
-)
+ASSIGNMENT_COLUMNS: tuple[str, ...] = ASSIGNMENT_ARRAYS
 #: Optional assignment columns (the E-step's statistics, ``OPTIONAL_PER_PARTICLE_ARRAYS`` of
 #: :class:`ParticleAssignments`): NULL when the classifier did not give them, and in journals
 #: written before they existed.
