@@ -37,6 +37,7 @@ from otf2d.core.readers import (
     read_stack_header,
     sniff_format,
 )
+from otf2d.core.readers.optics import CTF_LABELS
 from otf2d.core.readers.stacks import SUPPORTED_MODES
 from otf2d.core.readers.table import ParticleTable
 
@@ -46,17 +47,6 @@ SHOW_STACKS = 5
 MICROGRAPH_MIN_PIXELS = 1024
 #: First bytes of the compressed files mrcfile reads.
 COMPRESSION_MAGIC: dict[str, bytes] = {"gzip": b"\x1f\x8b", "bzip2": b"BZh"}
-#: RELION label of each CTF value that has a default (``CTF::readValue``).
-CTF_LABELS: dict[str, str] = {
-    "defocus_v_angstrom": "rlnDefocusV",
-    "defocus_angle_degrees": "rlnDefocusAngle",
-    "voltage_kv": "rlnVoltage",
-    "spherical_aberration_mm": "rlnSphericalAberration",
-    "amplitude_contrast": "rlnAmplitudeContrast",
-    "phase_shift_degrees": "rlnPhaseShift",
-    "bfactor_angstrom2": "rlnCtfBfactor",
-    "scale": "rlnCtfScalefactor",
-}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +99,8 @@ def ctf_defaults(table: ParticleTable, given: set[str]) -> dict[str, str]:
     names = set(table.extra.names)
     out: dict[str, str] = {}
     for field, label in CTF_LABELS.items():
+        if field == "defocus_u_angstrom":
+            continue  # no default: a file without it has no CTF at all
         if field in given or label in names or f"optics/{label}" in names:
             continue
         out[label] = "= rlnDefocusU" if field == "defocus_v_angstrom" else f"{RELION_CTF_DEFAULTS[field]:g}"
