@@ -288,6 +288,16 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str) -> T:
     return cls(**kwargs)
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The tables of a TOML file; ``ConfigError`` naming the file when it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from exc
+
+
 def load_config(path: str | Path) -> Otf2dConfig:
     """Read a TOML configuration file.
 
@@ -298,12 +308,7 @@ def load_config(path: str | Path) -> Otf2dConfig:
         the message names the file and the key.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, f"not valid TOML: {exc}") from exc
+    data = read_toml(path)
     try:
         return from_mapping(Otf2dConfig, data, "config")
     except ConfigError as exc:
@@ -318,4 +323,5 @@ __all__ = [
     "VerdictConfig",
     "from_mapping",
     "load_config",
+    "read_toml",
 ]

@@ -31,13 +31,13 @@ import dataclasses
 import logging
 import os
 import signal
-import tomllib
 import types
 import typing
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from otf2d.core.config import read_toml
 from otf2d.core.curve import add_client_args, client_files
 from otf2d.core.errors import ConfigError
 from otf2d.streamer.daemon import Streamer, StreamerConfig
@@ -163,12 +163,7 @@ def load_streamer_table(path: Path) -> dict[str, Any]:
         The file cannot be read or parsed, has no ``[streamer]`` table, or a key is unknown or has
         a wrong type (the message names the file and the key).
     """
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, f"not valid TOML: {exc}") from exc
+    data = read_toml(path)
     table = data.get("streamer")
     if not isinstance(table, dict):
         raise ConfigError(path, "no [streamer] table")
