@@ -16,6 +16,7 @@ from snapshot_factory import make_snapshot
 
 from otf2d.core.cli import main as otf2d
 from otf2d.core.errors import InputError
+from otf2d.monitoring.quality import JUNK_SCORE_THRESHOLD
 from otf2d.selection.snapshot_reader import read_snapshot
 from otf2d.selection.templates import (
     SIGN_CONVENTION,
@@ -133,8 +134,11 @@ def test_templates_command_on_a_classified_session(
     assert match is not None
     numbers = [int(c) for c in match.group(1).split(",")]
     assert stack.shape == (len(numbers), 64, 64)
-    # the largest class is the main preferred view: compare with a clean projection of the map
-    assert numbers[0] == int(np.argmax(snapshot.particle_counts)) + 1
+    # the largest class the junk score keeps is the main preferred view (the largest class of all
+    # may be the aggregated junk): compare its template with a clean projection of the map
+    assert snapshot.junk_score is not None
+    kept_counts = np.where(snapshot.junk_score <= JUNK_SCORE_THRESHOLD, snapshot.particle_counts, -1)
+    assert numbers[0] == int(np.argmax(kept_counts)) + 1
     setup = prepare_simulation(SESSION)
     rot, tilt = PREFERRED_VIEWS_DEGREES[0]
     reference = project(setup.spectrum, np.array([rot]), np.array([tilt]), 0.0, 64, 4.0)[0]
