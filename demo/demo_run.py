@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from otf2d.control.client import EngineClient, EngineRequestError, EngineTimeoutError
 from otf2d.core.durable import write_bytes_atomic
+from otf2d.core.durations import format_clock
 from otf2d.core.errors import Otf2dError
 
 #: Session name of the demo.
@@ -332,12 +333,6 @@ class Observation:
     snapshot_iteration: int | None
 
 
-def format_elapsed(seconds: float) -> str:
-    """``m:ss``."""
-    m, s = divmod(int(seconds), 60)
-    return f"{m}:{s:02d}"
-
-
 def _n(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -345,7 +340,7 @@ def _n(value: int | None) -> str:
 def status_line(obs: Observation, rate_per_s: float | None) -> str:
     """The live status line of one observation."""
     parts = [
-        f"{format_elapsed(obs.elapsed_s):>6}",
+        f"{format_clock(obs.elapsed_s):>6}",
         f"written {_n(obs.written)}",
         f"acked {_n(obs.acked)}",
         f"journaled {_n(obs.journaled)}",
@@ -611,7 +606,7 @@ class Demo:
         """The closing summary: counts, verdict and reasons, where every output is."""
         lines = [""]
         lines.append(
-            f"otf2d demo finished in {format_elapsed(self.elapsed())}: {obs.written:,} particles written by the "
+            f"otf2d demo finished in {format_clock(self.elapsed())}: {obs.written:,} particles written by the "
             f"microscope, {_n(obs.acked)} acknowledged to the streamer, {_n(obs.journaled)} journaled and "
             f"{_n(obs.classified)} classified by the engine."
         )
@@ -697,7 +692,6 @@ __all__ = [
     "Observation",
     "count_truth_rows",
     "default_threads",
-    "format_elapsed",
     "free_ports",
     "fresh_run_dir",
     "http_get",

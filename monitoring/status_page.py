@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
+from otf2d.core.durations import format_in_words
 from otf2d.monitoring.page_charts import (
     VERDICT_COLOURS,
     compact_number,
@@ -30,7 +31,6 @@ from otf2d.monitoring.page_charts import (
 )
 from otf2d.monitoring.snapshots.gallery import class_order
 from otf2d.monitoring.state import MonitoringState, VerdictPoint
-from otf2d.monitoring.verdict import format_duration
 
 #: Most views drawn in the view chart (the rest are summed into one bar).
 MAX_VIEW_BARS = 12
@@ -134,7 +134,7 @@ def _forecast_text(state: MonitoringState) -> tuple[str, str]:
         return "reached", target
     if state.good_per_second is None:
         return "–", target + " (rate not known yet)"
-    return format_duration(state.forecast_seconds), target
+    return format_in_words(state.forecast_seconds), target
 
 
 def view_chart_svg(state: MonitoringState, width: int = 600) -> str:
@@ -367,7 +367,7 @@ def session_html(state: MonitoringState, now: float, lifecycle: str | None = Non
         f'<li class="{"lead" if i == 0 else ""}">{_e(reason)}</li>' for i, reason in enumerate(verdict.reasons)
     )
     age = state.snapshot_age(now)
-    age_text = format_duration(age) if age >= 60 else f"{age:.0f} s"
+    age_text = format_in_words(age) if age >= 60 else f"{age:.0f} s"
     chip = f'<span class="chip life-{_e(lifecycle)}">{_e(lifecycle)}</span>' if lifecycle else ""
     return f"""
 <section class="session" id="session-{_e(state.session)}" data-version="{_e(version)}{_e(lifecycle or "")}">

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otf2d.core.config import VerdictConfig
+from otf2d.core.durations import format_in_words
 
 #: Verdict states, in the order of the ``otf2d_verdict`` metric.
 VERDICT_STATES: tuple[str, ...] = ("pending", "collect", "marginal", "abandon")
@@ -142,18 +143,6 @@ def forecast_seconds(good_particles: int, good_per_second: float | None, target:
     return missing / good_per_second
 
 
-def format_duration(seconds: float) -> str:
-    """A duration in words for a reason: ``"40 min"``, ``"41 h"``, ``"6 days"``, ``"never"``."""
-    if not math.isfinite(seconds):
-        return "never"
-    if seconds < 3600:
-        return f"{max(1, round(seconds / 60))} min"
-    hours = seconds / 3600
-    if hours < 72:
-        return f"{hours:.1f} h" if hours < 10 else f"{round(hours)} h"
-    return f"{hours / 24:.1f} days"
-
-
 def _band(value: float, marginal: float, bad: float, scale: float) -> tuple[str, float]:
     """Status of ``value`` against thresholds where larger is worse, and its margin in [0, 1]."""
     if value >= bad:
@@ -195,7 +184,7 @@ def _rate(numbers: GridNumbers, cfg: VerdictConfig) -> Criterion:
         return Criterion("rate", "ok", 0.0, 1.0, f"good particles at {per_hour:,.0f}/h: {target:,} reached")
     hours = seconds / 3600.0
     status, margin = _band(hours, cfg.target_hours_marginal, cfg.target_hours_abandon, cfg.target_hours_marginal / 2)
-    reason = f"good particles at {per_hour:,.0f}/h: {target:,} in {format_duration(seconds)}"
+    reason = f"good particles at {per_hour:,.0f}/h: {target:,} in {format_in_words(seconds)}"
     return Criterion("rate", status, hours, margin, reason)
 
 
@@ -263,7 +252,6 @@ __all__ = [
     "Verdict",
     "VerdictConfig",
     "forecast_seconds",
-    "format_duration",
     "grid_verdict",
     "sample_factor",
 ]

@@ -12,7 +12,7 @@ from monitoring_truth import good_grid, grid_snapshot, junk_grid, preferred_grid
 from otf2d.core.config import VerdictConfig, load_config
 from otf2d.core.errors import ConfigError
 from otf2d.monitoring.state import SessionMonitor, compute_state, rate_per_second
-from otf2d.monitoring.verdict import GridNumbers, forecast_seconds, format_duration, grid_verdict, sample_factor
+from otf2d.monitoring.verdict import GridNumbers, forecast_seconds, grid_verdict, sample_factor
 
 CFG = VerdictConfig()
 
@@ -77,10 +77,6 @@ def test_forecast_seconds() -> None:
     assert forecast_seconds(60000, 1.0, 50000) == 0.0
     assert forecast_seconds(10, None, 50000) == math.inf
     assert forecast_seconds(10, 0.0, 50000) == math.inf
-    assert format_duration(41 * 3600 + 59) == "41 h"
-    assert format_duration(1500) == "25 min"
-    assert format_duration(5 * 86400) == "5.0 days"
-    assert format_duration(math.inf) == "never"
 
 
 def test_pending_below_the_minimum_count() -> None:

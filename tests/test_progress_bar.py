@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from otf2d.engine.classify.progress_bar import ProgressBar, format_duration
+from otf2d.engine.classify.progress_bar import ProgressBar
 
 
 class FakeClock:
@@ -15,14 +15,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def test_format_duration() -> None:
-    assert format_duration(0) == "0:00"
-    assert format_duration(61.4) == "1:01"
-    assert format_duration(3 * 3600 + 5 * 60 + 7) == "3:05:07"
-    assert format_duration(float("inf")) == "--:--"
-    assert format_duration(float("nan")) == "--:--"
 
 
 def test_rate_and_eta_follow_the_average_rate() -> None:

@@ -100,9 +100,10 @@ def junk_summary(snapshot: ClassSnapshot) -> str:
 def main(args: argparse.Namespace) -> int:
     """Run ``otf2d classify``; returns the exit status."""
 
+    from otf2d.core.durations import format_clock
     from otf2d.core.readers import read_particle_table
     from otf2d.engine.classify.offline import PhaseUpdate, classify_table, planned_particles
-    from otf2d.engine.classify.progress_bar import ProgressBar, format_duration
+    from otf2d.engine.classify.progress_bar import ProgressBar
     from otf2d.monitoring.quality import score_snapshot
     from otf2d.monitoring.snapshots import write_snapshot
 
@@ -145,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"classified {len(snap.particles)} particles: {populated} of {snap.n_classes} classes populated")
     print(junk_summary(snap))
     print(
-        f"wall time {format_duration(wall)} ({wall:.1f} s; classification {result.classify_seconds:.1f} s, "
+        f"wall time {format_clock(wall)} ({wall:.1f} s; classification {result.classify_seconds:.1f} s, "
         f"{result.particles_read} images read, {result.particles_read / max(result.classify_seconds, 1e-9):,.0f}/s) "
         f"on {device}"
     )

@@ -19,18 +19,10 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from otf2d.core.durations import format_clock
+
 #: Width of the bar itself, in characters.
 BAR_WIDTH = 24
-
-
-def format_duration(seconds: float) -> str:
-    """``H:MM:SS`` or ``M:SS`` of a duration in seconds (``--:--`` when unknown)."""
-    if not seconds >= 0 or seconds == float("inf"):
-        return "--:--"
-    s = round(seconds)
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class ProgressBar:
@@ -101,8 +93,8 @@ class ProgressBar:
         where = f"{self.phase} {self.iteration}/{self.total_iterations}" if self.total_iterations else self.phase
         return (
             f"{where:<14} |{bar}| {100 * frac:5.1f}%  {self.done}/{self.total} particles  "
-            f"{self.rate():,.0f}/s  elapsed {format_duration(self.elapsed_seconds)}  "
-            f"ETA {format_duration(self.eta_seconds())}"
+            f"{self.rate():,.0f}/s  elapsed {format_clock(self.elapsed_seconds)}  "
+            f"ETA {format_clock(self.eta_seconds())}"
         )
 
     def set_phase(self, phase: str, iteration: int, total_iterations: int) -> None:
@@ -139,4 +131,4 @@ class ProgressBar:
             self.stream.flush()
 
 
-__all__ = ["BAR_WIDTH", "ProgressBar", "format_duration"]
+__all__ = ["BAR_WIDTH", "ProgressBar"]
