@@ -28,12 +28,12 @@ import mrcfile
 import numpy as np
 
 from otf2d.core.errors import InputError
+from otf2d.core.input_args import add_input_args, read_table_from_args
 from otf2d.core.particles import RELION_CTF_DEFAULTS
 from otf2d.core.readers import (
     StackCheck,
     StackHeader,
     check_stacks,
-    read_particle_table,
     read_stack_header,
     sniff_format,
 )
@@ -53,12 +53,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``otf2d inspect``."""
     parser.add_argument("file", help="particles.star, _extract.star, .cs, or a bare .mrcs/.mrc stack")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.add_argument("--project-dir", help="directory stack paths are relative to (default: found)")
-    parser.add_argument("--optics-from", help="particles.star whose data_optics applies (for _extract.star)")
-    parser.add_argument("--pixel-size", type=float, help="pixel size in Å, when the file has none")
-    parser.add_argument("--voltage", type=float, help="voltage in kV, overriding the file")
-    parser.add_argument("--cs", type=float, help="spherical aberration in mm, overriding the file")
-    parser.add_argument("--amplitude-contrast", type=float, help="amplitude contrast, overriding the file")
+    add_input_args(parser)
 
 
 def compression_of(path: str | Path) -> str | None:
@@ -323,15 +318,7 @@ def main(args: argparse.Namespace) -> int:
         summary = summarize_stack(read_stack_header(args.file))
         print(json.dumps(summary, indent=2) if args.json else format_stack_summary(summary))
         return 0
-    table = read_particle_table(
-        args.file,
-        project_dir=args.project_dir,
-        optics_from=args.optics_from,
-        pixel_size_angstrom=args.pixel_size,
-        voltage_kv=args.voltage,
-        spherical_aberration_mm=args.cs,
-        amplitude_contrast=args.amplitude_contrast,
-    )
+    table = read_table_from_args(args.file, args)
     check = check_stacks(table)
     options = {
         "voltage_kv": args.voltage,

@@ -39,6 +39,7 @@ import numpy as np
 
 from otf2d.core.classification_flags import add_classification_args, params_from_args
 from otf2d.core.config import VerdictConfig, load_config
+from otf2d.core.input_args import add_input_args, read_table_from_args
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.engine.resources.device import add_device_args, choose_device
 
@@ -53,19 +54,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_classification_args(parser, "classification (cryoSPARC's parameters; defaults are cryoSPARC's)")
     run = parser.add_argument_group("run")
     add_device_args(run)
-    run.add_argument(
-        "--optics-from", type=Path, default=None, help="RELION file whose data_optics applies (for _extract.star input)"
-    )
-    run.add_argument(
-        "--project-dir",
-        type=Path,
-        default=None,
-        help="directory the stack paths are relative to (default: found from the input's location)",
-    )
-    run.add_argument("--pixel-size", type=float, default=None, metavar="A", help="A/px (overrides the file)")
-    run.add_argument("--voltage", type=float, default=None, metavar="KV", help="kV, for files that give none")
-    run.add_argument("--cs", type=float, default=None, metavar="MM", help="spherical aberration, mm")
-    run.add_argument("--amplitude-contrast", type=float, default=None, metavar="Q0", help="fraction, e.g. 0.1")
+    add_input_args(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -101,7 +90,6 @@ def main(args: argparse.Namespace) -> int:
     """Run ``otf2d classify``; returns the exit status."""
 
     from otf2d.core.durations import format_clock
-    from otf2d.core.readers import read_particle_table
     from otf2d.engine.classify.offline import PhaseUpdate, classify_table, planned_particles
     from otf2d.engine.classify.progress_bar import ProgressBar
     from otf2d.monitoring.quality import score_snapshot
@@ -110,15 +98,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     params = params_from_args(args)
     device = choose_device(args.device, args.threads)
-    table = read_particle_table(
-        args.input,
-        project_dir=args.project_dir,
-        optics_from=args.optics_from,
-        pixel_size_angstrom=args.pixel_size,
-        voltage_kv=args.voltage,
-        spherical_aberration_mm=args.cs,
-        amplitude_contrast=args.amplitude_contrast,
-    )
+    table = read_table_from_args(args.input, args)
     print(
         f"otf2d classify: {len(table)} particles from {args.input} (box {table.box_size} px, "
         f"{table.pixel_size_angstrom:g} A/px) into {params.n_classes} classes on {device}",
