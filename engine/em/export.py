@@ -9,16 +9,35 @@ engine keeps its own class numbers, and the snapshot records the mapping in
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from otf2d.core.config import Class2DParams
 from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.engine.em.geometry import Geometry
 from otf2d.engine.em.preprocess import fourier_pad
 
-if TYPE_CHECKING:
-    from otf2d.engine.em.classifier import Classifier
+
+class SnapshotSource(Protocol):
+    """What a snapshot reads of a classifier (``otf2d.engine.em.classifier.Classifier`` is one);
+    a protocol, so that this module does not import the classifier that imports it."""
+
+    @property
+    def geometry(self) -> Geometry: ...
+    @property
+    def params(self) -> Class2DParams: ...
+    @property
+    def n_classes(self) -> int: ...
+    @property
+    def n_effective(self) -> float: ...
+    @property
+    def n_updates(self) -> int: ...
+    @property
+    def iteration(self) -> int: ...
+    def class_averages(self) -> torch.Tensor: ...
+    def class_resolution_angstrom(self) -> torch.Tensor: ...
 
 
 def optics_from_particles(particles: ParticleAssignments, pixel_size_angstrom: float, box: int) -> list[OpticsGroup]:
@@ -41,7 +60,7 @@ def optics_from_particles(particles: ParticleAssignments, pixel_size_angstrom: f
 
 
 def build_snapshot(
-    classifier: Classifier,
+    classifier: SnapshotSource,
     particles: ParticleAssignments,
     *,
     iteration: int | None = None,
@@ -116,4 +135,4 @@ def build_snapshot(
     )
 
 
-__all__ = ["build_snapshot", "optics_from_particles"]
+__all__ = ["SnapshotSource", "build_snapshot", "optics_from_particles"]

@@ -91,14 +91,14 @@ class ParticlePreparer:
 
         Raises
         ------
-        InputError
-            If a ``PreparedBatch`` was prepared for another polar grid.
+        RuntimeError
+            If a ``PreparedBatch`` was prepared for another polar grid (a programming error).
         """
         if isinstance(batch, PreparedBatch):
             shape = (self.grid.n_rings + 1, self.grid.n_angles)
             if tuple(batch.samples.shape[1:]) != shape or tuple(batch.ctf.shape[1:]) != shape:
                 got = tuple(batch.samples.shape[1:])
-                raise InputError(None, f"prepared particles of shape {got}, expected {shape}")
+                raise RuntimeError(f"prepared particles of shape {got}, expected {shape}")
             for start in range(0, len(batch), size):
                 sl = slice(start, min(start + size, len(batch)))
                 yield sl, batch.samples[sl].to(self.device), batch.ctf[sl].to(self.device)
