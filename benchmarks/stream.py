@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from otf2d.control.client import EngineClient, EngineTimeoutError
+from otf2d.core.durable import write_text_atomic
 from otf2d.demo.demo_run import DEMO_CLASSIFICATION, free_ports
 from otf2d.engine.resources.memory import proc_status_bytes
 from otf2d.simulator.config import SimulationConfig
@@ -160,9 +161,7 @@ class Microscope:
         except OSError:
             shutil.copyfile(self.stacks[i], stack)
         text = self.stars[i].replace(f"Movies/{self.stacks[i].name}", f"Movies/{name}.mrcs")
-        tmp = self.movies / f".{name}_extract.star.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.movies / f"{name}_extract.star")
+        write_text_atomic(self.movies / f"{name}_extract.star", text, fsync=False)  # renamed, as RELION writes
         self.written += self.counts[i]
         return self.counts[i]
 

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import uuid
@@ -43,15 +44,27 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+#: What ``fsync`` of a directory raises where the filesystem cannot sync directories at all (some
+#: network and FUSE filesystems); the rename is still atomic there. PostgreSQL ignores the same two.
+DIRECTORY_SYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.EBADF})
+
+
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """``fsync`` a directory, so that a file created or renamed in it survives a crash.
+
+    A filesystem that cannot sync directories (``EINVAL``/``EBADF``, :data:`DIRECTORY_SYNC_UNSUPPORTED`)
+    is not an error: there is nothing more to do there.
 
     Raises
     ------
     OSError
-        The directory cannot be opened or synced (callers that may go on without it suppress this).
+        The directory cannot be opened, or the sync failed (an I/O error).
     """
-    fsync_file(directory)
+    try:
+        fsync_file(directory)
+    except OSError as exc:
+        if exc.errno not in DIRECTORY_SYNC_UNSUPPORTED:
+            raise
 
 
 @contextlib.contextmanager
@@ -119,6 +132,7 @@ def write_json_atomic(
 
 
 __all__ = [
+    "DIRECTORY_SYNC_UNSUPPORTED",
     "atomic_output",
     "fsync_directory",
     "fsync_file",

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from otf2d.core.config import LifecycleConfig
+from otf2d.core.durable import write_json_atomic
 from otf2d.core.errors import InputError
-from otf2d.monitoring.snapshots.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -68,10 +68,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from otf2d.core.durable import write_json_atomic
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.image_geometry import image_centre, radial_profiles, radius_grid
-from otf2d.monitoring.snapshots.atomic import write_json_atomic
 from otf2d.monitoring.snapshots.class_quality import (
     DEFAULT_JUNK_SCORE_THRESHOLD,
     OVERRIDES_PARAMETER,

@@ -190,7 +190,7 @@ def load_timeline(path: str | os.PathLike[str]) -> tuple[tuple[VerdictPoint, ...
     the problems (file and line number); a missing file is an empty timeline. When the file holds
     more than twice the points kept, it is rewritten (atomically) with the thinned points.
     """
-    from otf2d.monitoring.snapshots.atomic import write_text_atomic
+    from otf2d.core.durable import write_text_atomic
 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()

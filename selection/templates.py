@@ -30,11 +30,11 @@ import mrcfile
 import numpy as np
 import numpy.typing as npt
 
+from otf2d.core.durable import atomic_output
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.image_geometry import image_centre, radius_grid, shift_images
 from otf2d.monitoring.quality import density_centres_yx, mask_radius_pixels
-from otf2d.monitoring.snapshots.atomic import atomic_output
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
+from otf2d.core.durable import write_bytes_atomic
 from otf2d.core.errors import InputError
-from otf2d.monitoring.snapshots.atomic import write_bytes_atomic
 from otf2d.monitoring.snapshots.gallery import encode_png, to_uint8
 from otf2d.monitoring.views import distribution_entropy
 

@@ -23,11 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from otf2d import core
+from otf2d.core.durable import write_json_atomic
 from otf2d.core.errors import InputError
 from otf2d.core.extra_columns import from_records
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.particle_junk import CS_FIELD, RELION_LABEL, particle_junk_scores
-from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_npy_atomic, write_star_atomic
+from otf2d.monitoring.snapshots.atomic import write_npy_atomic, write_star_atomic
 from otf2d.monitoring.snapshots.cryosparc import particles_cs_array
 from otf2d.monitoring.snapshots.relion import data_star_blocks, json_safe
 from otf2d.selection.snapshot_reader import LoadedSnapshot

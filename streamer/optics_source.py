@@ -15,6 +15,8 @@ import os
 import re
 from pathlib import Path
 
+from otf2d.core.durable import write_text_atomic
+
 _JOB_DIR = re.compile(r"^job\d+$")
 _MAX_OPTICS_BYTES = 1 << 20
 
@@ -91,9 +93,7 @@ class OpticsCache:
         target = self.directory / f"optics-{name}.star"
         if not target.is_file() or target.read_text(encoding="utf-8") != text:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
+            write_text_atomic(target, text)
         self._known[particles_star] = (st.st_size, st.st_mtime_ns, target)
         return target
 

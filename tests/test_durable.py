@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 
+from otf2d.core import durable
 from otf2d.core.durable import (
     atomic_output,
     fsync_directory,
@@ -72,3 +75,24 @@ def test_fsync_directory_refuses_a_missing_directory(tmp_path: Path) -> None:
     fsync_directory(tmp_path)
     with pytest.raises(OSError):
         fsync_directory(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("code", "tolerated"), [(errno.EINVAL, True), (errno.EBADF, True), (errno.EIO, False)])
+def test_a_filesystem_that_cannot_sync_directories_is_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, tolerated: bool
+) -> None:
+    real_fsync_file = durable.fsync_file
+
+    def refuse_directories(path: str | os.PathLike[str]) -> None:
+        if Path(path).is_dir():
+            raise OSError(code, os.strerror(code))
+        real_fsync_file(path)
+
+    monkeypatch.setattr(durable, "fsync_file", refuse_directories)
+    target = tmp_path / "latest.json"
+    if tolerated:
+        write_json_atomic(target, {"a": 1})
+    else:
+        with pytest.raises(OSError, match=os.strerror(code)):
+            write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}  # renamed either way: only the directory sync failed

@@ -12,19 +12,17 @@ import pandas as pd
 import pytest
 import starfile
 
-from otf2d.core.errors import InputError
-from otf2d.monitoring.snapshots import atomic
-from otf2d.monitoring.snapshots.atomic import (
+from otf2d.core import durable
+from otf2d.core.durable import (
     atomic_output,
-    star_text,
     temporary_sibling,
     write_bytes_atomic,
     write_json_atomic,
-    write_mrc_atomic,
-    write_npy_atomic,
-    write_star_atomic,
     write_text_atomic,
 )
+from otf2d.core.errors import InputError
+from otf2d.monitoring.snapshots import atomic
+from otf2d.monitoring.snapshots.atomic import star_text, write_mrc_atomic, write_npy_atomic, write_star_atomic
 
 
 def _listing(directory: Path) -> list[str]:
@@ -68,7 +66,7 @@ def test_failure_in_replace_keeps_previous_file_and_removes_temp(
     def broken_replace(src: str, dst: str) -> None:
         raise OSError("rename failed")
 
-    monkeypatch.setattr(atomic.os, "replace", broken_replace)
+    monkeypatch.setattr(durable.os, "replace", broken_replace)
     with pytest.raises(OSError, match="rename failed"):
         write_text_atomic(target, "new\n")
     assert target.read_text() == "previous\n"

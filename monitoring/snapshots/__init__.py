@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from otf2d.core.durable import write_json_atomic
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
-from otf2d.monitoring.snapshots.atomic import write_json_atomic
 from otf2d.monitoring.snapshots.cryosparc import write_class_averages_cs, write_cryosparc_cs
 from otf2d.monitoring.snapshots.gallery import render_class_png, render_gallery, write_gallery_png
 from otf2d.monitoring.snapshots.relion import iteration_root, star_path, write_relion_class2d

@@ -1,26 +1,19 @@
-"""Atomic file writes: readers see the old file or the new one, never a partial one.
+"""The snapshot formats' atomic writers: STAR text as RELION writes it, MRC stacks and ``.npy``/``.cs`` arrays.
 
-Every writer goes through :func:`atomic_output`: the content is written to a uniquely named hidden
-temporary file in the *same directory* as the target (so ``os.replace`` is a rename within one
-filesystem), flushed and ``fsync``-ed, then renamed over the target; the directory is ``fsync``-ed
-afterwards so the rename itself survives a crash. If anything fails before the rename the
-temporary file is removed and the previous target, if any, is left untouched.
+Each goes through the one atomic, durable write, :func:`otf2d.core.durable.atomic_output` (readers see the
+old file or the new one, never a part; a failed write leaves the previous file and no temporary). Plain
+bytes, text and JSON are :mod:`otf2d.core.durable`'s ``write_bytes_atomic``, ``write_text_atomic`` and
+``write_json_atomic``.
 
 Example
 -------
-``write_text_atomic(out_dir / "latest.json", text)``; for a library that only takes a file name::
-
-    with atomic_output(out_dir / "run_it001_classes.mrcs") as tmp:
-        library_writer(tmp)
+``write_star_atomic(out_dir / "run_it001_model.star", {"model_general": general})``
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,91 +22,11 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from otf2d.core.durable import atomic_output, write_text_atomic
 from otf2d.core.errors import InputError
 
 #: The version line RELION 3.1 writes before each block (``CURRENT_MDT_VERSION`` 30001).
 RELION31_STAR_VERSION = 30001
-
-
-def temporary_sibling(path: str | os.PathLike[str]) -> Path:
-    """A fresh, unused hidden name next to ``path`` (same directory, unique per call).
-
-    Parameters
-    ----------
-    path
-        The final target.
-
-    Returns
-    -------
-    Path
-        ``<dir>/.<name>.<pid>.<random>.tmp``; nothing is created.
-    """
-    target = Path(path)
-    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Not every platform or filesystem can fsync a directory; the rename is still atomic there.
-    with contextlib.suppress(OSError):
-        _fsync_path(directory)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Context manager yielding a temporary path that replaces ``path`` when the block succeeds.
-
-    The caller writes the complete file at the yielded path (with any library that takes a
-    file name). On normal exit the file is fsync-ed and renamed onto ``path``; on an exception
-    it is deleted and the exception propagates, leaving ``path`` as it was.
-
-    Parameters
-    ----------
-    path
-        The final target. Its directory must exist.
-
-    Yields
-    ------
-    Path
-        Where to write; it does not exist yet.
-    """
-    target = Path(path)
-    tmp = temporary_sibling(target)
-    try:
-        yield tmp
-        _fsync_path(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_directory(target.parent)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and return ``path``."""
-    target = Path(path)
-    with atomic_output(target) as tmp, open(tmp, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-    return target
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` as UTF-8 with ``\\n`` line endings to ``path`` atomically."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (strict: no NaN/Infinity) to ``path`` atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def star_text(
@@ -260,13 +173,9 @@ def write_npy_atomic(path: str | os.PathLike[str], array: np.ndarray) -> Path:
 
 __all__ = [
     "RELION31_STAR_VERSION",
-    "atomic_output",
+    "loop_text",
     "star_text",
-    "temporary_sibling",
-    "write_bytes_atomic",
-    "write_json_atomic",
     "write_mrc_atomic",
     "write_npy_atomic",
     "write_star_atomic",
-    "write_text_atomic",
 ]

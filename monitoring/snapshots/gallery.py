@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from otf2d.core.durable import write_bytes_atomic
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
-from otf2d.monitoring.snapshots.atomic import write_bytes_atomic
 
 #: Classes whose junk score exceeds this get a red border.
 JUNK_THRESHOLD = 0.5

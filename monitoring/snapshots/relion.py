@@ -61,11 +61,12 @@ import numpy as np
 import pandas as pd
 
 from otf2d import core
+from otf2d.core.durable import write_json_atomic
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.particle_junk import RELION_LABEL as PARTICLE_JUNK_LABEL
 from otf2d.monitoring.particle_junk import particle_junk_scores
-from otf2d.monitoring.snapshots.atomic import write_json_atomic, write_mrc_atomic, write_star_atomic
+from otf2d.monitoring.snapshots.atomic import write_mrc_atomic, write_star_atomic
 from otf2d.monitoring.snapshots.class_quality import class_quality_columns
 from otf2d.monitoring.snapshots.passthrough import merge_star_columns, relion_optics_extra, relion_particle_extra
 from otf2d.monitoring.snapshots.validation import check_snapshot
