@@ -25,8 +25,8 @@ import pandas as pd
 
 from otf2d.core.cli import main as otf2d
 from otf2d.monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
+from otf2d.monitoring.snapshots.reader import read_snapshot
 from otf2d.selection.choose import choose_classes
-from otf2d.selection.snapshot_reader import read_snapshot
 from otf2d.simulator.config import SimulationConfig
 from otf2d.simulator.session import simulate_session
 

@@ -2,8 +2,7 @@
 
 Modules:
 
-- ``snapshot_reader``: find a snapshot on disk (``latest.json``, a ``run_itNNN_*`` file, an engine
-  session folder) and read it back as a :class:`otf2d.core.snapshot.ClassSnapshot`;
+- a snapshot on disk is found and read back by ``otf2d.monitoring.snapshots.reader``, beside its writer;
 - ``live``: ask a running engine for a snapshot of a session now and wait until it is on disk;
 - ``choose``: which classes to keep (class numbers, or the junk scores of ``otf2d.monitoring.quality``),
   filtered by particles and resolution;

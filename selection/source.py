@@ -15,8 +15,8 @@ from pathlib import Path
 
 from otf2d.core.curve import add_client_args, client_files
 from otf2d.monitoring.quality import JUNK_SCORE_THRESHOLD
+from otf2d.monitoring.snapshots.reader import LoadedSnapshot, read_snapshot
 from otf2d.selection.choose import ClassChoice, choose_classes, parse_class_numbers, session_overrides
-from otf2d.selection.snapshot_reader import LoadedSnapshot, read_snapshot
 
 #: How the source is described in ``--help``.
 SOURCE_HELP = (

@@ -30,8 +30,8 @@ from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.particle_junk import CS_FIELD, RELION_LABEL, particle_junk_scores
 from otf2d.monitoring.snapshots.atomic import write_npy_atomic, write_star_atomic
 from otf2d.monitoring.snapshots.cryosparc import particles_cs_array
+from otf2d.monitoring.snapshots.reader import LoadedSnapshot
 from otf2d.monitoring.snapshots.relion import data_star_blocks, json_safe
-from otf2d.selection.snapshot_reader import LoadedSnapshot
 
 #: Names of the files written into the output folder.
 PARTICLES_STAR = "particles.star"

@@ -16,6 +16,7 @@ from otf2d.engine.serving.monitoring_hooks import OVERRIDES_FILE, overrides_for_
 from otf2d.monitoring.quality import save_overrides, score_classes
 from otf2d.monitoring.snapshots import write_snapshot
 from otf2d.monitoring.snapshots.atomic import write_star_atomic
+from otf2d.monitoring.snapshots.reader import read_snapshot
 from otf2d.selection.choose import (
     SESSION_OVERRIDES_FILE,
     choose_classes,
@@ -23,7 +24,6 @@ from otf2d.selection.choose import (
     parse_class_numbers,
     session_overrides,
 )
-from otf2d.selection.snapshot_reader import read_snapshot
 
 # make_snapshot: counts (5, 12, 0, 20, 3, 10), resolutions (12.5, 15.25, inf, 9.75, 30, 18) Å
 

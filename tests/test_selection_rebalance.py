@@ -15,9 +15,9 @@ from selection_session import ClassifiedSession, classified_session, main_view_s
 
 from otf2d.core.cli import main as otf2d
 from otf2d.core.errors import InputError
+from otf2d.monitoring.snapshots.reader import read_snapshot
 from otf2d.monitoring.views import distribution_entropy
 from otf2d.selection.rebalance import draw_kept, rebalance_views, view_cap
-from otf2d.selection.snapshot_reader import read_snapshot
 from otf2d.selection.view_plot import render_view_histogram
 
 

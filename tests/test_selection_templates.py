@@ -17,7 +17,7 @@ from snapshot_factory import make_snapshot
 from otf2d.core.cli import main as otf2d
 from otf2d.core.errors import InputError
 from otf2d.monitoring.quality import JUNK_SCORE_THRESHOLD
-from otf2d.selection.snapshot_reader import read_snapshot
+from otf2d.monitoring.snapshots.reader import read_snapshot
 from otf2d.selection.templates import (
     SIGN_CONVENTION,
     header_labels,

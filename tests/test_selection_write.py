@@ -20,7 +20,7 @@ from otf2d.core.cli import main as otf2d
 from otf2d.core.errors import InputError, NonFiniteError
 from otf2d.core.readers import read_particle_table, read_stack_images
 from otf2d.monitoring.snapshots import write_snapshot
-from otf2d.selection.snapshot_reader import LoadedSnapshot, read_snapshot
+from otf2d.monitoring.snapshots.reader import LoadedSnapshot, read_snapshot
 from otf2d.selection.write import subset_snapshot, write_selection
 
 

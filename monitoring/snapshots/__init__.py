@@ -19,6 +19,9 @@ is their stack path as read (relative to the project directory), and the class a
 when the writer is given one (``otf2d classify``: the input's project directory; an engine session
 started with a ``project_dir``), else the snapshot directory itself. ``latest.json`` names that
 root as ``cryosparc_paths_relative_to``.
+
+The reader is beside the writers: ``otf2d.monitoring.snapshots.reader`` finds a snapshot on disk and reads
+it back as a :class:`~otf2d.core.snapshot.ClassSnapshot` (``otf2d select``, ``rebalance``, ``templates``).
 """
 
 from __future__ import annotations

@@ -74,6 +74,8 @@ from otf2d.monitoring.snapshots.validation import check_snapshot
 #: Written where a resolution (or an accuracy) is unknown; RELION's ``rlnCtfMaxResolution`` and
 #: CTFFIND use 999 Å the same way.
 UNKNOWN_RESOLUTION_ANGSTROM = 999.0
+#: ``_model.star`` column of a scored snapshot: 1 − junk score (RELION ≥ 4's class-ranker label).
+PREDICTED_CLASS_SCORE = "rlnPredictedClassScore"
 
 
 def iteration_root(root: str, iteration: int) -> str:
@@ -178,7 +180,7 @@ def model_star_blocks(snapshot: ClassSnapshot, classes_stack: str) -> dict[str, 
     )
     quality = class_quality_columns(snapshot)
     if quality is not None:
-        classes["rlnPredictedClassScore"] = 1.0 - quality.junk_score
+        classes[PREDICTED_CLASS_SCORE] = 1.0 - quality.junk_score
     return {"model_general": general, "model_classes": classes}
 
 
@@ -349,6 +351,7 @@ def write_relion_class2d(
 
 
 __all__ = [
+    "PREDICTED_CLASS_SCORE",
     "UNKNOWN_RESOLUTION_ANGSTROM",
     "data_star_blocks",
     "iteration_root",

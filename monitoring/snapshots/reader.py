@@ -40,15 +40,13 @@ from otf2d.core.readers.relion import read_relion_table
 from otf2d.core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, require_columns
 from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
 from otf2d.monitoring.snapshots import LATEST_POINTER, SnapshotPaths, read_latest
-from otf2d.monitoring.snapshots.relion import UNKNOWN_RESOLUTION_ANGSTROM
+from otf2d.monitoring.snapshots.relion import PREDICTED_CLASS_SCORE, UNKNOWN_RESOLUTION_ANGSTROM
 
 #: A file of one snapshot: ``<root>_itNNN_<role>``.
 _SNAPSHOT_FILE = re.compile(
     r"^(?P<base>.+_it(?P<iteration>\d{3,}))_(?P<role>data\.star|model\.star|classes\.mrcs|otf2d\.json|"
     r"particles\.cs|class_averages\.cs|gallery\.png|optimiser\.star|sampling\.star)$"
 )
-#: ``_model.star`` column of a scored snapshot: 1 − junk score (``otf2d.monitoring.snapshots.relion``).
-PREDICTED_CLASS_SCORE = "rlnPredictedClassScore"
 #: The engine's session folder keeps its snapshots here (``otf2d.engine.serving.session``).
 SESSION_SNAPSHOT_DIR = "snapshots"
 
@@ -380,7 +378,6 @@ def read_snapshot(
 
 
 __all__ = [
-    "PREDICTED_CLASS_SCORE",
     "SESSION_SNAPSHOT_DIR",
     "LoadedSnapshot",
     "find_snapshot",

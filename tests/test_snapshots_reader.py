@@ -1,4 +1,4 @@
-"""otf2d.selection.snapshot_reader: a snapshot written by otf2d.monitoring.snapshots reads back as the same
+"""otf2d.monitoring.snapshots.reader: a snapshot written by otf2d.monitoring.snapshots reads back as the same
 ClassSnapshot."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from snapshot_factory import COUNTS, make_snapshot
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import ClassSnapshot
 from otf2d.monitoring.snapshots import write_snapshot
-from otf2d.selection.snapshot_reader import find_snapshot, read_snapshot
+from otf2d.monitoring.snapshots.reader import find_snapshot, read_snapshot
 
 
 @pytest.fixture
