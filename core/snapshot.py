@@ -129,6 +129,34 @@ class ParticleAssignments:
         return [f"{int(i):06d}@{p}" for p, i in zip(self.stack_paths, self.indices, strict=True)]
 
 
+#: ``parameters`` key (and ``_otf2d.json`` key) of :attr:`ClassSnapshot.engine_class_of_snapshot_class`.
+ENGINE_ORDER_PARAMETER = "engine_class_of_snapshot_class"
+#: ``parameters`` key (and ``_otf2d.json`` key) of :attr:`ClassSnapshot.junk_score_threshold`.
+JUNK_THRESHOLD_PARAMETER = "junk_score_threshold"
+#: The junk-score threshold of a scored snapshot that does not record one.
+DEFAULT_JUNK_SCORE_THRESHOLD = 0.5
+
+
+def _engine_order(value: Any, k: int) -> tuple[int, ...] | None:
+    """A permutation of ``0..k-1`` as a tuple, or ``None`` when ``value`` is not one."""
+    if not isinstance(value, list | tuple | np.ndarray) or len(value) != k:
+        return None
+    try:
+        order = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return order if sorted(order) == list(range(k)) else None
+
+
+def junk_threshold(value: Any) -> float:
+    """``value`` as a junk-score threshold in [0, 1], or a refusal naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise InputError(
+            None, f"snapshot parameter {JUNK_THRESHOLD_PARAMETER!r} must be a number in [0, 1], got {value!r}"
+        )
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ClassSnapshot:
     """The classes and every particle's assignment at one moment.
@@ -147,6 +175,19 @@ class ClassSnapshot:
         Snapshot counter, written as ``run_itNNN``.
     parameters
         The classification parameters (recorded for reproducibility).
+    junk_score
+        ``(K,)`` effective junk scores in [0, 1] (overrides applied), when class quality has been scored.
+    engine_class_of_snapshot_class
+        The engine class (0-based) shown as snapshot class ``i + 1`` (snapshot classes are sorted by
+        size), a permutation of ``0..K-1``; ``None``: the engine's own order.
+    junk_score_threshold
+        The score above which a class is junk, recorded with ``junk_score`` (``None``: unrecorded,
+        :data:`DEFAULT_JUNK_SCORE_THRESHOLD` applies).
+
+    The last two travelled in ``parameters`` under :data:`ENGINE_ORDER_PARAMETER` and
+    :data:`JUNK_THRESHOLD_PARAMETER`, and ``_otf2d.json`` keeps them there: given in ``parameters``, they
+    are taken out into the fields at construction (an order that is not a permutation of the classes
+    reads as ``None``, as it always did), and :meth:`recorded_parameters` puts them back for writing.
     """
 
     averages: np.ndarray
@@ -160,12 +201,15 @@ class ClassSnapshot:
     particles: ParticleAssignments
     original_image_size: int
     parameters: dict[str, Any] = field(default_factory=dict)
-    junk_score: FloatArray | None = None  #: ``(K,)`` in [0, 1], when class quality has been scored
+    junk_score: FloatArray | None = None
+    engine_class_of_snapshot_class: tuple[int, ...] | None = None
+    junk_score_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.averages.ndim != 3:
             raise InputError(None, f"class averages must be (K, h, w), got {self.averages.shape}")
         k = self.averages.shape[0]
+        self._take_typed_parameters(k)
         for name in (
             "particle_counts",
             "resolution_angstrom",
@@ -176,6 +220,47 @@ class ClassSnapshot:
                 raise InputError(None, f"snapshot: {name} has {len(getattr(self, name))} entries, not {k}")
         if len(self.particles) and (self.particles.class_index.min() < 0 or self.particles.class_index.max() >= k):
             raise InputError(None, f"snapshot: a particle's class is outside 0..{k - 1}")
+
+    def _take_typed_parameters(self, k: int) -> None:
+        """Move the typed fields' ``parameters`` keys into the fields (a key given there wins) and check them."""
+        parameters = dict(self.parameters)
+        order = self.engine_class_of_snapshot_class
+        if ENGINE_ORDER_PARAMETER in parameters:
+            order = _engine_order(parameters.pop(ENGINE_ORDER_PARAMETER), k)
+        elif order is not None:
+            checked = _engine_order(order, k)
+            if checked is None:
+                raise InputError(
+                    None, f"snapshot: engine_class_of_snapshot_class {order!r} is not a permutation of 0..{k - 1}"
+                )
+            order = checked
+        threshold = self.junk_score_threshold
+        if JUNK_THRESHOLD_PARAMETER in parameters:
+            threshold = parameters.pop(JUNK_THRESHOLD_PARAMETER)
+        threshold = None if threshold is None else junk_threshold(threshold)
+        object.__setattr__(self, "parameters", parameters)
+        object.__setattr__(self, "engine_class_of_snapshot_class", order)
+        object.__setattr__(self, "junk_score_threshold", threshold)
+
+    def recorded_parameters(self) -> dict[str, Any]:
+        """``parameters`` with the typed fields under their keys, as ``_otf2d.json`` records them."""
+        recorded = dict(self.parameters)
+        if self.engine_class_of_snapshot_class is not None:
+            recorded[ENGINE_ORDER_PARAMETER] = list(self.engine_class_of_snapshot_class)
+        if self.junk_score_threshold is not None:
+            recorded[JUNK_THRESHOLD_PARAMETER] = self.junk_score_threshold
+        return recorded
+
+    def engine_class_order(self) -> list[int]:
+        """Engine class (0-based) of each snapshot class: ``order[i]`` is the engine class shown as ``i + 1``."""
+        order = self.engine_class_of_snapshot_class
+        return list(order) if order is not None else list(range(self.n_classes))
+
+    @property
+    def effective_junk_threshold(self) -> float:
+        """:attr:`junk_score_threshold`, or :data:`DEFAULT_JUNK_SCORE_THRESHOLD` when unrecorded."""
+        t = self.junk_score_threshold
+        return t if t is not None else DEFAULT_JUNK_SCORE_THRESHOLD
 
     @property
     def n_classes(self) -> int:
@@ -191,9 +276,13 @@ class ClassSnapshot:
 
 __all__ = [
     "ASSIGNMENT_ARRAYS",
+    "DEFAULT_JUNK_SCORE_THRESHOLD",
+    "ENGINE_ORDER_PARAMETER",
+    "JUNK_THRESHOLD_PARAMETER",
     "OPTIONAL_PER_PARTICLE_ARRAYS",
     "PER_PARTICLE_ARRAYS",
     "ClassSnapshot",
     "OpticsGroup",
     "ParticleAssignments",
+    "junk_threshold",
 ]

@@ -64,7 +64,6 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from otf2d.monitoring.lifecycle import CLOSED, LIFECYCLE_STATES, Activity, SessionLifecycle
-from otf2d.monitoring.quality import engine_class_order
 from otf2d.monitoring.state import MonitoringState, StateProvider
 from otf2d.monitoring.verdict import VERDICT_STATES
 
@@ -192,7 +191,7 @@ def _add_classes(families: dict[str, Family], session: str, state: MonitoringSta
     resolution = state.snapshot.resolution_angstrom
     scores = state.junk_scores
     junk = state.quality.junk
-    order = engine_class_order(state.snapshot)
+    order = state.snapshot.engine_class_order()
     for k in range(state.snapshot.n_classes):
         labels = [session, str(order[k] + 1)]
         families["otf2d_class_particles"].add_metric(labels, float(counts[k]))

@@ -70,13 +70,9 @@ import numpy.typing as npt
 
 from otf2d.core.durable import write_json_atomic
 from otf2d.core.errors import InputError
-from otf2d.core.snapshot import ClassSnapshot
+from otf2d.core.snapshot import DEFAULT_JUNK_SCORE_THRESHOLD, ClassSnapshot
 from otf2d.monitoring.image_geometry import image_centre, radial_profiles, radius_grid
-from otf2d.monitoring.snapshots.class_quality import (
-    DEFAULT_JUNK_SCORE_THRESHOLD,
-    OVERRIDES_PARAMETER,
-    THRESHOLD_PARAMETER,
-)
+from otf2d.monitoring.snapshots.class_quality import OVERRIDES_PARAMETER
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -509,7 +505,7 @@ def with_junk_scores(snapshot: ClassSnapshot, report: QualityReport) -> ClassSna
     ClassSnapshot
         A copy with ``junk_score`` = ``report.effective_scores`` (``(K,)``, overrides applied) and
         ``parameters["class_overrides"]`` (snapshot class number → ``"good"``/``"junk"``) and
-        ``parameters["junk_score_threshold"]`` (see ``otf2d.monitoring.snapshots.class_quality``), so that
+        ``junk_score_threshold`` (see ``otf2d.monitoring.snapshots.class_quality``), so that
         the RELION ``_model.star`` and the class-average ``.cs`` carry the scores, flags and overrides.
 
     Raises
@@ -522,9 +518,13 @@ def with_junk_scores(snapshot: ClassSnapshot, report: QualityReport) -> ClassSna
     parameters = {
         **snapshot.parameters,
         OVERRIDES_PARAMETER: {str(number): value for number, value in sorted(report.overrides.items())},
-        THRESHOLD_PARAMETER: float(report.threshold),
     }
-    return dataclasses.replace(snapshot, junk_score=report.effective_scores, parameters=parameters)
+    return dataclasses.replace(
+        snapshot,
+        junk_score=report.effective_scores,
+        junk_score_threshold=float(report.threshold),
+        parameters=parameters,
+    )
 
 
 def score_snapshot(
@@ -556,24 +556,6 @@ def score_snapshot(
 SESSION_OVERRIDES_FILE = "class_overrides.json"
 
 
-def engine_class_order(snapshot: ClassSnapshot) -> list[int]:
-    """Engine class (0-based) of each snapshot class: ``order[i]`` is the engine class shown as ``i + 1``.
-
-    Read from ``snapshot.parameters["engine_class_of_snapshot_class"]`` (written by
-    ``otf2d.engine.em.export``); the identity when it is absent or not a permutation of ``0..K-1``.
-    """
-    k = snapshot.n_classes
-    order = snapshot.parameters.get("engine_class_of_snapshot_class")
-    if isinstance(order, Sequence) and not isinstance(order, str) and len(order) == k:
-        try:
-            values = [int(v) for v in order]
-        except (TypeError, ValueError):
-            values = []
-        if sorted(values) == list(range(k)):
-            return values
-    return list(range(k))
-
-
 def overrides_for_snapshot(engine_overrides: Mapping[int, str], order: Sequence[int]) -> dict[int, str]:
     """Overrides keyed by engine class number (1-based) → keyed by the snapshot's class number (1-based).
 
@@ -582,7 +564,7 @@ def overrides_for_snapshot(engine_overrides: Mapping[int, str], order: Sequence[
     engine_overrides
         Engine class number (``engine class index + 1``) → ``"good"`` / ``"junk"``.
     order
-        ``order[i]`` = engine class index shown as snapshot class ``i + 1`` (:func:`engine_class_order`).
+        ``order[i]`` = engine class index shown as snapshot class ``i + 1`` (``ClassSnapshot.engine_class_order()``).
 
     Returns
     -------
@@ -652,7 +634,6 @@ __all__ = [
     "count_features",
     "density_centres_yx",
     "density_map",
-    "engine_class_order",
     "image_features",
     "load_overrides",
     "mask_radius_pixels",

@@ -7,8 +7,7 @@ the status page, the gallery and ``/metrics`` show. The scores are those stored 
 they are computed from the class averages (``otf2d.monitoring.quality.score_classes``). User overrides
 go on top: a snapshot of an engine session honours those set on the session
 (``<session>/class_overrides.json``, keyed by the engine's own class numbers and translated with
-``parameters["engine_class_of_snapshot_class"]`` by the engine's own
-``otf2d.monitoring.quality.engine_class_order``).
+the snapshot's ``engine_class_of_snapshot_class``).
 
 Then ``min_particles`` drops classes with fewer particles and ``max_resolution_angstrom`` drops
 classes whose resolution is worse (a larger number, or unknown). Empty classes are never kept.
@@ -30,7 +29,6 @@ from otf2d.monitoring.quality import (
     JUNK_SCORE_THRESHOLD,
     OVERRIDE_VALUES,
     SESSION_OVERRIDES_FILE,
-    engine_class_order,
     load_overrides,
     overrides_for_snapshot,
     score_classes,
@@ -108,9 +106,9 @@ def engine_overrides_for_snapshot(engine_overrides: Mapping[int, str], snapshot:
     """Overrides keyed by the engine's class number (1-based) → keyed by the snapshot's class number.
 
     The engine's own translation (:func:`otf2d.monitoring.quality.overrides_for_snapshot` with
-    :func:`otf2d.monitoring.quality.engine_class_order`).
+    :meth:`otf2d.core.snapshot.ClassSnapshot.engine_class_order`).
     """
-    return overrides_for_snapshot(engine_overrides, engine_class_order(snapshot))
+    return overrides_for_snapshot(engine_overrides, snapshot.engine_class_order())
 
 
 def session_overrides(snapshot_dir: str | os.PathLike[str], snapshot: ClassSnapshot) -> dict[int, str]:

@@ -101,7 +101,7 @@ def test_every_particle_ends_with_a_class_pose_and_posterior(result: Classificat
     assert snap.averages.shape == (8, BOX, BOX)
     assert snap.particle_counts.sum() == n
     assert np.all(np.diff(snap.particle_counts) <= 0), "snapshot classes are sorted by size"
-    mapping = snap.parameters["engine_class_of_snapshot_class"]
+    mapping = snap.engine_class_order()
     engine_class = np.asarray(mapping)[snap.particles.class_index]
     assert np.array_equal(engine_class, a.class_index.numpy())
 

@@ -209,12 +209,12 @@ def test_sort_by_size_orders_the_snapshot_classes(data: SyntheticSet) -> None:
     counts = np.bincount(res.assignments.class_index.numpy(), minlength=4)
     unsorted = res.snapshot
     assert np.array_equal(unsorted.particle_counts, counts)
-    assert unsorted.parameters["engine_class_of_snapshot_class"] == [0, 1, 2, 3]
+    assert unsorted.engine_class_of_snapshot_class == (0, 1, 2, 3)
     sorted_params = dataclasses.replace(res.classifier.params, sort_by_size=True)
     res.classifier.params = sorted_params
     snap = res.classifier.snapshot(res.particles)
     assert np.array_equal(snap.particle_counts, np.sort(counts)[::-1])
-    order = snap.parameters["engine_class_of_snapshot_class"]
+    order = snap.engine_class_order()
     np.testing.assert_array_equal(snap.averages, unsorted.averages[order])
     assert np.array_equal(np.asarray(order)[snap.particles.class_index], res.assignments.class_index.numpy())
 

@@ -38,7 +38,6 @@ from otf2d.core.snapshot import ClassSnapshot
 from otf2d.engine.serving.monitoring_hooks import (
     OVERRIDES_FILE,
     EngineMonitoring,
-    engine_class_order,
     overrides_for_snapshot,
 )
 from otf2d.monitoring.quality import load_overrides, save_overrides, score_classes
@@ -66,13 +65,13 @@ class Capture:
 def test_engine_order_and_translation_of_overrides() -> None:
     order = [3, 1, 0, 5, 2, 4]
     snapshot = snapshot_with_order(order)
-    assert engine_class_order(snapshot) == order
+    assert snapshot.engine_class_order() == order
     # engine class 4 (index 3) is shown first; engine class 1 (index 0) third
     assert overrides_for_snapshot({4: "junk", 1: "good"}, order) == {1: "junk", 3: "good"}
     assert overrides_for_snapshot({9: "junk"}, order) == {}  # a class this snapshot lacks
     for bad in (None, [0, 1], [0, 0, 1, 2, 3, 4], ["a"] * 6):
         other = dataclasses.replace(snapshot, parameters={"engine_class_of_snapshot_class": bad})
-        assert engine_class_order(other) == list(range(6))
+        assert other.engine_class_order() == list(range(6))
 
 
 def test_snapshots_get_junk_scores_before_they_are_written(tmp_path: Path) -> None:
@@ -109,7 +108,7 @@ def test_snapshots_get_junk_scores_before_they_are_written(tmp_path: Path) -> No
     assert state.quality.overrides == {1: "junk", 3: "good"}
     # the overrides and the threshold travel with the snapshot, for the .cs and the provenance
     assert written.parameters["class_overrides"] == {"1": "junk", "3": "good"}
-    assert written.parameters["junk_score_threshold"] == VerdictConfig().junk_score_threshold
+    assert written.junk_score_threshold == VerdictConfig().junk_score_threshold
     fields = monitoring.status_fields("s1")["monitoring"]
     assert fields["overrides"] == {"1": "junk", "3": "good"}
     assert fields["classes_populated"] == sum(1 for c in COUNTS if c > 0)

@@ -218,7 +218,7 @@ def test_scored_snapshots_carry_effective_scores_overrides_and_threshold(truth_s
     np.testing.assert_array_equal(scored.junk_score, report.effective_scores)
     assert scored.junk_score[0] == 1.0 and scored.junk_score[6] == 0.0
     assert scored.parameters["class_overrides"] == {"1": "junk", "7": "good"}
-    assert scored.parameters["junk_score_threshold"] == 0.6
+    assert scored.junk_score_threshold == 0.6
     assert truth_snapshot.junk_score is None  # the input is left alone
     assert with_junk_scores(truth_snapshot, report).parameters == scored.parameters
     with pytest.raises(InputError, match="quality of 3 classes"):

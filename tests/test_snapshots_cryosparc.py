@@ -281,7 +281,6 @@ def test_an_unscored_snapshot_has_no_quality_fields(tmp_path: Path) -> None:
         (np.where(SCORES > 0.9, np.nan, SCORES), {}, "finite values in"),
         (SCORES * 2, {}, "finite values in"),
         (SCORES, {"class_overrides": {"2": "maybe"}}, "override of class 2"),
-        (SCORES, {"junk_score_threshold": "high"}, "junk_score_threshold"),
     ],
 )
 def test_invalid_class_quality_writes_nothing(

@@ -4,6 +4,7 @@ ClassSnapshot."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -127,3 +128,59 @@ def test_a_classes_stack_that_disagrees_with_the_model_is_refused(written: tuple
     write_mrc_atomic(job / "run_it007_classes.mrcs", other.averages, voxel_size_angstrom=3.0)
     with pytest.raises(InputError, match=r"holds 2 class averages but run_it007_model\.star lists 6"):
         read_snapshot(job, project_dir=project)
+
+
+def test_typed_snapshot_fields_are_written_where_the_parameters_kept_them(tmp_path: Path) -> None:
+    order = (3, 1, 5, 0, 4, 2)
+    snapshot = dataclasses.replace(
+        make_snapshot(junk_score=np.linspace(0.0, 1.0, 6)),
+        engine_class_of_snapshot_class=order,
+        junk_score_threshold=0.625,
+    )
+    job = _written(snapshot, tmp_path / "p")
+    recorded = json.loads(next(job.glob("*_otf2d.json")).read_text())["parameters"]
+    # The file format is what it was: a reader of the untyped parameters still finds both.
+    assert recorded["engine_class_of_snapshot_class"] == list(order)
+    assert recorded["junk_score_threshold"] == 0.625
+    back = read_snapshot(job).snapshot
+    assert back.engine_class_of_snapshot_class == order
+    assert back.engine_class_order() == list(order)
+    assert back.junk_score_threshold == 0.625
+    assert "engine_class_of_snapshot_class" not in back.parameters and "junk_score_threshold" not in back.parameters
+
+
+def test_a_snapshot_written_before_the_typed_fields_reads_them_from_its_parameters(tmp_path: Path) -> None:
+    job = _written(make_snapshot(junk_score=np.linspace(0.0, 1.0, 6)), tmp_path / "p")
+    provenance = next(job.glob("*_otf2d.json"))
+    record = json.loads(provenance.read_text())
+    assert "engine_class_of_snapshot_class" not in record["parameters"]
+    back = read_snapshot(job).snapshot
+    assert back.engine_class_of_snapshot_class is None and back.engine_class_order() == list(range(6))
+    # as an older otf2d wrote them: inside "parameters", the order as a list
+    record["parameters"].update(engine_class_of_snapshot_class=[5, 4, 3, 2, 1, 0], junk_score_threshold=0.75)
+    provenance.write_text(json.dumps(record))
+    back = read_snapshot(job).snapshot
+    assert back.engine_class_of_snapshot_class == (5, 4, 3, 2, 1, 0)
+    assert back.junk_score_threshold == 0.75 and back.effective_junk_threshold == 0.75
+    # an order that is not a permutation of the classes reads as the engine's own order, as it always did
+    record["parameters"]["engine_class_of_snapshot_class"] = [0, 0, 1, 2, 3, 4]
+    provenance.write_text(json.dumps(record))
+    assert read_snapshot(job).snapshot.engine_class_of_snapshot_class is None
+
+
+def test_an_invalid_recorded_junk_threshold_is_refused_naming_the_file(tmp_path: Path) -> None:
+    job = _written(make_snapshot(), tmp_path / "p")
+    provenance = next(job.glob("*_otf2d.json"))
+    record = json.loads(provenance.read_text())
+    record["parameters"]["junk_score_threshold"] = "high"
+    provenance.write_text(json.dumps(record))
+    with pytest.raises(InputError, match="junk_score_threshold") as refused:
+        read_snapshot(job)
+    assert refused.value.path == str(provenance)
+
+
+def test_a_typed_engine_order_must_be_a_permutation_of_the_classes() -> None:
+    with pytest.raises(InputError, match=r"not a permutation of 0\.\.5"):
+        dataclasses.replace(make_snapshot(), engine_class_of_snapshot_class=(0, 1, 2))
+    with pytest.raises(InputError, match="junk_score_threshold"):
+        dataclasses.replace(make_snapshot(), junk_score_threshold=1.5)

@@ -74,7 +74,7 @@ def junk_threshold_from_args(args: argparse.Namespace) -> float:
 def junk_summary(snapshot: ClassSnapshot) -> str:
     """One line: classes flagged junk and the share of particles in them (the snapshot must be scored)."""
     scores = np.asarray(snapshot.junk_score, dtype=np.float64)
-    threshold = float(snapshot.parameters.get("junk_score_threshold", 0.5))
+    threshold = snapshot.effective_junk_threshold
     junk = scores > threshold
     counts = np.asarray(snapshot.particle_counts, dtype=np.int64)
     total = int(counts.sum())

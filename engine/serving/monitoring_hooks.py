@@ -25,7 +25,7 @@ User overrides
 --------------
 A request names a class as the newest snapshot and its gallery number it (1-based, largest class
 first). Classes are re-sorted by size at every snapshot, so the override is stored against the
-engine's own class number (``parameters["engine_class_of_snapshot_class"]`` of the snapshot maps
+engine's own class number (``ClassSnapshot.engine_class_of_snapshot_class`` maps
 one to the other) in ``<session>/class_overrides.json`` (``otf2d.monitoring.quality.save_overrides``,
 keys = engine class number + 1). Every later snapshot translates them back to its own numbering;
 the file is read at each snapshot, so overrides survive restarts. After a change the state is
@@ -60,7 +60,6 @@ from otf2d.monitoring.metrics import register_monitoring
 from otf2d.monitoring.quality import (
     OVERRIDE_VALUES,
     SESSION_OVERRIDES_FILE,
-    engine_class_order,
     load_overrides,
     overrides_for_snapshot,
     save_overrides,
@@ -332,7 +331,7 @@ class EngineMonitoring:
         """
         if session not in self.monitor.states():
             self._restore_timeline(session, session_root)  # first state since a start or a reopen
-        order = engine_class_order(snapshot)
+        order = snapshot.engine_class_order()
         try:
             stored = load_overrides(session_root / OVERRIDES_FILE)
         except InputError as exc:
@@ -398,7 +397,7 @@ class EngineMonitoring:
         k = snapshot.n_classes
         if not 1 <= number <= k:
             raise InputError(None, f"session {session!r} has classes 1..{k}, not {number}")
-        order = engine_class_order(snapshot)
+        order = snapshot.engine_class_order()
         engine_number = order[number - 1] + 1
         path = published.session_root / OVERRIDES_FILE
         with self._override_lock:
@@ -414,7 +413,7 @@ class EngineMonitoring:
         self.monitor.publish(
             session,
             newest.snapshot,
-            overrides=overrides_for_snapshot(stored, engine_class_order(newest.snapshot)),
+            overrides=overrides_for_snapshot(stored, newest.snapshot.engine_class_order()),
             snapshot_time=newest.snapshot_time,
         )
         if self._service is not None:
@@ -468,7 +467,6 @@ __all__ = [
     "CLEAR_OVERRIDE",
     "OVERRIDES_FILE",
     "EngineMonitoring",
-    "engine_class_order",
     "overrides_for_snapshot",
     "without_particle_table",
 ]

@@ -2,14 +2,12 @@
 
 A snapshot is *scored* when ``ClassSnapshot.junk_score`` is set: the effective ``(K,)`` scores in
 [0, 1] with user overrides applied (1 for a class a user marked junk, 0 for one marked good), as
-``otf2d.monitoring.quality.with_junk_scores`` makes it. Two entries of ``snapshot.parameters`` complete
-it (both optional, both written by ``with_junk_scores``):
+``otf2d.monitoring.quality.with_junk_scores`` makes it. ``ClassSnapshot.junk_score_threshold`` is the
+score above which a class is junk (unrecorded: ``otf2d.core.snapshot.DEFAULT_JUNK_SCORE_THRESHOLD``), and
+one entry of ``snapshot.parameters`` completes it (optional, written by ``with_junk_scores``):
 
 ``class_overrides`` (:data:`OVERRIDES_PARAMETER`)
     ``{"3": "junk", ...}``: the user overrides, keyed by the snapshot's class number (1-based).
-``junk_score_threshold`` (:data:`THRESHOLD_PARAMETER`)
-    The score above which a class is junk (default :data:`DEFAULT_JUNK_SCORE_THRESHOLD`, the same
-    as ``otf2d.monitoring.quality.JUNK_SCORE_THRESHOLD``).
 
 The writers put them in the files (see ``otf2d.monitoring.snapshots.relion`` and
 ``otf2d.monitoring.snapshots.cryosparc``); an unscored snapshot is written without them.
@@ -29,10 +27,6 @@ from otf2d.core.snapshot import ClassSnapshot
 
 #: ``snapshot.parameters`` key of the user overrides (snapshot class number → ``"good"``/``"junk"``).
 OVERRIDES_PARAMETER = "class_overrides"
-#: ``snapshot.parameters`` key of the junk-score threshold.
-THRESHOLD_PARAMETER = "junk_score_threshold"
-#: Threshold used when a scored snapshot does not record one.
-DEFAULT_JUNK_SCORE_THRESHOLD = 0.5
 #: Override values a file can carry: none, or what a user said.
 OVERRIDE_LABELS = ("", "good", "junk")
 
@@ -59,13 +53,6 @@ class ClassQualityColumns:
     threshold: float
 
 
-def _threshold(parameters: Mapping[str, Any]) -> float:
-    value = parameters.get(THRESHOLD_PARAMETER, DEFAULT_JUNK_SCORE_THRESHOLD)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
-        raise InputError(None, f"snapshot parameter {THRESHOLD_PARAMETER!r} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def _overrides(parameters: Mapping[str, Any], k: int) -> npt.NDArray[np.str_]:
     out = np.full(k, "", dtype="<U4")
     given = parameters.get(OVERRIDES_PARAMETER) or {}
@@ -89,8 +76,7 @@ def class_quality_columns(snapshot: ClassSnapshot) -> ClassQualityColumns | None
     Raises
     ------
     InputError
-        A junk score that is not ``(K,)`` finite values in [0, 1], or invalid overrides/threshold in
-        the parameters.
+        A junk score that is not ``(K,)`` finite values in [0, 1], or invalid overrides in the parameters.
     """
     if snapshot.junk_score is None:
         return None
@@ -100,7 +86,7 @@ def class_quality_columns(snapshot: ClassSnapshot) -> ClassQualityColumns | None
         raise InputError(None, f"junk_score must have shape ({k},), got {scores.shape}")
     if not (np.isfinite(scores).all() and (scores >= 0.0).all() and (scores <= 1.0).all()):
         raise InputError(None, "junk_score must hold finite values in [0, 1]")
-    threshold = _threshold(snapshot.parameters)
+    threshold = snapshot.effective_junk_threshold
     return ClassQualityColumns(
         junk_score=scores,
         is_junk=np.asarray(scores > threshold),
@@ -110,10 +96,8 @@ def class_quality_columns(snapshot: ClassSnapshot) -> ClassQualityColumns | None
 
 
 __all__ = [
-    "DEFAULT_JUNK_SCORE_THRESHOLD",
     "OVERRIDES_PARAMETER",
     "OVERRIDE_LABELS",
-    "THRESHOLD_PARAMETER",
     "ClassQualityColumns",
     "class_quality_columns",
 ]

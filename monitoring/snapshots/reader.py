@@ -38,7 +38,7 @@ from otf2d.core.errors import InputError
 from otf2d.core.readers.cryosparc import decode_strings, load_cs
 from otf2d.core.readers.relion import read_relion_table
 from otf2d.core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, require_columns
-from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.core.snapshot import JUNK_THRESHOLD_PARAMETER, ClassSnapshot, ParticleAssignments, junk_threshold
 from otf2d.monitoring.snapshots import LATEST_POINTER, SnapshotPaths, read_latest
 from otf2d.monitoring.snapshots.relion import PREDICTED_CLASS_SCORE, UNKNOWN_RESOLUTION_ANGSTROM
 
@@ -209,6 +209,19 @@ def _read_provenance(path: Path) -> dict[str, Any]:
     return record
 
 
+def _recorded_parameters(path: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The provenance's ``parameters`` (``ClassSnapshot`` takes its typed fields out of them), checked."""
+    parameters = provenance.get("parameters")
+    if not isinstance(parameters, dict):
+        return {}
+    if JUNK_THRESHOLD_PARAMETER in parameters:
+        try:
+            junk_threshold(parameters[JUNK_THRESHOLD_PARAMETER])
+        except InputError as exc:
+            raise InputError(path, exc.what) from None
+    return dict(parameters)
+
+
 def _stored_junk_scores(path: Path, classes: Any) -> np.ndarray | None:
     """``(K,)`` junk scores ``1 − rlnPredictedClassScore`` when the model has that column, else ``None``."""
     if PREDICTED_CLASS_SCORE not in classes.columns:
@@ -351,7 +364,6 @@ def read_snapshot(
     first_stack = str(table.stack_paths[0]) if n else None
     project = Path(project_dir) if project_dir is not None else table.project_dir
     provenance = _read_provenance(paths.provenance_json)
-    parameters = provenance.get("parameters")
     snapshot = ClassSnapshot(
         averages=averages,
         pixel_size_angstrom=pixel_size,
@@ -363,7 +375,7 @@ def read_snapshot(
         optics=list(table.optics),
         particles=particles,
         original_image_size=int(_general_number(paths.model_star, general, "rlnOriginalImageSize", averages.shape[-1])),
-        parameters=dict(parameters) if isinstance(parameters, dict) else {},
+        parameters=_recorded_parameters(paths.provenance_json, provenance),
         junk_score=_stored_junk_scores(paths.model_star, classes),
     )
     return LoadedSnapshot(

@@ -293,7 +293,7 @@ def provenance_record(snapshot: ClassSnapshot, files: dict[str, str]) -> dict[st
         "pixel_size_angstrom": float(snapshot.pixel_size_angstrom),
         "original_image_size": int(snapshot.original_image_size),
         "particle_set_sha256": particle_set_digest(snapshot),
-        "parameters": json_safe(snapshot.parameters),
+        "parameters": json_safe(snapshot.recorded_parameters()),
         "files": files,
     }
 
