@@ -578,7 +578,30 @@ def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
     """
     if len(frames) not in (3, 4):
         raise DecodeError(None, f"a batch message has 3 frames [header, images, ctf] (+ metadata), got {len(frames)}")
-    header = _parse_header(frames[0])
+    header, session, pixel_size, n = _batch_header(frames[0])
+    images = _batch_images(frames[1], header, n)
+    ctf = _batch_ctf(frames[2], header, n)
+    stack_paths, indices, optics_groups = _batch_keys(header, n)
+    _check_finite_images(images, stack_paths, indices, header["msg_id"])
+    try:
+        batch = ParticleBatch(
+            images=images,
+            pixel_size_angstrom=pixel_size,
+            ctf=ctf,
+            session=session,
+            stack_paths=np.asarray(stack_paths, dtype=str),
+            indices=indices,
+            optics_groups=optics_groups,
+            extra=decode_metadata_frame(frames[3], n) if len(frames) == 4 else None,
+        )
+    except InputError as exc:  # pragma: no cover - every case is checked above
+        raise DecodeError(None, exc.what) from exc
+    return header, batch
+
+
+def _batch_header(frame: Any) -> tuple[dict[str, Any], str, float, int]:
+    """Step 1 of :func:`decode_batch`: the header, its session, pixel size and particle count, checked."""
+    header = _parse_header(frame)
     if header["kind"] != KIND_BATCH:
         raise DecodeError(None, f"expected kind 'batch', got {header['kind']!r}")
     session = _bounded_str(header, "session", MAX_SESSION_CHARS)
@@ -593,28 +616,43 @@ def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
     n = _require(header, "n_particles", (int,))
     if not 1 <= n <= MAX_PARTICLES:
         raise DecodeError(None, f"n_particles must be 1 .. {MAX_PARTICLES}, got {n}")
+    return header, session, pixel_size, n
 
+
+def _batch_images(frame: Any, header: Mapping[str, Any], n: int) -> np.ndarray:
+    """Step 2: the ``(n, h, w)`` images frame, as the header's ``images`` entry describes it (read-only view)."""
     image_spec = _require(header, "images", (dict,))
     dtype_name = _require(image_spec, "dtype", (str,), "images")
     if dtype_name not in IMAGE_DTYPES:
         raise DecodeError(None, f"images dtype must be one of {sorted(IMAGE_DTYPES)}, got {dtype_name!r:.40}")
-    images = _checked_array(frames[1], image_spec, "images", IMAGE_DTYPES[dtype_name], 3)
+    images = _checked_array(frame, image_spec, "images", IMAGE_DTYPES[dtype_name], 3)
     if max(images.shape[1:]) > MAX_IMAGE_SIDE:
         raise DecodeError(None, f"images of {images.shape[1]}x{images.shape[2]} pixels: at most {MAX_IMAGE_SIDE}")
     if images.shape[0] != n:
         raise DecodeError(None, f"images hold {images.shape[0]} particles, n_particles says {n}")
+    return images
 
+
+def _batch_ctf(frame: Any, header: Mapping[str, Any], n: int) -> CtfParams:
+    """Step 3: the ``(n, len(CTF_FIELDS))`` float64 CTF frame, finite, as :class:`CtfParams`."""
     ctf_spec = _require(header, "ctf", (dict,))
     if _require(ctf_spec, "dtype", (str,), "ctf") != "float64":
         raise DecodeError(None, f"ctf dtype must be 'float64', got {ctf_spec['dtype']!r:.40}")
     if _require(ctf_spec, "fields", (list,), "ctf") != list(CTF_FIELDS):
         raise DecodeError(None, f"ctf fields must be {list(CTF_FIELDS)} in this order, got {ctf_spec['fields']!r:.200}")
-    ctf_array = _checked_array(frames[2], ctf_spec, "ctf", _CTF_DTYPE, 2)
+    ctf_array = _checked_array(frame, ctf_spec, "ctf", _CTF_DTYPE, 2)
     if ctf_array.shape != (n, len(CTF_FIELDS)):
         raise DecodeError(None, f"ctf shape must be [{n}, {len(CTF_FIELDS)}], got {list(ctf_array.shape)}")
     if not np.isfinite(ctf_array).all():
         raise DecodeError(None, "ctf frame contains NaN or Inf")
+    try:
+        return CtfParams(**{name: ctf_array[:, k] for k, name in enumerate(CTF_FIELDS)})
+    except InputError as exc:  # pragma: no cover - every case is checked above
+        raise DecodeError(None, exc.what) from exc
 
+
+def _batch_keys(header: Mapping[str, Any], n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Step 4: each particle's stack path, 1-based index and optics group; no particle twice."""
     stack_paths = _require(header, "stack_paths", (list,))
     if len(stack_paths) != n:
         raise DecodeError(None, f"header field 'stack_paths' has {len(stack_paths)} entries for {n} particles")
@@ -626,30 +664,20 @@ def decode_batch(frames: Sequence[Any]) -> tuple[dict[str, Any], ParticleBatch]:
     optics_groups = _int_list(header, "optics_groups", n)
     if len(set(zip(stack_paths, indices.tolist(), strict=True))) != n:
         raise DecodeError(None, "the batch holds the same particle (stack_path, index) more than once")
+    return stack_paths, indices, optics_groups
 
+
+def _check_finite_images(images: np.ndarray, stack_paths: Sequence[str], indices: np.ndarray, msg_id: str) -> None:
+    """Step 5: no NaN or Inf in any image (the refusal names the first bad one)."""
+    n = len(images)
     finite = np.isfinite(images.reshape(n, -1)).all(axis=1)
     if not finite.all():
         first = int(np.flatnonzero(~finite)[0])
         raise DecodeError(
             None,
             f"image {int(indices[first])} of {stack_paths[first]} contains NaN or Inf "
-            f"({int((~finite).sum())} bad image(s) in message {header['msg_id']})",
+            f"({int((~finite).sum())} bad image(s) in message {msg_id})",
         )
-    try:
-        ctf = CtfParams(**{name: ctf_array[:, k] for k, name in enumerate(CTF_FIELDS)})
-        batch = ParticleBatch(
-            images=images,
-            pixel_size_angstrom=pixel_size,
-            ctf=ctf,
-            session=session,
-            stack_paths=np.asarray(stack_paths, dtype=str),
-            indices=indices,
-            optics_groups=optics_groups,
-            extra=decode_metadata_frame(frames[3], n) if len(frames) == 4 else None,
-        )
-    except InputError as exc:  # pragma: no cover - every case is checked above
-        raise DecodeError(None, exc.what) from exc
-    return header, batch
 
 
 def encode_control(kind: str, **fields_: Any) -> list[bytes]:
