@@ -30,7 +30,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,26 @@ class AppendOutcome:
     n_duplicates: int = 0
     resent: bool = False
     reason: str = ""
+
+
+@dataclass
+class _Group:
+    """One :meth:`Journal.append_many` call being planned: the next positions and the rows to store."""
+
+    seq: int  #: journal position of the next new particle
+    next_stack_id: int
+    box: tuple[int, int] | None
+    pixel: float | None
+    new_stacks: dict[str, int] = field(default_factory=dict)
+    keys: dict[int, set[int]] = field(default_factory=dict)  #: stack id -> image indices planned in this group
+    msgs: set[str] = field(default_factory=set)
+    blocks: list[bytes] = field(default_factory=list)
+    block_offset: int = 0
+    #: first_seq, n, offset in the group's block, dtype, height, width, crc32
+    chunk_rows: list[tuple[int, int, int, str, int, int, int]] = field(default_factory=list)
+    particle_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    message_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    metadata_rows: list[tuple[int, int, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -459,114 +479,128 @@ class Journal:
 
     def _append_locked(self, entries: Sequence[tuple[Mapping[str, Any], ParticleBatch]]) -> list[AppendOutcome]:
         conn = self._conn()
+        group = _Group(seq=self._count, next_stack_id=self._next_stack_id, box=self.box, pixel=self.pixel_size_angstrom)
         now = time.time()
-        box, pixel = self.box, self.pixel_size_angstrom
-        seq = self._count
-        next_stack_id = self._next_stack_id
-        new_stacks: dict[str, int] = {}
-        group_keys: dict[int, set[int]] = {}
-        group_msgs: set[str] = set()
-        outcomes: list[AppendOutcome] = []
-        blocks: list[bytes] = []
-        block_offset = 0
-        chunk_rows: list[tuple[int, int, int, str, int, int, int]] = []  # first_seq, n, rel offset, dtype, h, w, crc
-        particle_rows: list[tuple[Any, ...]] = []
-        message_rows: list[tuple[Any, ...]] = []
-        metadata_rows: list[tuple[int, int, bytes]] = []
-        for header, batch in entries:
-            msg_id = str(header["msg_id"])
-            known = msg_id in group_msgs or (
-                conn.execute("SELECT 1 FROM messages WHERE msg_id = ?", (msg_id,)).fetchone() is not None
-            )
-            if known:
-                outcomes.append(AppendOutcome(msg_id, True, 0, len(batch), resent=True))
-                continue
-            reason = self._inconsistency(batch, box, pixel)
-            if reason:
-                outcomes.append(AppendOutcome(msg_id, False, reason=reason))
-                continue
-            if box is None:
-                box, pixel = batch.box_size, batch.pixel_size_angstrom
-            stack_ids = np.empty(len(batch), dtype=np.int64)
-            new = np.ones(len(batch), dtype=bool)
-            existing: dict[int, set[int]] = {}
-            for i, (path, index) in enumerate(zip(batch.stack_paths.tolist(), batch.indices.tolist(), strict=True)):
-                sid = new_stacks.get(path)
-                if sid is None:
-                    sid = self._stack_id(conn, path)
-                    if sid is None:
-                        sid = new_stacks[path] = next_stack_id
-                        next_stack_id += 1
-                    elif sid not in existing:
-                        existing[sid] = {
-                            int(r[0])
-                            for r in conn.execute("SELECT image_index FROM particles WHERE stack_id = ?", (sid,))
-                        }
-                stack_ids[i] = sid
-                seen = group_keys.setdefault(sid, set())
-                if index in seen or index in existing.get(sid, ()):
-                    new[i] = False
-                else:
-                    seen.add(index)
-            n_new = int(new.sum())
-            group_msgs.add(msg_id)
-            file_ready = float(header["file_ready_time"])
-            message_rows.append(
-                (msg_id, seq, len(batch), n_new, len(batch) - n_new, str(header.get("source", "")), file_ready, now)
-            )
-            outcomes.append(AppendOutcome(msg_id, True, n_new, len(batch) - n_new))
-            if n_new == 0:
-                continue
-            take = np.flatnonzero(new)
-            images = np.asarray(batch.images[take])
-            dtype = self.cache_dtype
-            if dtype == _CACHE_DTYPES["float16"] and float(np.abs(images).max()) > _FLOAT16_MAX:
-                dtype = _CACHE_DTYPES["float32"]
-            data = np.ascontiguousarray(images, dtype=dtype).tobytes()
-            blocks.append(data)
-            chunk_rows.append((seq, n_new, block_offset, dtype.name, box[0], box[1], zlib.crc32(data)))
-            block_offset += len(data)
-            if batch.extra is not None:
-                metadata_rows.append((seq, n_new, encode_metadata_frame(batch.extra.take(take))))
-            ctf = batch.ctf
-            for j in take.tolist():
-                particle_rows.append(
-                    (
-                        seq,
-                        int(stack_ids[j]),
-                        int(batch.indices[j]),
-                        int(batch.optics_groups[j]),
-                        file_ready,
-                        *(float(getattr(ctf, c)[j]) for c in CTF_COLUMNS),
-                    )
-                )
-                seq += 1
-        if not message_rows:
+        outcomes = [self._plan_message(conn, group, header, batch, now) for header, batch in entries]
+        if not group.message_rows:
             return outcomes
         meta: dict[str, str] = {}
-        if box is not None and pixel is not None and "height" not in self._meta:
-            meta = self._geometry_meta(box, pixel)
-        location: BlockLocation | None = self._segments.append(b"".join(blocks)) if blocks else None
+        if group.box is not None and group.pixel is not None and "height" not in self._meta:
+            meta = self._geometry_meta(group.box, group.pixel)
+        self._commit_group(conn, group, meta)
+        self._meta.update(meta)
+        self._stack_ids.update(group.new_stacks)
+        self._next_stack_id = group.next_stack_id
+        self._count = group.seq
+        return outcomes
+
+    def _plan_message(
+        self, conn: sqlite3.Connection, group: _Group, header: Mapping[str, Any], batch: ParticleBatch, now: float
+    ) -> AppendOutcome:
+        """Step 1 of an append, per message: resent, refused, or planned into ``group``'s rows."""
+        msg_id = str(header["msg_id"])
+        known = msg_id in group.msgs or (
+            conn.execute("SELECT 1 FROM messages WHERE msg_id = ?", (msg_id,)).fetchone() is not None
+        )
+        if known:
+            return AppendOutcome(msg_id, True, 0, len(batch), resent=True)
+        reason = self._inconsistency(batch, group.box, group.pixel)
+        if reason:
+            return AppendOutcome(msg_id, False, reason=reason)
+        if group.box is None:
+            group.box, group.pixel = batch.box_size, batch.pixel_size_angstrom
+        stack_ids, new = self._new_particles(conn, group, batch)
+        n_new = int(new.sum())
+        group.msgs.add(msg_id)
+        file_ready = float(header["file_ready_time"])
+        group.message_rows.append(
+            (msg_id, group.seq, len(batch), n_new, len(batch) - n_new, str(header.get("source", "")), file_ready, now)
+        )
+        if n_new:
+            self._plan_particles(group, batch, stack_ids, np.flatnonzero(new), file_ready)
+        return AppendOutcome(msg_id, True, n_new, len(batch) - n_new)
+
+    def _new_particles(
+        self, conn: sqlite3.Connection, group: _Group, batch: ParticleBatch
+    ) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+        """Step 2: each particle's stack id (new stacks numbered in ``group``) and whether it is new.
+
+        A particle is a duplicate when its ``(stack, index)`` is journaled already or earlier in the group.
+        """
+        stack_ids = np.empty(len(batch), dtype=np.int64)
+        new = np.ones(len(batch), dtype=bool)
+        existing: dict[int, set[int]] = {}
+        for i, (path, index) in enumerate(zip(batch.stack_paths.tolist(), batch.indices.tolist(), strict=True)):
+            sid = group.new_stacks.get(path)
+            if sid is None:
+                sid = self._stack_id(conn, path)
+                if sid is None:
+                    sid = group.new_stacks[path] = group.next_stack_id
+                    group.next_stack_id += 1
+                elif sid not in existing:
+                    existing[sid] = {
+                        int(r[0]) for r in conn.execute("SELECT image_index FROM particles WHERE stack_id = ?", (sid,))
+                    }
+            stack_ids[i] = sid
+            seen = group.keys.setdefault(sid, set())
+            if index in seen or index in existing.get(sid, ()):
+                new[i] = False
+            else:
+                seen.add(index)
+        return stack_ids, new
+
+    def _plan_particles(
+        self, group: _Group, batch: ParticleBatch, stack_ids: IntArray, take: IntArray, file_ready: float
+    ) -> None:
+        """Step 3: the new particles' image block, chunk row, metadata and particle rows, at ``group.seq`` on."""
+        images = np.asarray(batch.images[take])
+        dtype = self.cache_dtype
+        if dtype == _CACHE_DTYPES["float16"] and float(np.abs(images).max()) > _FLOAT16_MAX:
+            dtype = _CACHE_DTYPES["float32"]
+        data = np.ascontiguousarray(images, dtype=dtype).tobytes()
+        group.blocks.append(data)
+        n_new = len(take)
+        group.chunk_rows.append((group.seq, n_new, group.block_offset, dtype.name, *batch.box_size, zlib.crc32(data)))
+        group.block_offset += len(data)
+        if batch.extra is not None:
+            group.metadata_rows.append((group.seq, n_new, encode_metadata_frame(batch.extra.take(take))))
+        ctf = batch.ctf
+        for j in take.tolist():
+            group.particle_rows.append(
+                (
+                    group.seq,
+                    int(stack_ids[j]),
+                    int(batch.indices[j]),
+                    int(batch.optics_groups[j]),
+                    file_ready,
+                    *(float(getattr(ctf, c)[j]) for c in CTF_COLUMNS),
+                )
+            )
+            group.seq += 1
+
+    def _commit_group(self, conn: sqlite3.Connection, group: _Group, meta: dict[str, str]) -> None:
+        """Step 4: the images to a segment (``fsync``-ed), then every row in one transaction; all or nothing."""
+        location: BlockLocation | None = self._segments.append(b"".join(group.blocks)) if group.blocks else None
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
             conn.executemany(
-                "INSERT INTO stacks (stack_id, path) VALUES (?, ?)", [(v, k) for k, v in new_stacks.items()]
+                "INSERT INTO stacks (stack_id, path) VALUES (?, ?)", [(v, k) for k, v in group.new_stacks.items()]
             )
-            conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", message_rows)
+            conn.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", group.message_rows)
             if location is not None:
                 conn.executemany(
                     "INSERT INTO chunks (first_seq, n, segment, byte_offset, dtype, height, width, crc32) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (fs, n, location.segment, location.offset + rel, dt, h, w, crc)
-                        for fs, n, rel, dt, h, w, crc in chunk_rows
+                        for fs, n, rel, dt, h, w, crc in group.chunk_rows
                     ],
                 )
             placeholders = ", ".join("?" * (5 + len(CTF_COLUMNS)))
             columns = ", ".join(("seq", "stack_id", "image_index", "optics_group", "file_ready_time", *CTF_COLUMNS))
-            conn.executemany(f"INSERT INTO particles ({columns}) VALUES ({placeholders})", particle_rows)
-            conn.executemany("INSERT INTO metadata (first_seq, n, frame) VALUES (?, ?, ?)", metadata_rows)
+            conn.executemany(f"INSERT INTO particles ({columns}) VALUES ({placeholders})", group.particle_rows)
+            conn.executemany("INSERT INTO metadata (first_seq, n, frame) VALUES (?, ?, ?)", group.metadata_rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -574,11 +608,6 @@ class Journal:
             if location is not None:
                 self._segments.rollback(location)
             raise
-        self._meta.update(meta)
-        self._stack_ids.update(new_stacks)
-        self._next_stack_id = next_stack_id
-        self._count = seq
-        return outcomes
 
     # ------------------------------------------------------------------ read
 
