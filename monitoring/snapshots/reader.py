@@ -38,6 +38,7 @@ from otf2d.core.errors import InputError
 from otf2d.core.readers.cryosparc import decode_strings, load_cs
 from otf2d.core.readers.relion import read_relion_table
 from otf2d.core.readers.star import float_column, int_column, loop_blocks, read_star_blocks, require_columns
+from otf2d.core.readers.table import ParticleTable
 from otf2d.core.snapshot import JUNK_THRESHOLD_PARAMETER, ClassSnapshot, ParticleAssignments, junk_threshold
 from otf2d.monitoring.snapshots import LATEST_POINTER, SnapshotPaths, read_latest
 from otf2d.monitoring.snapshots.relion import PREDICTED_CLASS_SCORE, UNKNOWN_RESOLUTION_ANGSTROM
@@ -306,6 +307,59 @@ def read_snapshot(
     for required in (paths.data_star, paths.model_star, paths.classes_mrcs):
         if not required.is_file():
             raise InputError(required, "file of the snapshot not found (was the snapshot pruned or moved?)")
+    model = _read_model(paths)
+    table = read_relion_table(paths.data_star, project_dir=project_dir)
+    particles, cs = _read_assignments(paths, table, model.n_classes)
+    first_stack = str(table.stack_paths[0]) if len(table) else None
+    project = Path(project_dir) if project_dir is not None else table.project_dir
+    provenance = _read_provenance(paths.provenance_json)
+    snapshot = ClassSnapshot(
+        averages=model.averages,
+        pixel_size_angstrom=model.pixel_size,
+        particle_counts=np.bincount(particles.class_index, minlength=model.n_classes).astype(np.int64),
+        resolution_angstrom=model.class_column("rlnEstimatedResolution"),
+        accuracy_rotations_degrees=model.class_column("rlnAccuracyRotations"),
+        accuracy_translations_angstrom=model.class_column("rlnAccuracyTranslationsAngst"),
+        iteration=paths.iteration,
+        optics=list(table.optics),
+        particles=particles,
+        original_image_size=int(
+            _general_number(paths.model_star, model.general, "rlnOriginalImageSize", model.averages.shape[-1])
+        ),
+        parameters=_recorded_parameters(paths.provenance_json, provenance),
+        junk_score=_stored_junk_scores(paths.model_star, model.classes),
+    )
+    return LoadedSnapshot(
+        snapshot=snapshot,
+        paths=paths,
+        project_dir=project,
+        particles_cs=cs,
+        session=table.session,
+        provenance=provenance,
+        stacks_found=_has_stack(project, first_stack),
+    )
+
+
+@dataclass(frozen=True)
+class _Model:
+    """A snapshot's ``_model.star`` (its ``model_general`` and ``model_classes``) with its averages."""
+
+    path: Path
+    general: dict[str, Any]
+    classes: Any
+    averages: np.ndarray
+    pixel_size: float
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def class_column(self, label: str) -> np.ndarray:
+        return _class_column(self.path, self.classes, label, self.n_classes)
+
+
+def _read_model(paths: SnapshotPaths) -> _Model:
+    """Step 1 of :func:`read_snapshot`: the classes (``_model.star``) and their averages, which must agree."""
     general, classes = _model_blocks(paths.model_star)
     averages, voxel = _read_averages(paths.classes_mrcs)
     k = len(classes)
@@ -317,32 +371,41 @@ def read_snapshot(
     pixel_size = _general_number(paths.model_star, general, "rlnPixelSize", voxel) or voxel
     if not pixel_size > 0:
         raise InputError(paths.model_star, "no pixel size (rlnPixelSize) and none in the classes stack header")
+    return _Model(paths.model_star, general, classes, averages, pixel_size)
 
-    table = read_relion_table(paths.data_star, project_dir=project_dir)
+
+def _read_assignments(
+    paths: SnapshotPaths, table: ParticleTable, k: int
+) -> tuple[ParticleAssignments, np.ndarray | None]:
+    """Step 2: every particle's class and alignment (``_data.star``), and the scores RELION's output may lack.
+
+    Class posterior and ESS come from the ``_particles.cs`` when it lists the same particles and has them
+    (else ``rlnMaxValueProbDistribution`` and 1), as do the E-step statistics. Returns the ``.cs`` rows too.
+    """
+    data_star = paths.data_star
     if table.alignments is None or table.alignments.class_index is None:
-        raise InputError(paths.data_star, "no rlnClassNumber/rlnAnglePsi: not the particles of a 2D classification")
+        raise InputError(data_star, "no rlnClassNumber/rlnAnglePsi: not the particles of a 2D classification")
     class_index = np.asarray(table.alignments.class_index, dtype=np.int64)
     if len(class_index) and (class_index.min() < 0 or class_index.max() >= k):
         raise InputError(
-            paths.data_star, f"particles name classes {class_index.min() + 1}..{class_index.max() + 1}, model has {k}"
+            data_star, f"particles name classes {class_index.min() + 1}..{class_index.max() + 1}, model has {k}"
         )
-    raw = loop_blocks(read_star_blocks(paths.data_star))
+    raw = loop_blocks(read_star_blocks(data_star))
     particles_block = raw.get("particles", next(iter(raw.values())))
     n = len(table)
-    pmax = _optional_column(paths.data_star, particles_block, "rlnMaxValueProbDistribution", 1.0, n)
+    pmax = _optional_column(data_star, particles_block, "rlnMaxValueProbDistribution", 1.0, n)
     n_significant = (
-        int_column(paths.data_star, particles_block, "rlnNrOfSignificantSamples")
+        int_column(data_star, particles_block, "rlnNrOfSignificantSamples")
         if "rlnNrOfSignificantSamples" in particles_block.columns
         else np.ones(n, dtype=np.int64)
     )
-    log_likelihood = _optional_column(paths.data_star, particles_block, "rlnLogLikeliContribution", 0.0, n)
+    log_likelihood = _optional_column(data_star, particles_block, "rlnLogLikeliContribution", 0.0, n)
     cs = _matching_cs(paths.particles_cs, table.stack_paths, table.indices)
     if cs is not None and "alignments2D/class_posterior" in (cs.dtype.names or ()):
         class_posterior = cs["alignments2D/class_posterior"].astype(np.float64)
         class_ess = cs["alignments2D/class_ess"].astype(np.float64)
     else:
         class_posterior, class_ess = pmax.copy(), np.ones(n)
-
     particles = ParticleAssignments(
         stack_paths=np.asarray(table.stack_paths, dtype=object),
         indices=table.indices,
@@ -361,32 +424,7 @@ def read_snapshot(
         extra=table.extra,
         **_cs_statistics(cs),
     )
-    first_stack = str(table.stack_paths[0]) if n else None
-    project = Path(project_dir) if project_dir is not None else table.project_dir
-    provenance = _read_provenance(paths.provenance_json)
-    snapshot = ClassSnapshot(
-        averages=averages,
-        pixel_size_angstrom=pixel_size,
-        particle_counts=np.bincount(class_index, minlength=k).astype(np.int64),
-        resolution_angstrom=_class_column(paths.model_star, classes, "rlnEstimatedResolution", k),
-        accuracy_rotations_degrees=_class_column(paths.model_star, classes, "rlnAccuracyRotations", k),
-        accuracy_translations_angstrom=_class_column(paths.model_star, classes, "rlnAccuracyTranslationsAngst", k),
-        iteration=paths.iteration,
-        optics=list(table.optics),
-        particles=particles,
-        original_image_size=int(_general_number(paths.model_star, general, "rlnOriginalImageSize", averages.shape[-1])),
-        parameters=_recorded_parameters(paths.provenance_json, provenance),
-        junk_score=_stored_junk_scores(paths.model_star, classes),
-    )
-    return LoadedSnapshot(
-        snapshot=snapshot,
-        paths=paths,
-        project_dir=project,
-        particles_cs=cs,
-        session=table.session,
-        provenance=provenance,
-        stacks_found=_has_stack(project, first_stack),
-    )
+    return particles, cs
 
 
 __all__ = [
