@@ -76,63 +76,15 @@ def read_relion_table(
     """
     path = Path(path)
     overrides = overrides or OpticsOverrides()
-    all_blocks = read_star_blocks(path)
-    blocks = loop_blocks(all_blocks)
-    for name in ("particles", "images"):
-        if name in all_blocks and name not in blocks:
-            raise InputError(path, f"block data_{name} is not a loop_ table (it holds key/value pairs only)")
-    block_name, particles = _particle_block(path, blocks)
-    require_columns(path, particles, ["rlnImageName"], block_name)
-    if len(particles) == 0:
-        raise InputError(path, f"block data_{block_name} has no particle rows")
+    blocks, block_name, particles = _particle_rows(path)
     stacks, indices = split_image_names(path, str_column(particles, "rlnImageName"))
     pdir = Path(project_dir) if project_dir is not None else find_project_dir(path, stacks.tolist())
     check_stack_paths(path, stacks, pdir)
-
-    optics: OpticsRows | None = None
-    if "optics" in blocks:
-        optics, fmt = match_optics(path, particles, path, blocks["optics"]), "relion"
-    elif optics_from is not None:
-        source = Path(optics_from)
-        optics = match_optics(path, particles, source, read_optics_table(source, for_file=path))
-        fmt = "relion-extract"
-    else:
-        fmt = "relion-extract" if block_name == "images" else "relion30"
-
-    values, found_in = lookup_ctf(path, particles, optics)
-    overrides.apply(path, values)
-    if fmt == "relion-extract" and optics is None:
-        _check_extract_optics(path, found_in, overrides)
-    _check_ctf(path, block_name, values, found_in, optics, overrides)
+    optics, fmt = _optics_rows(path, blocks, block_name, particles, optics_from)
+    values, found_in = _ctf_values(path, block_name, particles, optics, fmt, overrides)
     pixel_meta = pixel_size_columns(path, particles, optics)
     groups = optics.groups if optics is not None else derive_groups(path, particles, values, pixel_meta)
-
-    group_list: list[OpticsGroup] = []
-    pixel_size = np.empty(len(particles))
-    for number in np.unique(groups):
-        members = np.flatnonzero(groups == number)
-        first = int(members[0])
-        header = None
-        needs_pixel_size = overrides.pixel_size_angstrom is None and bool(np.isnan(pixel_meta[first]))
-        if needs_pixel_size or not _has_image_size(optics):
-            candidates = [pdir / s for s in dict.fromkeys(stacks[members[:64]].tolist())]
-            header = first_header(candidates, path)
-        meta = _group_pixel_size(path, int(number), pixel_meta[members])
-        px = resolve_pixel_size(path, meta, overrides.pixel_size_angstrom, header, what=f"optics group {number}")
-        pixel_size[members] = px
-        image_size = _group_image_size(optics, first, header)
-        name = str(optics.names[optics.row_of_particle[first]]) if optics is not None else f"opticsGroup{number}"
-        group_list.append(
-            OpticsGroup(
-                number=int(number),
-                name=name,
-                voltage_kv=float(values["voltage_kv"][first]),
-                spherical_aberration_mm=float(values["spherical_aberration_mm"][first]),
-                amplitude_contrast=float(values["amplitude_contrast"][first]),
-                image_pixel_size_angstrom=px,
-                image_size=image_size,
-            )
-        )
+    group_list, pixel_size = _optics_groups(path, groups, stacks, pdir, values, pixel_meta, optics, overrides)
     first_group = next(g for g in group_list if g.number == groups[0])
     return ParticleTable(
         source=path,
@@ -157,6 +109,89 @@ def read_relion_table(
             optics_rows=None if optics is None else optics.row_of_particle,
         ),
     )
+
+
+def _particle_rows(path: Path) -> tuple[dict[str, Any], str, Any]:
+    """Step 1 of :func:`read_relion_table`: the file's loop blocks and its particle block (named, non-empty)."""
+    all_blocks = read_star_blocks(path)
+    blocks = loop_blocks(all_blocks)
+    for name in ("particles", "images"):
+        if name in all_blocks and name not in blocks:
+            raise InputError(path, f"block data_{name} is not a loop_ table (it holds key/value pairs only)")
+    block_name, particles = _particle_block(path, blocks)
+    require_columns(path, particles, ["rlnImageName"], block_name)
+    if len(particles) == 0:
+        raise InputError(path, f"block data_{block_name} has no particle rows")
+    return blocks, block_name, particles
+
+
+def _optics_rows(
+    path: Path, blocks: dict[str, Any], block_name: str, particles: Any, optics_from: str | os.PathLike[str] | None
+) -> tuple[OpticsRows | None, str]:
+    """Step 2: the optics table each particle belongs to (the file's, or ``optics_from``'s), and the format."""
+    if "optics" in blocks:
+        return match_optics(path, particles, path, blocks["optics"]), "relion"
+    if optics_from is not None:
+        source = Path(optics_from)
+        return match_optics(path, particles, source, read_optics_table(source, for_file=path)), "relion-extract"
+    return None, "relion-extract" if block_name == "images" else "relion30"
+
+
+def _ctf_values(
+    path: Path, block_name: str, particles: Any, optics: OpticsRows | None, fmt: str, overrides: OpticsOverrides
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Step 3: each particle's CTF values (particle row, optics row, default; then the overrides), checked,
+    and where each was found."""
+    values, found_in = lookup_ctf(path, particles, optics)
+    overrides.apply(path, values)
+    if fmt == "relion-extract" and optics is None:
+        _check_extract_optics(path, found_in, overrides)
+    _check_ctf(path, block_name, values, found_in, optics, overrides)
+    return values, found_in
+
+
+def _optics_groups(
+    path: Path,
+    groups: np.ndarray,
+    stacks: np.ndarray,
+    pdir: Path,
+    values: dict[str, np.ndarray],
+    pixel_meta: np.ndarray,
+    optics: OpticsRows | None,
+    overrides: OpticsOverrides,
+) -> tuple[list[OpticsGroup], np.ndarray]:
+    """Step 4: one :class:`OpticsGroup` per group, and each particle's pixel size.
+
+    A group's pixel size comes from the metadata, the overrides or, failing those, the header of one of its
+    first stacks (read also when the optics table has no image size).
+    """
+    group_list: list[OpticsGroup] = []
+    pixel_size = np.empty(len(groups))
+    for number in np.unique(groups):
+        members = np.flatnonzero(groups == number)
+        first = int(members[0])
+        header = None
+        needs_pixel_size = overrides.pixel_size_angstrom is None and bool(np.isnan(pixel_meta[first]))
+        if needs_pixel_size or not _has_image_size(optics):
+            candidates = [pdir / s for s in dict.fromkeys(stacks[members[:64]].tolist())]
+            header = first_header(candidates, path)
+        meta = _group_pixel_size(path, int(number), pixel_meta[members])
+        px = resolve_pixel_size(path, meta, overrides.pixel_size_angstrom, header, what=f"optics group {number}")
+        pixel_size[members] = px
+        image_size = _group_image_size(optics, first, header)
+        name = str(optics.names[optics.row_of_particle[first]]) if optics is not None else f"opticsGroup{number}"
+        group_list.append(
+            OpticsGroup(
+                number=int(number),
+                name=name,
+                voltage_kv=float(values["voltage_kv"][first]),
+                spherical_aberration_mm=float(values["spherical_aberration_mm"][first]),
+                amplitude_contrast=float(values["amplitude_contrast"][first]),
+                image_pixel_size_angstrom=px,
+                image_size=image_size,
+            )
+        )
+    return group_list, pixel_size
 
 
 def _particle_block(path: Path, blocks: dict[str, Any]) -> tuple[str, Any]:
