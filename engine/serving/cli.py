@@ -73,6 +73,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from otf2d.engine.serving.monitoring_hooks import EngineMonitoring
+    from otf2d.engine.serving.server import EngineServer
+    from otf2d.engine.serving.service import EngineConfig, EngineService
     from otf2d.monitoring.http import StatusServer
 
 log = logging.getLogger(__name__)
@@ -259,56 +261,19 @@ def apply_mmap_threshold(threshold_mb: float) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the engine until SIGTERM / SIGINT; returns 0 after a clean stop."""
-    if args.metrics_port is not None and args.metrics_port == http_port(args) and args.metrics_port != 0:
-        raise ConfigError(
-            None,
-            f"--metrics-port {args.metrics_port} is the status port: /metrics is served there already "
-            "(give --http-addr 0.0.0.0 to reach it from other hosts, or another --metrics-port)",
-        )
-    check_threads(args.threads)
-    use_curve = check_listen_security(args)
-    apply_mmap_threshold(args.mmap_threshold_mb)
+    use_curve = check_args(args)
     import torch
-    import zmq
 
     from otf2d.control.curve import ServerCurve
     from otf2d.engine.serving.em_adapter import em_classifier_factory
-    from otf2d.engine.serving.monitoring_hooks import EngineMonitoring
     from otf2d.engine.serving.server import EngineServer, ServerConfig
-    from otf2d.engine.serving.service import EngineConfig, EngineService
-    from otf2d.engine.serving.worker import WorkerConfig
+    from otf2d.engine.serving.service import EngineService
 
     device = choose_device(args.device, args.threads)
-    worker = WorkerConfig(
-        max_step_particles=args.max_step,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_seconds=args.checkpoint_seconds,
-        snapshot_every=args.snapshot_every,
-        snapshot_seconds=args.snapshot_seconds,
-        snapshot_min_seconds=args.snapshot_min_seconds,
-        revisit=not args.no_revisit,
-    )
-    config = EngineConfig(
-        data_dir=args.data,
-        defaults=session_defaults(args),
-        worker=worker,
-        cache_dtype=args.cache_dtype,
-        max_backlog=args.max_backlog,
-        keep_snapshots=args.keep_snapshots,
-        max_sessions=max_sessions(args),
-    )
+    config = engine_config(args)
     curve = ServerCurve(args.curve_secret, args.curve_clients) if use_curve else None
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    loaded = load_config(args.config) if args.config is not None else None
-    verdict = loaded.verdict if loaded is not None else VerdictConfig()
-    monitoring = EngineMonitoring(verdict, lifecycle=loaded.sessions if loaded is not None else None)
+    stop = stop_on_signals()
+    monitoring = engine_monitoring(args)
     service = EngineService(config, em_classifier_factory, device, monitoring.write_snapshot)
     monitoring.attach(service)
     log.info(
@@ -323,7 +288,86 @@ def main(args: argparse.Namespace) -> int:
         args.snapshot_seconds,
     )
     service.open()
-    server = EngineServer(service, ServerConfig(listen=args.listen), curve=curve)
+    serve(args, EngineServer(service, ServerConfig(listen=args.listen), curve=curve), service, monitoring, stop)
+    log.info("engine stopped cleanly")
+    return 0
+
+
+def check_args(args: argparse.Namespace) -> bool:
+    """Step 1 of :func:`main`: refuse what cannot run (before torch is imported); whether to use CurveZMQ.
+
+    Also applies ``--mmap-threshold-mb``.
+    """
+    if args.metrics_port is not None and args.metrics_port == http_port(args) and args.metrics_port != 0:
+        raise ConfigError(
+            None,
+            f"--metrics-port {args.metrics_port} is the status port: /metrics is served there already "
+            "(give --http-addr 0.0.0.0 to reach it from other hosts, or another --metrics-port)",
+        )
+    check_threads(args.threads)
+    use_curve = check_listen_security(args)
+    apply_mmap_threshold(args.mmap_threshold_mb)
+    return use_curve
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """Step 2: the service's configuration (data folder, session defaults, the worker's cadence, limits)."""
+    from otf2d.engine.serving.service import EngineConfig
+    from otf2d.engine.serving.worker import WorkerConfig
+
+    worker = WorkerConfig(
+        max_step_particles=args.max_step,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_seconds=args.checkpoint_seconds,
+        snapshot_every=args.snapshot_every,
+        snapshot_seconds=args.snapshot_seconds,
+        snapshot_min_seconds=args.snapshot_min_seconds,
+        revisit=not args.no_revisit,
+    )
+    return EngineConfig(
+        data_dir=args.data,
+        defaults=session_defaults(args),
+        worker=worker,
+        cache_dtype=args.cache_dtype,
+        max_backlog=args.max_backlog,
+        keep_snapshots=args.keep_snapshots,
+        max_sessions=max_sessions(args),
+    )
+
+
+def stop_on_signals() -> threading.Event:
+    """Step 3: an event that SIGTERM and SIGINT set (the serving loop stops, drains and closes)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def engine_monitoring(args: argparse.Namespace) -> EngineMonitoring:
+    """Step 4: snapshot scoring and session lifecycle, from the config's ``[verdict]`` and ``[sessions]``."""
+    from otf2d.engine.serving.monitoring_hooks import EngineMonitoring
+
+    loaded = load_config(args.config) if args.config is not None else None
+    verdict = loaded.verdict if loaded is not None else VerdictConfig()
+    return EngineMonitoring(verdict, lifecycle=loaded.sessions if loaded is not None else None)
+
+
+def serve(
+    args: argparse.Namespace,
+    server: EngineServer,
+    service: EngineService,
+    monitoring: EngineMonitoring,
+    stop: threading.Event,
+) -> None:
+    """Step 5: bind, start monitoring, the status page and ``/metrics``, serve until ``stop``, drain; then
+    close everything (also when a step fails)."""
+    import zmq
+
     stop_metrics = None
     status_server = None
     try:
@@ -350,8 +394,6 @@ def main(args: argparse.Namespace) -> int:
             status_server.stop()
         if stop_metrics is not None:
             stop_metrics()
-    log.info("engine stopped cleanly")
-    return 0
 
 
 __all__ = ["DEFAULT_HTTP_PORT", "add_args", "http_port", "main", "session_defaults", "start_status_server"]
