@@ -249,16 +249,74 @@ def adaptive_posteriors(
         sample, refined on the fine grid where fine samples of that class were scored) and the
         ``SampleWeights`` of the M-step.
     """
+    b = products.shape[2]
+    k = norm.shape[1]
+    coarse = _coarse_pass(products, norm, power, grid, log_prior, temperature, per_particle_scale)
+    sig = _significant_coarse(coarse.post, k)
+    offsets = torch.arange(-(grid.rotation_stride // 2), grid.rotation_stride // 2 + 1, device=products.device)
+    reg_r, reg_t, reg_k, reg_b = _fine_region(sig, grid, offsets, norm.shape[0], products.shape[1] // (2 * k), k, b)
+    reg_ll, reg_scale = _fine_log_likelihood(
+        products, norm, power, grid, reg_r, reg_t, reg_k, reg_b, per_particle_scale
+    )
+    scored = [(reg_r, reg_t, reg_k, reg_b, reg_ll, reg_scale.expand_as(reg_ll))]
+    if refine_poses:
+        scored += _refine_poses(products, norm, power, grid, coarse, offsets, per_particle_scale, reg_ll.dtype)
+    _take_best_fine(coarse, scored, k, b)
+    reg_post, class_weights = _fine_posterior(reg_ll, reg_k, reg_b, log_prior, temperature, sig.fine, coarse, k)
+    fine_max = _segment_max(reg_post, reg_b, b)
+    pmax, n_significant = _significance(sig, reg_post, reg_b, fine_max, grid.cell_size)
+    top_class = class_weights.argmax(dim=0)
+    weights = _mstep_weights(coarse, sig.fine, reg_post, fine_max, reg_r, reg_t, reg_k, reg_b, top_class)
+    particles = torch.arange(b, device=products.device)
+    top_rot, top_shift = coarse.best_rot[top_class, particles], coarse.best_shift[top_class, particles]
+    posteriors = Posteriors(
+        class_weights,
+        coarse.best_rot,
+        coarse.best_shift,
+        coarse.best_scale,
+        coarse.best_ll,
+        None,
+        pmax,
+        n_significant,
+        power,
+        _fine_correlation(products, grid, top_rot, top_shift, top_class, particles, k),
+        norm[top_rot, top_class, particles],
+    )
+    return posteriors, weights
+
+
+@dataclass(frozen=True)
+class _CoarsePass:
+    """Step 1 of :func:`adaptive_posteriors`: the coarse samples' posterior and each class's best sample.
+
+    ``best_*`` are ``(K, B)`` and are replaced in place by better fine samples (:func:`_take_best_fine`).
+    """
+
+    post: torch.Tensor  #: (R_c, T_c, K, B), sums to one per particle
+    class_weights: torch.Tensor  #: (K, B)
+    best_ll: torch.Tensor
+    best_rot: torch.Tensor
+    best_shift: torch.Tensor
+    best_scale: torch.Tensor
+
+
+def _coarse_pass(
+    products: torch.Tensor,
+    norm: torch.Tensor,
+    power: torch.Tensor,
+    grid: CoarseGrid,
+    log_prior: torch.Tensor,
+    temperature: float,
+    per_particle_scale: bool,
+) -> _CoarsePass:
+    """1. Coarse pass: the rotation transform at coarse rotations of the coarse shifts' rows."""
     n_bins, two_c, b = products.shape
-    r_count, k, _ = norm.shape
+    k = norm.shape[1]
     t = two_c // (2 * k)
-    device = products.device
     rot_c = grid.coarse_rotations
     t_c = grid.coarse_shifts
     r_n, s_n = len(rot_c), len(t_c)
-
-    # 1. Coarse pass: the rotation transform at coarse rotations of the coarse shifts' rows.
-    rows = (t_c[:, None] * k + torch.arange(k, device=device)[None]).flatten()  # (T_c·K)
+    rows = (t_c[:, None] * k + torch.arange(k, device=products.device)[None]).flatten()  # (T_c·K)
     re = products.index_select(1, rows).reshape(n_bins, -1)
     im = products.index_select(1, rows + t * k).reshape(n_bins, -1)
     corr = grid.wc.to(products.dtype)[rot_c] @ re
@@ -275,55 +333,90 @@ def adaptive_posteriors(
     top = logits.reshape(-1, b).amax(dim=0)  # (B,)
     post = logits.sub_(top).exp_()
     post = post.div_(post.reshape(-1, b).sum(dim=0))  # (R_c, T_c, K, B), sums to one per particle
-    class_weights = post.sum(dim=(0, 1))  # (K, B)
+    return _CoarsePass(post, post.sum(dim=(0, 1)), best_ll, best_rot, best_shift, best_scale)
 
-    # 2. Significant coarse samples: the fewest holding ADAPTIVE_FRACTION of the posterior.
+
+@dataclass(frozen=True)
+class _Significant:
+    """Step 2: the significant coarse samples ``(S,)`` (particle, class, coarse shift and rotation positions)."""
+
+    by_particle: torch.Tensor  #: (B, R_c·T_c·K) the coarse posterior per particle
+    top_values: torch.Tensor  #: (B, n_top) its largest values, in decreasing order
+    fine: torch.Tensor  #: (B,) bool: the particle is refined on the fine grid
+    b: torch.Tensor
+    k: torch.Tensor
+    t: torch.Tensor
+    r: torch.Tensor
+
+
+def _significant_coarse(post: torch.Tensor, k: int) -> _Significant:
+    """2. Significant coarse samples: the fewest holding ADAPTIVE_FRACTION of the posterior."""
+    s_n, b = post.shape[1], post.shape[3]
     by_particle = post.reshape(-1, b).T.contiguous()  # (B, R_c·T_c·K)
     n_top = min(MAX_SIGNIFICANT_COARSE, by_particle.shape[1])
     values, index = torch.topk(by_particle, n_top, dim=1)
     covered = values.cumsum(dim=1)
     fine = covered[:, -1] >= ADAPTIVE_FRACTION
     n_keep = ((covered < ADAPTIVE_FRACTION).sum(dim=1) + 1).clamp(max=n_top)
-    keep = (torch.arange(n_top, device=device)[None] < n_keep[:, None]) & fine[:, None]
+    keep = (torch.arange(n_top, device=post.device)[None] < n_keep[:, None]) & fine[:, None]
     sig_b, sig_s = torch.nonzero(keep, as_tuple=True)
     sig = index[sig_b, sig_s]  # flat (rotation_c, shift_c, class)
     sig_k = sig % k
     sig_t = torch.div(sig, k, rounding_mode="floor") % s_n
     sig_r = torch.div(sig, k * s_n, rounding_mode="floor")
+    return _Significant(by_particle, values, fine, sig_b, sig_k, sig_t, sig_r)
 
-    # 3. Fine region: neighbourhoods of the significant samples, each fine sample once.
-    offsets = torch.arange(-(grid.rotation_stride // 2), grid.rotation_stride // 2 + 1, device=device)
-    cand_r = (rot_c[sig_r][:, None, None] + offsets[None, :, None]) % r_count  # (S, 3, 1)
-    cand_t = grid.neighbours[sig_t][:, None, :]  # (S, 1, 9)
-    shape = (len(sig), len(offsets), grid.neighbours.shape[1])
+
+def _fine_region(
+    sig: _Significant, grid: CoarseGrid, offsets: torch.Tensor, r_count: int, t: int, k: int, b: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """3. Fine region: neighbourhoods of the significant samples, each fine sample once (rotation, shift,
+    class, particle)."""
+    cand_r = (grid.coarse_rotations[sig.r][:, None, None] + offsets[None, :, None]) % r_count  # (S, 3, 1)
+    cand_t = grid.neighbours[sig.t][:, None, :]  # (S, 1, 9)
+    shape = (len(sig.b), len(offsets), grid.neighbours.shape[1])
     valid = (cand_t >= 0).expand(shape)
-    key = ((cand_r * t + cand_t.clamp(min=0)) * k + sig_k[:, None, None]) * b + sig_b[:, None, None]
+    key = ((cand_r * t + cand_t.clamp(min=0)) * k + sig.k[:, None, None]) * b + sig.b[:, None, None]
     key = torch.unique(key.expand(shape)[valid])
     reg_b = key % b
     reg_k = torch.div(key, b, rounding_mode="floor") % k
     reg_t = torch.div(key, b * k, rounding_mode="floor") % t
     reg_r = torch.div(key, b * k * t, rounding_mode="floor")
+    return reg_r, reg_t, reg_k, reg_b
 
-    reg_ll, reg_scale = _fine_log_likelihood(
-        products, norm, power, grid, reg_r, reg_t, reg_k, reg_b, per_particle_scale
-    )
-    scored = [(reg_r, reg_t, reg_k, reg_b, reg_ll, reg_scale.expand_as(reg_ll))]
 
-    # Pose of every particle's most probable class: hill-climb on the fine grid from its best
-    # coarse sample (the fine optimum can lie two steps from the best coarse sample).
-    top_class = class_weights.argmax(dim=0)  # (B,)
-    particles = torch.arange(b, device=device)
-    at_r = best_rot[top_class, particles]
-    at_t = best_shift[top_class, particles]
-    at_ll = torch.full((b,), -math.inf, dtype=reg_ll.dtype, device=device)
+_Scored = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _refine_poses(
+    products: torch.Tensor,
+    norm: torch.Tensor,
+    power: torch.Tensor,
+    grid: CoarseGrid,
+    coarse: _CoarsePass,
+    offsets: torch.Tensor,
+    per_particle_scale: bool,
+    dtype: torch.dtype,
+) -> list[_Scored]:
+    """Pose of every particle's most probable class: hill-climb on the fine grid from its best coarse
+    sample (the fine optimum can lie two steps from the best coarse sample). Returns the samples scored."""
+    b = products.shape[2]
+    r_count = norm.shape[0]
+    tail = (len(offsets), grid.neighbours.shape[1])
+    top_class = coarse.class_weights.argmax(dim=0)  # (B,)
+    particles = torch.arange(b, device=products.device)
+    at_r = coarse.best_rot[top_class, particles]
+    at_t = coarse.best_shift[top_class, particles]
+    at_ll = torch.full((b,), -math.inf, dtype=dtype, device=products.device)
     active = particles  # particles whose best sample moved in the last round
-    for _ in range(REFINE_ROUNDS if refine_poses else 0):
+    scored: list[_Scored] = []
+    for _ in range(REFINE_ROUNDS):
         n_active = len(active)
-        cand_r = ((at_r[active][:, None, None] + offsets[None, :, None]) % r_count).expand(n_active, *shape[1:])
-        cand_t = grid.fine_neighbours[at_t[active]][:, None, :].expand(n_active, *shape[1:])
+        cand_r = ((at_r[active][:, None, None] + offsets[None, :, None]) % r_count).expand(n_active, *tail)
+        cand_t = grid.fine_neighbours[at_t[active]][:, None, :].expand(n_active, *tail)
         ok = cand_t >= 0
         c_r, c_t = cand_r[ok], cand_t[ok]
-        c_b = active[:, None, None].expand(n_active, *shape[1:])[ok]
+        c_b = active[:, None, None].expand(n_active, *tail)[ok]
         c_k = top_class[c_b]
         c_ll, c_scale = _fine_log_likelihood(products, norm, power, grid, c_r, c_t, c_k, c_b, per_particle_scale)
         scored.append((c_r, c_t, c_k, c_b, c_ll, c_scale.expand_as(c_ll)))
@@ -335,46 +428,81 @@ def adaptive_posteriors(
         at_r[moved] = c_r[which[moved]]
         at_t[moved] = c_t[which[moved]]
         active = moved
+    return scored
 
-    # Best fine sample per (class, particle) wherever fine samples were scored.
+
+def _take_best_fine(coarse: _CoarsePass, scored: list[_Scored], k: int, b: int) -> None:
+    """Best fine sample per (class, particle) wherever fine samples were scored (into ``coarse.best_*``)."""
     all_r, all_t, all_k, all_b, all_ll, all_scale = (torch.cat(parts) for parts in zip(*scored, strict=True))
     pair = all_k * b + all_b
     fine_best, which = _segment_argmax(all_ll, pair, k * b)
     have = which >= 0
     if bool(have.any()):
         w = which[have]
-        best_ll.view(-1)[have] = fine_best[have]
-        best_rot.view(-1)[have] = all_r[w]
-        best_shift.view(-1)[have] = all_t[w]
-        best_scale.view(-1)[have] = all_scale[w]
+        coarse.best_ll.view(-1)[have] = fine_best[have]
+        coarse.best_rot.view(-1)[have] = all_r[w]
+        coarse.best_shift.view(-1)[have] = all_t[w]
+        coarse.best_scale.view(-1)[have] = all_scale[w]
 
-    # 4. Fine posterior over the region of each refined particle.
-    reg_logits = reg_ll / temperature + log_prior.to(all_ll.dtype)[reg_k]
+
+def _fine_posterior(
+    reg_ll: torch.Tensor,
+    reg_k: torch.Tensor,
+    reg_b: torch.Tensor,
+    log_prior: torch.Tensor,
+    temperature: float,
+    fine: torch.Tensor,
+    coarse: _CoarsePass,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4. Fine posterior over the region of each refined particle; the class weights (fine where refined)."""
+    b = len(fine)
+    reg_logits = reg_ll / temperature + log_prior.to(reg_ll.dtype)[reg_k]
     reg_top = _segment_max(reg_logits, reg_b, b)
     reg_post = torch.exp(reg_logits - reg_top[reg_b])
-    z = torch.zeros(b, dtype=reg_post.dtype, device=device).index_add_(0, reg_b, reg_post)
+    z = torch.zeros(b, dtype=reg_post.dtype, device=reg_post.device).index_add_(0, reg_b, reg_post)
     reg_post = reg_post / z[reg_b]
-    fine_weights = torch.zeros(k * b, dtype=reg_post.dtype, device=device)
+    fine_weights = torch.zeros(k * b, dtype=reg_post.dtype, device=reg_post.device)
     fine_weights = fine_weights.index_add_(0, reg_k * b + reg_b, reg_post).reshape(k, b)
-    class_weights = torch.where(fine[None, :], fine_weights, class_weights)
+    return reg_post, torch.where(fine[None, :], fine_weights, coarse.class_weights)
 
-    # pmax and the count of significant samples, in fine samples (a coarse one stands for cell_size).
-    coarse_max = values[:, 0]
-    fine_max = _segment_max(reg_post, reg_b, b)
+
+def _significance(
+    sig: _Significant, reg_post: torch.Tensor, reg_b: torch.Tensor, fine_max: torch.Tensor, cell_size: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """5. pmax and the count of significant samples, in fine samples (a coarse one stands for cell_size)."""
+    b = len(sig.fine)
+    coarse_max = sig.top_values[:, 0]
     counted = (reg_post >= SIGNIFICANT_SHARE * fine_max[reg_b]).to(torch.int64)
-    fine_count = torch.zeros(b, dtype=torch.int64, device=device).index_add_(0, reg_b, counted)
-    coarse_count = (by_particle >= SIGNIFICANT_SHARE * coarse_max[:, None]).sum(dim=1)
-    pmax = torch.where(fine, fine_max, coarse_max / grid.cell_size)
-    n_significant = torch.where(fine, fine_count, torch.round(coarse_count * grid.cell_size).to(torch.int64))
+    fine_count = torch.zeros(b, dtype=torch.int64, device=reg_post.device).index_add_(0, reg_b, counted)
+    coarse_count = (sig.by_particle >= SIGNIFICANT_SHARE * coarse_max[:, None]).sum(dim=1)
+    pmax = torch.where(sig.fine, fine_max, coarse_max / cell_size)
+    n_significant = torch.where(sig.fine, fine_count, torch.round(coarse_count * cell_size).to(torch.int64))
+    return pmax, n_significant
 
-    top_class = class_weights.argmax(dim=0)
-    alpha = best_scale.gather(0, top_class[None])[0]
+
+def _mstep_weights(
+    coarse: _CoarsePass,
+    fine: torch.Tensor,
+    reg_post: torch.Tensor,
+    fine_max: torch.Tensor,
+    reg_r: torch.Tensor,
+    reg_t: torch.Tensor,
+    reg_k: torch.Tensor,
+    reg_b: torch.Tensor,
+    top_class: torch.Tensor,
+) -> SampleWeights:
+    """6. What the M-step accumulates: the coarse posterior of coarse particles, the fine samples carrying
+    at least MSTEP_SHARE of a refined particle's best (renormalised), the scale at the top class."""
+    b = len(fine)
+    alpha = coarse.best_scale.gather(0, top_class[None])[0]
     coarse_particles = torch.nonzero(~fine).flatten()
     used = torch.nonzero(reg_post >= MSTEP_SHARE * fine_max[reg_b]).flatten()
     used_b = reg_b[used]
     used_post = reg_post[used]
-    kept = torch.zeros(b, dtype=used_post.dtype, device=device).index_add_(0, used_b, used_post)
-    weights = SampleWeights(
+    kept = torch.zeros(b, dtype=used_post.dtype, device=used_post.device).index_add_(0, used_b, used_post)
+    post = coarse.post
+    return SampleWeights(
         coarse_particles=coarse_particles,
         coarse_posterior=post if len(coarse_particles) == b else post.index_select(3, coarse_particles),
         particle=used_b,
@@ -384,21 +512,6 @@ def adaptive_posteriors(
         weight=used_post / kept[used_b],
         alpha=alpha,
     )
-    top_rot, top_shift = best_rot[top_class, particles], best_shift[top_class, particles]
-    posteriors = Posteriors(
-        class_weights,
-        best_rot,
-        best_shift,
-        best_scale,
-        best_ll,
-        None,
-        pmax,
-        n_significant,
-        power,
-        _fine_correlation(products, grid, top_rot, top_shift, top_class, particles, k),
-        norm[top_rot, top_class, particles],
-    )
-    return posteriors, weights
 
 
 __all__ = [
