@@ -36,48 +36,29 @@ class OpticsGroup:
     image_size: int
 
 
-#: What the classifier says of each particle (fields of :class:`ParticleAssignments`; the journal's
-#: assignment columns).
-ASSIGNMENT_ARRAYS: tuple[str, ...] = (
-    "class_index",
-    "psi_degrees",
-    "origin_x_angstrom",
-    "origin_y_angstrom",
-    "pmax",
-    "class_posterior",
-    "class_ess",
-    "n_significant",
-    "log_likelihood",
-)
-#: The per-particle array fields of :class:`ParticleAssignments` besides ``indices`` (and ``ctf``,
-#: ``micrograph_names``): each as long as ``indices``.
-PER_PARTICLE_ARRAYS: tuple[str, ...] = ("stack_paths", "optics_groups", *ASSIGNMENT_ARRAYS)
-
-#: Optional per-particle arrays of :class:`ParticleAssignments` (``None`` when unknown, e.g. in a
-#: journal or snapshot written before they existed): the E-step's whitened-unit statistics.
-OPTIONAL_PER_PARTICLE_ARRAYS: tuple[str, ...] = ("scale", "image_power", "cross_term", "norm_term")
-
-
 @dataclass(frozen=True)
-class ParticleAssignments:
-    """Every particle with its latest class and alignment (arrays of shape ``(n,)``).
+class AssignmentRecord:
+    """What the classifier says of ``n`` particles, each field ``(n,)``: one record from the E-step (the
+    engine's classifier port) through the journal to the snapshot (:class:`ParticleAssignments` is one,
+    with the particles' keys).
 
-    ``class_index`` is 0-based. ``psi_degrees`` is RELION's ``rlnAnglePsi``; ``origin_x_angstrom`` /
-    ``origin_y_angstrom`` are ``rlnOriginXAngst`` / ``rlnOriginYAngst``. ``pmax`` is the posterior of
-    the chosen (class, pose), ``class_posterior`` that of the chosen class, ``class_ess`` the
-    effective number of classes ``1 / Σ p_k²``. ``extra`` holds every column of the input's particle
-    rows (:mod:`otf2d.core.extra_columns`), written back by the snapshot writers, or ``None``.
+    ``class_index`` (int64) is 0-based. ``psi_degrees`` is RELION's ``rlnAnglePsi``; ``origin_x_angstrom``
+    / ``origin_y_angstrom`` are ``rlnOriginXAngst`` / ``rlnOriginYAngst``. ``pmax`` is the posterior of the
+    chosen (class, pose), ``class_posterior`` that of the chosen class, ``class_ess`` the effective number
+    of classes ``1 / Σ p_k²``, ``n_significant`` (int64) the samples with at least 0.1 % of ``pmax``,
+    ``log_likelihood`` that of the chosen sample.
 
     The E-step's statistics at the chosen sample, each ``None`` when unknown (NaN entries: unknown
     for that particle): ``scale`` the per-particle scale α (1 when it is off), ``image_power``
     ``‖X‖²_ω``, ``cross_term`` ``2·Re⟨X, C·A⟩_ω`` and ``norm_term`` ``‖C·A‖²_ω`` (whitened units, at
     scale 1), with ``−log_likelihood = image_power − α·cross_term + α²·norm_term``.
+
+    Raises
+    ------
+    ValueError
+        Fields of different lengths.
     """
 
-    stack_paths: np.ndarray
-    indices: IntArray
-    optics_groups: IntArray
-    ctf: CtfParams
     class_index: IntArray
     psi_degrees: FloatArray
     origin_x_angstrom: FloatArray
@@ -87,12 +68,55 @@ class ParticleAssignments:
     class_ess: FloatArray
     n_significant: IntArray
     log_likelihood: FloatArray
-    micrograph_names: np.ndarray | None = None
-    extra: ExtraColumns | None = None
     scale: FloatArray | None = None
     image_power: FloatArray | None = None
     cross_term: FloatArray | None = None
     norm_term: FloatArray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.class_index)
+        for name in ASSIGNMENT_ARRAYS + self.known_optional():
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"assignments: {name} has {len(getattr(self, name))} entries, not {n}")
+
+    def __len__(self) -> int:
+        return len(self.class_index)
+
+    def known_optional(self) -> tuple[str, ...]:
+        """The names of :data:`OPTIONAL_PER_PARTICLE_ARRAYS` that are not ``None``."""
+        return tuple(name for name in OPTIONAL_PER_PARTICLE_ARRAYS if getattr(self, name) is not None)
+
+
+#: What the classifier says of each particle: the fields of :class:`AssignmentRecord` that are always
+#: known (the journal's assignment columns).
+ASSIGNMENT_ARRAYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(AssignmentRecord) if f.default is dataclasses.MISSING
+)
+#: The per-particle array fields of :class:`ParticleAssignments` besides ``indices`` (and ``ctf``,
+#: ``micrograph_names``): each as long as ``indices``.
+PER_PARTICLE_ARRAYS: tuple[str, ...] = ("stack_paths", "optics_groups", *ASSIGNMENT_ARRAYS)
+
+#: The optional fields of :class:`AssignmentRecord` (``None`` when unknown, e.g. in a journal or snapshot
+#: written before they existed): the E-step's whitened-unit statistics.
+OPTIONAL_PER_PARTICLE_ARRAYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(AssignmentRecord) if f.default is not dataclasses.MISSING
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParticleAssignments(AssignmentRecord):
+    """Every particle with its latest class and alignment (arrays of shape ``(n,)``): an
+    :class:`AssignmentRecord` with each particle's key (``stack_paths``, ``indices``), optics group and
+    CTF, and optionally its micrograph. ``extra`` holds every column of the input's particle rows
+    (:mod:`otf2d.core.extra_columns`), written back by the snapshot writers, or ``None``.
+    """
+
+    stack_paths: np.ndarray
+    indices: IntArray
+    optics_groups: IntArray
+    ctf: CtfParams
+    micrograph_names: np.ndarray | None = None
+    extra: ExtraColumns | None = None
 
     def __post_init__(self) -> None:
         n = len(self.indices)
@@ -106,10 +130,6 @@ class ParticleAssignments:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def known_optional(self) -> tuple[str, ...]:
-        """The names of :data:`OPTIONAL_PER_PARTICLE_ARRAYS` that are not ``None``."""
-        return tuple(name for name in OPTIONAL_PER_PARTICLE_ARRAYS if getattr(self, name) is not None)
 
     def take(self, index: npt.ArrayLike) -> ParticleAssignments:
         """The particles at positions ``index`` (an integer array), in that order."""
@@ -281,6 +301,7 @@ __all__ = [
     "JUNK_THRESHOLD_PARAMETER",
     "OPTIONAL_PER_PARTICLE_ARRAYS",
     "PER_PARTICLE_ARRAYS",
+    "AssignmentRecord",
     "ClassSnapshot",
     "OpticsGroup",
     "ParticleAssignments",

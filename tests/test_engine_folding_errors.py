@@ -15,7 +15,7 @@ import torch
 
 from otf2d.core.config import Class2DParams
 from otf2d.core.errors import Otf2dError
-from otf2d.core.snapshot import ParticleAssignments
+from otf2d.core.snapshot import ASSIGNMENT_ARRAYS, AssignmentRecord, ParticleAssignments
 from otf2d.engine.serving.folding import SessionFolder
 from otf2d.engine.serving.session import Session
 
@@ -44,6 +44,19 @@ def test_snapshot_before_the_classes_exist_is_a_runtime_error(folder: SessionFol
 
 
 def test_a_classifier_that_returns_too_little_is_a_runtime_error(folder: SessionFolder) -> None:
-    with pytest.raises(RuntimeError, match="classifier returned no") as caught:
-        folder._store(cast(Any, []), {})
+    with pytest.raises(RuntimeError, match="classifier returned no AssignmentRecord but a dict") as caught:
+        folder._store(cast(Any, []), cast(Any, {}))
     assert not isinstance(caught.value, Otf2dError)
+    two = AssignmentRecord(**{c: np.zeros(2) for c in ASSIGNMENT_ARRAYS})
+    with pytest.raises(RuntimeError, match="classifier returned 2 assignments for 3 particles") as caught:
+        folder._store(cast(Any, np.zeros(3)), two)
+    assert not isinstance(caught.value, Otf2dError)
+
+
+def test_an_assignment_record_of_unequal_fields_is_a_value_error() -> None:
+    fields = {c: np.zeros(3) for c in ASSIGNMENT_ARRAYS}
+    with pytest.raises(ValueError, match="pmax has 2 entries, not 3") as caught:
+        AssignmentRecord(**(fields | {"pmax": np.zeros(2)}))
+    assert not isinstance(caught.value, Otf2dError)
+    with pytest.raises(ValueError, match="scale has 4 entries, not 3"):
+        AssignmentRecord(**fields, scale=np.zeros(4))

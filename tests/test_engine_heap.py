@@ -19,7 +19,7 @@ from engine_helpers import make_batch
 from otf2d.core.config import Class2DParams
 from otf2d.core.errors import ConfigError
 from otf2d.core.particles import ParticleBatch
-from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.core.snapshot import AssignmentRecord, ClassSnapshot, OpticsGroup, ParticleAssignments
 from otf2d.engine.resources import heap
 from otf2d.engine.resources.heap import (
     MAX_MMAP_THRESHOLD_BYTES,
@@ -156,20 +156,22 @@ def test_trimmer_trims_only_after_work_and_at_most_once_per_interval() -> None:
 class _ConstantClassifier:
     """A classifier port that puts every particle in class 0 (the worker's plumbing is under test)."""
 
-    def _judgements(self, batch: ParticleBatch) -> dict[str, np.ndarray]:
+    def _judgements(self, batch: ParticleBatch) -> AssignmentRecord:
         n = len(batch)
-        return {
-            c: np.zeros(n, dtype=np.int64 if c in ("class_index", "n_significant") else np.float64)
-            for c in ASSIGNMENT_COLUMNS
-        }
+        return AssignmentRecord(
+            **{
+                c: np.zeros(n, dtype=np.int64 if c in ("class_index", "n_significant") else np.float64)
+                for c in ASSIGNMENT_COLUMNS
+            }
+        )
 
-    def initialise(self, batch: ParticleBatch) -> dict[str, np.ndarray]:
+    def initialise(self, batch: ParticleBatch) -> AssignmentRecord:
         return self._judgements(batch)
 
-    def fold(self, batch: ParticleBatch) -> dict[str, np.ndarray]:
+    def fold(self, batch: ParticleBatch) -> AssignmentRecord:
         return self._judgements(batch)
 
-    def judge(self, batch: ParticleBatch) -> dict[str, np.ndarray]:
+    def judge(self, batch: ParticleBatch) -> AssignmentRecord:
         return self._judgements(batch)
 
     def state(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from engine_helpers import ROOT, batch_frames, make_batch
 
 from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.snapshot import AssignmentRecord
 from otf2d.core.wire import decode_batch, encode_batch
 from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, STATISTIC_COLUMNS, Journal
 from otf2d.engine.storage.segments import segment_path
@@ -112,9 +113,9 @@ def test_assignments_are_stored_and_overwritten(tmp_path: Path) -> None:
     journal.append_many([entry(make_batch(SESSION, 1, 6), "s:1")])
     values = {c: np.arange(6, dtype=np.float64) + k for k, c in enumerate(ASSIGNMENT_COLUMNS)}
     values["class_index"] = np.array([0, 1, 1, 2, 2, 2])
-    journal.store_assignments(np.arange(6), values)
+    journal.store_assignments(np.arange(6), AssignmentRecord(**values))
     values2 = dict(values, class_index=np.array([2, 2]), psi_degrees=np.array([-90.5, 45.25]))
-    journal.store_assignments(np.array([0, 1]), {c: np.asarray(v)[:2] for c, v in values2.items()})
+    journal.store_assignments(np.array([0, 1]), AssignmentRecord(**{c: np.asarray(v)[:2] for c, v in values2.items()}))
     got = journal.assignments()
     np.testing.assert_array_equal(got.class_index, [2, 2, 1, 2, 2, 2])
     np.testing.assert_array_equal(got.psi_degrees, [-90.5, 45.25, 3, 4, 5, 6])
@@ -128,17 +129,18 @@ def test_estep_statistics_are_journaled_or_unknown(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j", SESSION)
     journal.append_many([entry(make_batch(SESSION, 1, 6), "s:1")])
     values: dict[str, np.ndarray] = {c: np.zeros(6) for c in ASSIGNMENT_COLUMNS}
-    journal.store_assignments(np.arange(6), values)  # a classifier that gives no statistics
+    journal.store_assignments(np.arange(6), AssignmentRecord(**values))  # a classifier that gives no statistics
     got = journal.assignments()
     assert all(getattr(got, c) is None for c in STATISTIC_COLUMNS)
     stats = {c: np.arange(6, dtype=np.float64) + 10 * k for k, c in enumerate(STATISTIC_COLUMNS)}
     stats["cross_term"][2] = np.nan  # unknown for one particle
-    journal.store_assignments(np.arange(6), values | stats)
+    journal.store_assignments(np.arange(6), AssignmentRecord(**values | stats))
     got = journal.assignments()
     for c in STATISTIC_COLUMNS:
         np.testing.assert_array_equal(getattr(got, c), stats[c])
     np.testing.assert_array_equal(got.ctf.scale, make_batch(SESSION, 1, 6).ctf.scale)  # not the particle scale
-    journal.store_assignments(np.array([0]), {c: v[:1] for c, v in values.items()})  # forgets the old ones
+    forget = AssignmentRecord(**{c: v[:1] for c, v in values.items()})  # no statistics: forgets the old ones
+    journal.store_assignments(np.array([0]), forget)
     assert np.isnan(np.asarray(journal.assignments().image_power)[0])
 
 
@@ -150,7 +152,7 @@ def test_a_journal_written_before_the_statistics_gains_their_columns(tmp_path: P
         for column in ("particle_scale", "image_power", "cross_term", "norm_term"):
             conn.execute(f"ALTER TABLE particles DROP COLUMN {column}")
     journal = Journal(tmp_path / "j", SESSION)
-    journal.store_assignments(np.arange(3), {c: np.zeros(3) for c in ASSIGNMENT_COLUMNS})
+    journal.store_assignments(np.arange(3), AssignmentRecord(**{c: np.zeros(3) for c in ASSIGNMENT_COLUMNS}))
     assert len(journal.assignments()) == 3 and journal.assignments().image_power is None
 
 
@@ -254,7 +256,7 @@ def test_input_columns_are_journaled_with_their_particles(tmp_path: Path) -> Non
         journal.append_many([(header, decoded)])
     assert journal.count == 6
     values = {c: np.zeros(6) for c in ASSIGNMENT_COLUMNS}
-    journal.store_assignments(np.array([0, 2, 4, 5]), {c: v[:4] for c, v in values.items()})
+    journal.store_assignments(np.array([0, 2, 4, 5]), AssignmentRecord(**{c: v[:4] for c, v in values.items()}))
     journal.close()
     got = Journal(tmp_path / "j", SESSION).assignments()
     assert got.extra is not None

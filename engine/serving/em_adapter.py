@@ -19,18 +19,23 @@ import torch
 
 from otf2d.core.config import Class2DParams
 from otf2d.core.particles import ParticleBatch
-from otf2d.core.snapshot import ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.core.snapshot import (
+    ASSIGNMENT_ARRAYS,
+    OPTIONAL_PER_PARTICLE_ARRAYS,
+    AssignmentRecord,
+    ClassSnapshot,
+    OpticsGroup,
+    ParticleAssignments,
+)
 from otf2d.engine.em.assignments import Assignments
 from otf2d.engine.em.classifier import Classifier
 from otf2d.engine.em.driver import classify_batches
-from otf2d.engine.serving.classifier_port import Judgements
-from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, STATISTIC_COLUMNS
 
 
-def judgements(assignments: Assignments) -> Judgements:
-    """The assignment columns and the E-step statistics as ``(n,)`` NumPy arrays."""
-    names = (*ASSIGNMENT_COLUMNS, *STATISTIC_COLUMNS)
-    return {name: np.asarray(getattr(assignments, name).detach().cpu().numpy()) for name in names}
+def judgements(assignments: Assignments) -> AssignmentRecord:
+    """The E-step's assignments and statistics as an :class:`AssignmentRecord` of ``(n,)`` NumPy arrays."""
+    names = (*ASSIGNMENT_ARRAYS, *OPTIONAL_PER_PARTICLE_ARRAYS)
+    return AssignmentRecord(**{name: np.asarray(getattr(assignments, name).detach().cpu().numpy()) for name in names})
 
 
 class EmClassifier:
@@ -43,7 +48,7 @@ class EmClassifier:
         self.device = device
         self.classifier = Classifier(params, box[0], self.pixel_size_angstrom, device=device)
 
-    def initialise(self, batch: ParticleBatch) -> Judgements:
+    def initialise(self, batch: ParticleBatch) -> AssignmentRecord:
         """Run the classifier's initial schedule on ``batch``; its particles' assignments."""
         # The engine keeps the start from subset averages: the verdict's view merging was calibrated on
         # it, and with single-particle starts a preferred-orientation grid was no longer flagged
@@ -52,11 +57,11 @@ class EmClassifier:
         self.classifier = result.classifier
         return judgements(result.assignments)
 
-    def fold(self, batch: ParticleBatch) -> Judgements:
+    def fold(self, batch: ParticleBatch) -> AssignmentRecord:
         """One online-EM step on ``batch``."""
         return judgements(self.classifier.step(batch))
 
-    def judge(self, batch: ParticleBatch) -> Judgements:
+    def judge(self, batch: ParticleBatch) -> AssignmentRecord:
         """E-step only."""
         return judgements(self.classifier.assign(batch))
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from otf2d.core.errors import InputError
-from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
-from otf2d.engine.serving.classifier_port import ClassifierFactory, ClassifierPort, Judgements
+from otf2d.core.snapshot import AssignmentRecord, ClassSnapshot, ParticleAssignments
+from otf2d.engine.serving.classifier_port import ClassifierFactory, ClassifierPort
 from otf2d.engine.serving.session import Session, params_to_dict
 from otf2d.engine.storage.checkpoint import (
     flatten_state,
@@ -42,7 +42,7 @@ from otf2d.engine.storage.checkpoint import (
     set_aside,
     unflatten_state,
 )
-from otf2d.engine.storage.journal import ASSIGNMENT_COLUMNS, JournalSlice
+from otf2d.engine.storage.journal import JournalSlice
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class SessionFolder:
         #: Not before this unix time is a failed checkpoint tried again.
         self.checkpoint_retry_at = 0.0
         #: Judgements of particles folded in but not yet stored (the store failed: a full disk).
-        self._unstored: tuple[JournalSlice, Judgements] | None = None
+        self._unstored: tuple[JournalSlice, AssignmentRecord] | None = None
         self.initialising = False
         self.checkpoint_consumed = 0
         self.checkpoint_time = time.time()
@@ -143,13 +143,11 @@ class SessionFolder:
             raise InputError(None, f"session {self.name}: no particles yet, box unknown")
         return self.factory(self.session.params, box, pixel, self.device)
 
-    def _store(self, part: JournalSlice, judgements: Judgements) -> None:
-        missing = [c for c in ASSIGNMENT_COLUMNS if c not in judgements]
-        if missing:
-            raise RuntimeError(f"classifier returned no {missing}")
-        for column in ASSIGNMENT_COLUMNS:
-            if len(judgements[column]) != len(part):
-                raise RuntimeError(f"classifier returned {len(judgements[column])} {column} for {len(part)}")
+    def _store(self, part: JournalSlice, judgements: AssignmentRecord) -> None:
+        if not isinstance(judgements, AssignmentRecord):
+            raise RuntimeError(f"classifier returned no AssignmentRecord but a {type(judgements).__name__}")
+        if len(judgements) != len(part):
+            raise RuntimeError(f"classifier returned {len(judgements)} assignments for {len(part)} particles")
         self.session.journal.store_assignments(part.seqs, judgements)
         self.judged_since_snapshot += len(part)
 

@@ -40,7 +40,13 @@ import numpy.typing as npt
 from otf2d.core.errors import DecodeError, InputError
 from otf2d.core.extra_columns import ExtraColumns
 from otf2d.core.particles import CtfParams, ParticleBatch
-from otf2d.core.snapshot import ASSIGNMENT_ARRAYS, OPTIONAL_PER_PARTICLE_ARRAYS, OpticsGroup, ParticleAssignments
+from otf2d.core.snapshot import (
+    ASSIGNMENT_ARRAYS,
+    OPTIONAL_PER_PARTICLE_ARRAYS,
+    AssignmentRecord,
+    OpticsGroup,
+    ParticleAssignments,
+)
 from otf2d.core.wire import decode_metadata_frame, encode_metadata_frame
 from otf2d.engine.storage.segments import BlockLocation, SegmentStore, segment_path
 
@@ -675,7 +681,7 @@ class Journal:
 
     # ------------------------------------------------------------------ assignments
 
-    def store_assignments(self, seqs: npt.ArrayLike, values: Mapping[str, npt.ArrayLike]) -> None:
+    def store_assignments(self, seqs: npt.ArrayLike, values: AssignmentRecord) -> None:
         """Overwrite the latest assignment of the particles at ``seqs``.
 
         Parameters
@@ -683,21 +689,20 @@ class Journal:
         seqs
             ``(n,)`` journal positions.
         values
-            Every name of :data:`ASSIGNMENT_COLUMNS` → ``(n,)`` array (``class_index`` 0-based,
-            psi in degrees, origins in Å); those of :data:`STATISTIC_COLUMNS` it has (the others,
-            and NaN entries, are stored as unknown).
+            Their assignments (``class_index`` 0-based, psi in degrees, origins in Å); statistics that are
+            ``None``, and NaN entries, are stored as unknown.
         """
         seq_list = np.asarray(seqs, dtype=np.int64).tolist()
-        missing = [c for c in ASSIGNMENT_COLUMNS if c not in values]
-        if missing:
-            raise InputError(None, f"assignments lack {missing}")
+        if len(values) != len(seq_list):
+            raise ValueError(f"{len(values)} assignments for {len(seq_list)} journal positions")
         cols = [
-            np.asarray(values[c], dtype=np.int64 if c in _INT_ASSIGNMENT_COLUMNS else np.float64).tolist()
+            np.asarray(getattr(values, c), dtype=np.int64 if c in _INT_ASSIGNMENT_COLUMNS else np.float64).tolist()
             for c in ASSIGNMENT_COLUMNS
         ]
         unknown = [None] * len(seq_list)
         cols += [
-            np.asarray(values[c], dtype=np.float64).tolist() if c in values else unknown for c in STATISTIC_COLUMNS
+            unknown if (v := getattr(values, c)) is None else np.asarray(v, dtype=np.float64).tolist()
+            for c in STATISTIC_COLUMNS
         ]
         now = time.time()
         rows = [(*vals, now, s) for s, *vals in zip(seq_list, *cols, strict=True)]
@@ -770,25 +775,18 @@ class Journal:
             paths_by_id[sid] = path
         col = {name: table[:, k] for k, name in enumerate(columns)}
         ctf = CtfParams(**{c: col[c] for c in CTF_COLUMNS})
+        assigned: dict[str, Any] = {
+            c: col[c].astype(np.int64) if c in _INT_ASSIGNMENT_COLUMNS else col[c] for c in ASSIGNMENT_COLUMNS
+        }
+        statistics: dict[str, Any] = {c: _known(col[sql]) for c, sql in _STATISTIC_SQL.items()}
         return ParticleAssignments(
             stack_paths=paths_by_id[stack_ids],
             indices=col["image_index"].astype(np.int64),
             optics_groups=col["optics_group"].astype(np.int64),
             ctf=ctf,
-            class_index=col["class_index"].astype(np.int64),
-            psi_degrees=col["psi_degrees"],
-            origin_x_angstrom=col["origin_x_angstrom"],
-            origin_y_angstrom=col["origin_y_angstrom"],
-            pmax=col["pmax"],
-            class_posterior=col["class_posterior"],
-            class_ess=col["class_ess"],
-            n_significant=col["n_significant"].astype(np.int64),
-            log_likelihood=col["log_likelihood"],
             extra=self._extra_columns(col["seq"].astype(np.int64), stop),
-            scale=_known(col["particle_scale"]),
-            image_power=_known(col["image_power"]),
-            cross_term=_known(col["cross_term"]),
-            norm_term=_known(col["norm_term"]),
+            **assigned,
+            **statistics,
         )
 
     def _extra_columns(self, seqs: IntArray, stop: int) -> ExtraColumns | None:
