@@ -25,7 +25,6 @@ and cached.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -185,7 +184,7 @@ class StatusServer:
     def gallery_png(self, state: MonitoringState) -> bytes:
         """The session's gallery as PNG bytes (junk classes marked with the effective scores)."""
         key = ("gallery", state.session, id(state), state.computed_at)
-        return self._cached(key, lambda: fast_png(render_gallery(state.snapshot, junk_score=state.junk_scores)))
+        return self._cached(key, lambda: fast_png(render_gallery(state.scored_snapshot())))
 
     def class_png(self, state: MonitoringState, number: int) -> bytes:
         """Class ``number`` (1-based) as PNG bytes."""
@@ -194,7 +193,7 @@ class StatusServer:
         key = ("class", state.session, id(state), state.computed_at, number)
 
         def render() -> bytes:
-            scored = dataclasses.replace(state.snapshot, junk_score=state.junk_scores)
+            scored = state.scored_snapshot()
             return render_class_png(scored, number - 1)
 
         return self._cached(key, render)

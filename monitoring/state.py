@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,10 @@ class MonitoringState:
     def junk_scores(self) -> np.ndarray:
         """``(K,)`` effective junk scores (overrides applied): what snapshots and galleries should carry."""
         return self.quality.effective_scores
+
+    def scored_snapshot(self) -> ClassSnapshot:
+        """The snapshot with these junk scores and their threshold (what the galleries draw)."""
+        return replace(self.snapshot, junk_score=self.junk_scores, junk_score_threshold=float(self.quality.threshold))
 
     @property
     def junk_fraction(self) -> float:

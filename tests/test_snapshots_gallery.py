@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 from snapshot_factory import make_snapshot
 
+from otf2d.core.config import VerdictConfig
 from otf2d.core.errors import InputError
 from otf2d.monitoring.snapshots.gallery import (
     class_order,
@@ -19,6 +21,7 @@ from otf2d.monitoring.snapshots.gallery import (
     to_uint8,
     write_gallery_png,
 )
+from otf2d.monitoring.state import compute_state
 
 COUNTS = (5, 12, 0, 20, 3, 10)
 SIZE_ORDER = [3, 1, 5, 0, 4, 2]  # classes by particle count, largest first
@@ -159,3 +162,24 @@ def test_render_class_png() -> None:
     assert _best_match(tile, averages) == 4
     with pytest.raises(InputError):
         render_class_png(snapshot, 6)
+
+
+def test_the_red_border_follows_the_snapshots_recorded_threshold() -> None:
+    junk = np.array([0.1, 0.9, 0.2, 0.3, 0.51, 0.75])
+    snapshot = make_snapshot(COUNTS, averages=_distinct_averages(), junk_score=junk)
+    strict = dataclasses.replace(snapshot, junk_score_threshold=0.8)  # as with_junk_scores records it
+    rgb = np.asarray(render_gallery(strict, tile_px=96, columns=3), dtype=np.int64)
+    layout = gallery_layout(6, box_px=32, tile_px=96, columns=3)
+    for position, cls in enumerate(SIZE_ORDER):
+        x0, y0, x1, _ = layout.tile_box(position)
+        edge = rgb[y0, x0 + 10 : x1 - 10]
+        red = (edge[:, 0] > 180) & (edge[:, 1] < 90) & (edge[:, 2] < 90)
+        assert red.all() == (junk[cls] > 0.8), (position, cls)  # 0.51 and 0.75 are not junk at 0.8
+
+
+def test_the_status_pages_gallery_draws_with_the_monitoring_threshold() -> None:
+    snapshot = make_snapshot(COUNTS, averages=_distinct_averages())
+    state = compute_state(snapshot, [], config=VerdictConfig(junk_score_threshold=0.7), session="s", now=1.0)
+    scored = state.scored_snapshot()
+    assert scored.junk_score_threshold == 0.7
+    np.testing.assert_array_equal(scored.junk_score, state.junk_scores)

@@ -3,9 +3,10 @@
 Each class is clipped to its own 0.5–99.5 percentiles and scaled to 8 bits, resized to a square
 tile and labelled under the tile with its RELION class number (1-based) and particle count, e.g.
 ``#12`` on the left and ``1,234`` on the right. Empty classes are dimmed and labelled ``empty``;
-when a junk score is known, classes scoring above :data:`JUNK_THRESHOLD` get a red border and a
-red label. A one-line header names the iteration, the number of classes and particles and the
-pixel size.
+when a junk score is known, classes scoring above the snapshot's junk-score threshold
+(``ClassSnapshot.effective_junk_threshold``, by default :data:`JUNK_THRESHOLD`) get a red border and a
+red label, as the ``_model.star`` and the ``.cs`` flag them. A one-line header names the iteration,
+the number of classes and particles and the pixel size.
 
 ``render_gallery`` returns a ``PIL.Image``; ``write_gallery_png`` writes it atomically;
 ``render_class_png`` gives the PNG bytes of a single labelled class (for an HTTP endpoint).
@@ -24,10 +25,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from otf2d.core.durable import write_bytes_atomic
 from otf2d.core.errors import InputError
-from otf2d.core.snapshot import ClassSnapshot
+from otf2d.core.snapshot import DEFAULT_JUNK_SCORE_THRESHOLD, ClassSnapshot
 
-#: Classes whose junk score exceeds this get a red border.
-JUNK_THRESHOLD = 0.5
+#: Classes whose junk score exceeds this get a red border, unless the snapshot records another threshold.
+JUNK_THRESHOLD = DEFAULT_JUNK_SCORE_THRESHOLD
 #: Percentiles each class is clipped to before scaling to 8 bits.
 CLIP_PERCENTILES = (0.5, 99.5)
 
@@ -238,7 +239,7 @@ def _junk_flags(snapshot: ClassSnapshot, junk_score: np.ndarray | None) -> np.nd
     arr = np.asarray(scores, dtype=np.float64)
     if arr.shape != (k,):
         raise InputError(None, f"junk_score must have shape ({k},), got {arr.shape}")
-    return np.nan_to_num(arr, nan=0.0) > JUNK_THRESHOLD
+    return np.nan_to_num(arr, nan=0.0) > snapshot.effective_junk_threshold
 
 
 def render_gallery(
@@ -259,7 +260,8 @@ def render_gallery(
     tile_px
         Side of each tile in pixels; default the box size kept within 128–192.
     junk_score
-        ``(K,)`` scores in [0, 1] overriding ``snapshot.junk_score``; > 0.5 marks a class as junk.
+        ``(K,)`` scores in [0, 1] overriding ``snapshot.junk_score``; above the snapshot's threshold
+        (``effective_junk_threshold``, 0.5 unless recorded) marks a class as junk.
 
     Returns
     -------
