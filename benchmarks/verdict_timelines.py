@@ -56,7 +56,7 @@ import torch
 from otf2d.core.config import Class2DParams, VerdictConfig
 from otf2d.core.ctf import relion_ctf_2d
 from otf2d.core.particles import CtfParams, ParticleBatch
-from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
+from otf2d.core.snapshot import ASSIGNMENT_ARRAYS, AssignmentRecord, ClassSnapshot, ParticleAssignments
 from otf2d.engine.serving.em_adapter import EmClassifier
 from otf2d.monitoring.state import MonitoringState, SessionMonitor
 from otf2d.simulator.config import SimulationConfig
@@ -290,7 +290,7 @@ class StreamingRun:
         self.classifier: EmClassifier | None = None
         self.pending: list[Micrograph] = []
         self.classified: list[Micrograph] = []
-        self.judgements: list[dict[str, np.ndarray]] = []
+        self.judgements: list[AssignmentRecord] = []
         self.arrived = 0
         self.iteration = 0
 
@@ -316,7 +316,7 @@ class StreamingRun:
             classifier = self._initialise()
         while self.pending:
             part = self.pending.pop(0)
-            self.judgements.append(dict(classifier.fold(part.batch)))
+            self.judgements.append(classifier.fold(part.batch))
             self.classified.append(part)
         self.monitor.record_classified(session, self.n_classified, self.clock)
 
@@ -328,7 +328,7 @@ class StreamingRun:
         rest = np.arange(self.n_init, len(batch))
         classifier = EmClassifier(self.params, batch.box_size, batch.pixel_size_angstrom, self.device)
         init = batch.take(first)
-        self.judgements.append(dict(classifier.initialise(init)))
+        self.judgements.append(classifier.initialise(init))
         self.classified.append(Micrograph(init, *(truth[k][first] for k in TRUTH_FIELDS)))
         self.pending = [Micrograph(batch.take(rest), *(truth[k][rest] for k in TRUTH_FIELDS))] if len(rest) else []
         self.classifier = classifier
@@ -337,7 +337,7 @@ class StreamingRun:
     def assignments(self) -> ParticleAssignments:
         """Every classified particle's latest assignment (what the journal holds)."""
         batch = ParticleBatch.concatenate([m.batch for m in self.classified])
-        column = {name: np.concatenate([j[name] for j in self.judgements]) for name in self.judgements[0]}
+        column = {name: np.concatenate([getattr(j, name) for j in self.judgements]) for name in ASSIGNMENT_ARRAYS}
         return ParticleAssignments(
             stack_paths=batch.stack_paths,
             indices=batch.indices,
