@@ -183,6 +183,9 @@ def test_segments_roll_over(tmp_path: Path) -> None:
     )
 
 
+#: ACKs the writer has printed before the test kills it.
+WRITER_GOING_ACKS = 6
+
 _WRITER = """
 import sys
 sys.path[:0] = [{root!r}, {root!r} + "/tests"]
@@ -213,15 +216,25 @@ def test_sigkill_during_appends_loses_no_acknowledged_message(tmp_path: Path) ->
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
+    early: list[bytes] = []
     try:
-        time.sleep(2.5)
+        # kill it mid-stream once it is going (a fixed sleep was too short on a loaded CI machine,
+        # where importing the writer's modules alone can take seconds), then half a second later
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120.0
+        while len(early) < WRITER_GOING_ACKS and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            early.append(line)
+        time.sleep(0.5)
         os.kill(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    acked = [line.split() for line in out.decode().splitlines() if line.strip()]
-    assert len(acked) > 5, "the writer did not get going"
+    acked = [line.split() for line in b"".join([*early, out]).decode().splitlines() if line.strip()]
+    assert len(acked) >= WRITER_GOING_ACKS, "the writer did not get going"
     journal = Journal(path, SESSION)
     for msg_id, n_accepted in acked:
         record = journal.message(msg_id)
