@@ -242,3 +242,61 @@ def test_relion_star_handler_removes_duplicates_from_our_selection(project: Roun
     )
     kept = _blocks(out / "nodup.star")["particles"]
     assert len(kept) == project.n - len(project.duplicate_rows)
+
+
+def _check_result_group(csg: Path, group_type: str, slots: set[str], root: Path) -> np.ndarray:
+    """Load ``csg`` as cryoSPARC's Import Result Group would: its .cs by the '>' path beside it, with
+    cryosparc-tools; every slot's fields present, as many rows as it says, blob paths under ``root``."""
+    dataset_module = pytest.importorskip("cryosparc.dataset")
+    yaml = pytest.importorskip("yaml")
+    group = yaml.safe_load(csg.read_text())
+    assert group["group"]["type"] == group_type
+    assert f"blob/path relative to {root.resolve()}" in group["group"]["description"]
+    assert set(group["results"]) >= slots, group["results"]
+    metafiles = {result["metafile"] for result in group["results"].values()}
+    assert len(metafiles) == 1 and next(iter(metafiles)).startswith(">")
+    cs_path = csg.parent / next(iter(metafiles))[1:]
+    data = dataset_module.Dataset.load(cs_path)
+    for slot, result in group["results"].items():
+        assert result["type"] == f"{group_type}.{slot}"
+        assert result["num_items"] == len(data)
+        assert any(f.startswith(f"{slot}/") for f in data.fields()), slot
+    assert "otf2d" not in group["results"]  # our own fields stay in the .cs, not offered as a slot
+    paths = set(data["blob/path"].tolist())
+    assert paths and all(not Path(p).is_absolute() and (root / p).is_file() for p in paths), paths
+    stored = np.load(cs_path, allow_pickle=False)
+    np.testing.assert_array_equal(data["uid"], stored["uid"])
+    return stored
+
+
+def test_every_cryosparc_output_comes_with_a_result_group_that_resolves(
+    project: RoundtripProject, run_dir: Path
+) -> None:
+    """Issue 14, item 3: classify's particles and class averages, select's and rebalance's particles,
+    each with a .csg (cryoSPARC's Import Result Group file) naming its .cs beside it and the root of
+    its blob paths; cryosparc-tools loads what it names and the blob paths resolve under that root."""
+    latest = json.loads((run_dir / "latest.json").read_text())
+    root = Path(latest["cryosparc_paths_relative_to"])
+    particles = _check_result_group(
+        run_dir / latest["files"]["particles_csg"], "particle", {"blob", "ctf", "alignments2D", "location"}, root
+    )
+    assert len(particles) == project.n
+    averages = _check_result_group(
+        run_dir / latest["files"]["class_averages_csg"], "template", {"blob", "alignments2D"}, root
+    )
+    assert len(averages) == 2
+    for command, extra in (("select", []), ("rebalance", ["--factor", "0"])):
+        out = project.root / "Select" / f"csg_{command}"
+        assert otf2d([command, str(run_dir), "--classes", "1,2", "--out", str(out), "--quiet", *extra]) == 0
+        chosen = _check_result_group(out / "particles.csg", "particle", {"blob", "ctf", "alignments2D"}, root)
+        assert set(chosen["uid"].tolist()) <= set(particles["uid"].tolist())
+
+
+def test_engine_snapshot_result_groups_are_relative_to_the_snapshot_folder(tmp_path: Path) -> None:
+    out = tmp_path / "sessions" / "s" / "snapshots"
+    paths = write_snapshot(make_snapshot(), out, project_dir=None, session="s")
+    assert paths.class_averages_csg is not None and paths.particles_csg is not None
+    _check_result_group(paths.class_averages_csg, "template", {"blob", "alignments2D"}, out)
+    yaml = pytest.importorskip("yaml")
+    group = yaml.safe_load(paths.particles_csg.read_text())
+    assert group["results"]["blob"]["metafile"] == f">{paths.particles_cs.name}"
