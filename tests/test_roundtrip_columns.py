@@ -4,20 +4,23 @@ RELION and cryoSPARC outputs, which RELION's own ``relion_star_handler`` and cry
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from roundtrip_project import MIC_SHAPE, RoundtripProject, make_project
+from roundtrip_project import MIC_SHAPE, PIXEL, RoundtripProject, make_project
 from snapshot_factory import make_snapshot
 
 from otf2d.core.cli import main as otf2d
 from otf2d.core.readers import read_particle_table
 from otf2d.monitoring.snapshots import write_snapshot
+from otf2d.monitoring.snapshots.cryosparc import ALIGNMENTS2D_OMITTED
 
 FAST = [
     "--classes", "2", "--batch-per-class", "6", "--online-em-iterations", "2",
@@ -300,3 +303,71 @@ def test_engine_snapshot_result_groups_are_relative_to_the_snapshot_folder(tmp_p
     yaml = pytest.importorskip("yaml")
     group = yaml.safe_load(paths.particles_csg.read_text())
     assert group["results"]["blob"]["metafile"] == f">{paths.particles_cs.name}"
+
+
+@pytest.mark.relion
+def test_relion_star_handler_removes_duplicates_from_our_rebalanced_particles(
+    project: RoundtripProject, run_dir: Path
+) -> None:
+    out = project.root / "Select" / "rebalanced"
+    assert otf2d(["rebalance", str(run_dir), "--classes", "1,2", "--factor", "0", "--out", str(out), "--quiet"]) == 0
+    star = (out / "particles.star").relative_to(project.root)
+    _relion(
+        "relion_star_handler",
+        ["--i", str(star), "--o", "Select/rebalanced/nodup.star", "--remove_duplicates", "30"],
+        project.root,
+    )
+    kept = _blocks(out / "nodup.star")["particles"]
+    assert len(kept) == project.n - len(project.duplicate_rows)
+    assert "rlnCoordinateX" in kept.columns and "rlnMicrographName" in kept.columns
+
+
+def _image_handler_stats(stack: Path, cwd: Path) -> list[tuple[int, float, float]]:
+    """``relion_image_handler --i STACK --stats``: (1-based index, average, pixel size) per image."""
+    out = _relion("relion_image_handler", ["--i", str(stack), "--stats"], cwd)
+    rows = re.findall(r"^(\d{6})@.*avg= (\S+) .*angpix = (\S+)$", out, flags=re.MULTILINE)
+    return [(int(i), float(avg), float(angpix)) for i, avg, angpix in rows]
+
+
+@pytest.mark.relion
+@pytest.mark.parametrize("kind", ["classify_classes", "templates"])
+def test_relion_image_handler_stats_reads_our_mrc_outputs(project: RoundtripProject, run_dir: Path, kind: str) -> None:
+    """Every kind of MRC stack otf2d writes from a classify run (the classes stack, the picking templates;
+    engine snapshots' classes: tests/test_snapshots_relion.py and tests/test_pipeline_exactly_once.py) is
+    read by RELION 3.1 image by image, with our pixel size and the averages mrcfile reads."""
+    if kind == "classify_classes":
+        stack = run_dir / json.loads((run_dir / "latest.json").read_text())["files"]["classes_mrcs"]
+    else:
+        stack = project.root / "templates.mrcs"
+        assert otf2d(["templates", str(run_dir), "--classes", "1,2", "--out", str(stack)]) == 0
+    images = mrcfile.read(stack)
+    rows = _image_handler_stats(stack.relative_to(project.root), project.root)
+    assert [r[0] for r in rows] == list(range(1, len(images) + 1))
+    with mrcfile.open(stack, permissive=False) as mrc:
+        pixel = float(mrc.voxel_size.x)
+    for k, (_, avg, angpix) in enumerate(rows):
+        assert angpix == pytest.approx(pixel, rel=1e-4)
+        assert avg == pytest.approx(float(np.mean(images[k], dtype=np.float64)), abs=1e-4)
+    assert pixel == pytest.approx(PIXEL, rel=1e-4)
+
+
+def test_classify_cs_has_every_field_of_the_real_export_but_the_documented_omissions(
+    run_dir: Path, shared_data: Path
+) -> None:
+    """Issue 14, item 2, read with cryosparc-tools: every field of the real cryoSPARC 2D export (J2) is in
+    the particles .cs of ``otf2d classify`` with J2's dtype and shape, except the five statistics otf2d
+    does not compute (ALIGNMENTS2D_OMITTED, each explained in the writer's docstring); what we add is
+    location/* (the STAR coordinates) and otf2d's own fields, and RELION columns under relion/."""
+    dataset_module = pytest.importorskip("cryosparc.dataset")
+    real = dataset_module.Dataset.load(shared_data / "cryodrgn" / "cryosparc_J2_particles_exported.cs")
+    ours = dataset_module.Dataset.load(_one(run_dir, "_particles.cs"))
+    assert set(real.fields()) - set(ours.fields()) == ALIGNMENTS2D_OMITTED
+    for field in set(real.fields()) & set(ours.fields()):
+        if field == "blob/path":
+            continue  # text: cryosparc-tools gives str objects whatever the stored width
+        assert ours[field].dtype == real[field].dtype, field
+        assert ours[field].shape[1:] == real[field].shape[1:], field
+    added = {f.split("/", 1)[0] for f in set(ours.fields()) - set(real.fields())}
+    assert added <= {"location", "otf2d", "relion"}, added
+    posterior = np.asarray(ours["alignments2D/class_posterior"])
+    assert ((posterior >= 0) & (posterior <= 1)).all()
