@@ -166,11 +166,15 @@ def write_selection(
         cs[CS_FIELD] = scores
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"particles_star": out / PARTICLES_STAR, "particles_cs": out / PARTICLES_CS}
+    files = {
+        "particles_star": out / PARTICLES_STAR,
+        "particles_cs": out / PARTICLES_CS,
+        "particles_csg": out / PARTICLES_CSG,
+    }
     write_star_atomic(files["particles_star"], blocks)
     write_npy_atomic(files["particles_cs"], cs)
-    csg = write_result_group(
-        out / PARTICLES_CSG,
+    write_result_group(
+        files["particles_csg"],
         cs,
         files["particles_cs"],
         group_type="particle",
@@ -186,7 +190,7 @@ def write_selection(
         particles_cs=files["particles_cs"],
         record_json=record_path,
         n_particles=int(idx.size),
-        particles_csg=csg,
+        particles_csg=files["particles_csg"],
     )
 
 

@@ -284,15 +284,26 @@ def test_every_cryosparc_output_comes_with_a_result_group_that_resolves(
         run_dir / latest["files"]["particles_csg"], "particle", {"blob", "ctf", "alignments2D", "location"}, root
     )
     assert len(particles) == project.n
+    # the rows are the _data.star's particles: same stacks and (0-based) indices
+    star = _blocks(_one(run_dir, "_data.star"))["particles"]
+    named = {
+        f"{int(i) + 1:06d}@{p.decode()}" for p, i in zip(particles["blob/path"], particles["blob/idx"], strict=True)
+    }
+    assert named == set(star["rlnImageName"])
     averages = _check_result_group(
         run_dir / latest["files"]["class_averages_csg"], "template", {"blob", "alignments2D"}, root
     )
-    assert len(averages) == 2
+    classes = mrcfile.read(run_dir / latest["files"]["classes_mrcs"])
+    assert averages["blob/idx"].tolist() == list(range(len(classes))) == [0, 1]
+    assert {root / p.decode() for p in averages["blob/path"]} == {(run_dir / latest["files"]["classes_mrcs"]).resolve()}
+    assert averages["blob/shape"].tolist() == [list(classes.shape[1:])] * len(classes)
     for command, extra in (("select", []), ("rebalance", ["--factor", "0"])):
         out = project.root / "Select" / f"csg_{command}"
         assert otf2d([command, str(run_dir), "--classes", "1,2", "--out", str(out), "--quiet", *extra]) == 0
         chosen = _check_result_group(out / "particles.csg", "particle", {"blob", "ctf", "alignments2D"}, root)
         assert set(chosen["uid"].tolist()) <= set(particles["uid"].tolist())
+        record = json.loads((out / ("selection.json" if command == "select" else "rebalance.json")).read_text())
+        assert record["files"]["particles_csg"] == "particles.csg"
 
 
 def test_engine_snapshot_result_groups_are_relative_to_the_snapshot_folder(tmp_path: Path) -> None:
