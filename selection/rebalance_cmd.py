@@ -23,7 +23,8 @@ SNAPSHOT_OR_SESSION and --engine work as for `otf2d select`: a snapshot on disk,
 of a running engine (a snapshot is requested now and read once written).
 
 Written under --out (each file atomically): particles.star (RELION 3.1, image names pointing at
-the original stacks, 2D alignment kept), particles.cs (cryoSPARC), rebalance.json (views, their
+the original stacks, 2D alignment kept), particles.cs (cryoSPARC) with its result group
+particles.csg, rebalance.json (views, their
 classes and particles before and after) and views.png (the view distribution before, grey, and
 after, blue, with the largest class average of each view). The view table and the entropy of the
 view distribution before and after are printed.

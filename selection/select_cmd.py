@@ -25,6 +25,7 @@ Written under --out (each file atomically):
                    stacks (relative to the project directory, or absolute with --absolute-paths), CTF,
                    and the 2D alignment kept (rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst, Pmax)
   particles.cs     the same particles as a cryoSPARC .cs (blob, ctf, alignments2D)
+  particles.csg    its cryoSPARC result group (Import Result Group), naming the root of the blob paths
   selection.json   where the particles came from and how the classes were chosen
 Exits 2 with a message naming the file when the snapshot is missing or unreadable, a class number
 does not exist, or no class is left after the filters.
