@@ -12,6 +12,9 @@
 3. In every view above the cap, ``cap`` particles are drawn uniformly at random without
    replacement (``numpy.random.default_rng(seed)``, views in order), whatever their class.
 
+Particles left out before counting (``eligible`` False: ``otf2d rebalance --auto`` leaves out the
+junk hiding in kept classes, as ``otf2d select --auto`` does) count in no view and are never kept.
+
 The view distribution before and after is summarised by its Shannon entropy ``H`` (nats) and the
 effective number of views ``exp(H)`` (``otf2d.monitoring.views.distribution_entropy``).
 """
@@ -149,7 +152,11 @@ def draw_kept(particle_view: npt.ArrayLike, targets: npt.ArrayLike, seed: int) -
 
 
 def group_views(
-    snapshot: ClassSnapshot, chosen_classes: npt.ArrayLike, *, threshold: float = SAME_VIEW_SIMILARITY
+    snapshot: ClassSnapshot,
+    chosen_classes: npt.ArrayLike,
+    *,
+    threshold: float = SAME_VIEW_SIMILARITY,
+    eligible: npt.ArrayLike | None = None,
 ) -> ViewReport:
     """The chosen classes grouped into views (``otf2d.monitoring.views.view_distribution``).
 
@@ -161,10 +168,15 @@ def group_views(
         ``(K,)`` bool, True for the classes to group (the good ones).
     threshold
         Similarity at or above which two classes show the same view.
+    eligible
+        ``(n,)`` bool, the particles that count (``None``: all).
     """
     _, h, w = snapshot.averages.shape
     radius = mask_radius_pixels(snapshot.parameters, max(h, w), snapshot.pixel_size_angstrom)
-    counts = np.bincount(np.asarray(snapshot.particles.class_index, dtype=np.int64), minlength=snapshot.n_classes)
+    classes = np.asarray(snapshot.particles.class_index, dtype=np.int64)
+    if eligible is not None:
+        classes = classes[np.asarray(eligible, dtype=bool)]
+    counts = np.bincount(classes, minlength=snapshot.n_classes)
     return view_distribution(
         snapshot.averages, counts, np.asarray(chosen_classes, dtype=bool), radius, threshold=threshold
     )
@@ -179,6 +191,7 @@ def rebalance_views(
     min_view_particles: int = DEFAULT_MIN_VIEW_PARTICLES,
     max_view_particles: int | None = None,
     threshold: float = SAME_VIEW_SIMILARITY,
+    eligible: npt.ArrayLike | None = None,
 ) -> ViewBalance:
     """Group the chosen classes into views and drop particles from the over-represented ones.
 
@@ -196,6 +209,8 @@ def rebalance_views(
         See :func:`view_cap`.
     threshold
         Similarity at or above which two classes show the same view.
+    eligible
+        ``(n,)`` bool: the particles that may be kept (``None``: all); the others count in no view.
 
     Returns
     -------
@@ -210,13 +225,18 @@ def rebalance_views(
     chosen = np.asarray(chosen_classes, dtype=bool)
     if chosen.shape != (snapshot.n_classes,):
         raise InputError(None, f"chosen_classes must have shape ({snapshot.n_classes},), got {chosen.shape}")
-    report = group_views(snapshot, chosen, threshold=threshold)
+    n = len(snapshot.particles)
+    allowed = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    if allowed.shape != (n,):
+        raise InputError(None, f"eligible must have shape ({n},), got {allowed.shape}")
+    report = group_views(snapshot, chosen, threshold=threshold, eligible=allowed)
     if report.n_views == 0:
         raise InputError(None, "no chosen class holds particles: nothing to rebalance")
     before = np.asarray(report.view_particles, dtype=np.int64)
     cap = view_cap(before, factor, min_view_particles=min_view_particles, max_view_particles=max_view_particles)
     targets = before if cap is None else np.minimum(before, cap)
-    particle_view = report.class_view[np.asarray(snapshot.particles.class_index, dtype=np.int64)]
+    class_view = report.class_view[np.asarray(snapshot.particles.class_index, dtype=np.int64)]
+    particle_view = np.where(allowed, class_view, -1)
     keep = draw_kept(particle_view, targets, seed)
     after = np.bincount(particle_view[keep], minlength=report.n_views).astype(np.int64)
     return ViewBalance(views=report, before=before, after=after, cap=cap, keep_index=keep)

@@ -14,13 +14,17 @@ represented, following cryoSPARC's "Rebalance 2D Classes" rule: afterwards the s
 at least --factor times the particles of the largest. --factor 0 keeps every particle; --factor 1
 makes every view as large as the smallest (as equal as the data allow). Views smaller than
 --min-view-particles are kept whole and do not set that size; --max-view-particles N caps every view
-at N particles instead of --factor. Particles of classes not chosen are not written.
+at N particles instead of --factor. Particles of classes not chosen are not written. With --auto,
+the particles of kept classes whose own junk score (rlnOtf2dJunkScore, as for `otf2d select --auto`)
+is above --particle-junk-threshold (default 0.5; 1 keeps whole classes) are left out before the
+views are counted, so junk hiding in good classes is neither kept nor counted as a view's particles.
 
 SNAPSHOT_OR_SESSION and --engine work as for `otf2d select`: a snapshot on disk, or a live session
 of a running engine (a snapshot is requested now and read once written).
 
 Written under --out (each file atomically): particles.star (RELION 3.1, image names pointing at
-the original stacks, 2D alignment kept), particles.cs (cryoSPARC), rebalance.json (views, their
+the original stacks, 2D alignment kept), particles.cs (cryoSPARC) with its result group
+particles.csg, rebalance.json (views, their
 classes and particles before and after) and views.png (the view distribution before, grey, and
 after, blue, with the largest class average of each view). The view table and the entropy of the
 view distribution before and after are printed.
@@ -37,10 +41,12 @@ from otf2d.monitoring.views import SAME_VIEW_SIMILARITY
 from otf2d.selection.rebalance import DEFAULT_MIN_VIEW_PARTICLES, ViewBalance, rebalance_views
 from otf2d.selection.source import (
     add_class_args,
+    add_particle_junk_arg,
     add_source_args,
     choose_from_args,
     describe_choice,
     load_source,
+    particle_junk_mask,
     relative_note,
 )
 from otf2d.selection.view_plot import write_view_histogram_png
@@ -65,6 +71,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="0..1: afterwards the smallest view holds at least F x the largest (0 keeps all, 1 makes views equal)",
     )
     add_class_args(parser)
+    add_particle_junk_arg(parser)
     views = parser.add_argument_group("views")
     views.add_argument("--seed", type=int, default=0, help="seed of the random draw (default 0)")
     views.add_argument(
@@ -109,15 +116,20 @@ def main(args: argparse.Namespace) -> int:
     loaded = source.loaded
     snapshot = loaded.snapshot
     choice = choose_from_args(args, loaded)
+    class_mask = choice.class_mask(snapshot.n_classes)
+    not_junk = particle_junk_mask(args, loaded, choice)
+    in_classes = class_mask[np.asarray(snapshot.particles.class_index, dtype=np.int64)]
     balance = rebalance_views(
         snapshot,
-        choice.class_mask(snapshot.n_classes),
+        class_mask,
         args.factor,
         seed=args.seed,
         min_view_particles=args.min_view_particles,
         max_view_particles=args.max_view_particles,
         threshold=args.similarity,
+        eligible=not_junk,
     )
+    junk_dropped = int(np.count_nonzero(in_classes & ~not_junk))
     details = {
         "command": "rebalance",
         "factor": args.factor,
@@ -128,6 +140,8 @@ def main(args: argparse.Namespace) -> int:
         "cap": balance.cap,
         "classes_kept": choice.kept,
         "classes_left_out": {str(c): reason for c, reason in sorted(choice.dropped.items())},
+        "particle_junk_threshold": args.particle_junk_threshold if choice.junk_scores is not None else None,
+        "particles_dropped_as_junk_in_kept_classes": junk_dropped,
         "views": [
             {"view": v + 1, "classes": classes, "before": int(balance.before[v]), "after": int(balance.after[v])}
             for v, classes in enumerate(balance.views.view_classes)
@@ -158,8 +172,10 @@ def main(args: argparse.Namespace) -> int:
         print()
     n_before, n_after = int(balance.before.sum()), int(balance.after.sum())
     cap = f"each view capped at {balance.cap:,} particles" if balance.cap is not None else "no view capped"
+    junk_note = f", {junk_dropped:,} junk particles of those classes left out first" if junk_dropped else ""
     print(
-        f"Rebalanced {n_before:,} particles from {source.description} ({describe_choice(choice, snapshot.n_classes)}) "
+        f"Rebalanced {n_before:,} particles from {source.description} ({describe_choice(choice, snapshot.n_classes)}"
+        f"{junk_note}) "
         f"in {balance.views.n_views} views; {cap} (--factor {args.factor:g}, "
         f"--seed {args.seed}): kept {n_after:,} ({n_after / max(n_before, 1):.0%}). View distribution entropy "
         f"{balance.entropy_before:.3f} -> {balance.entropy_after:.3f} nats (effective views "

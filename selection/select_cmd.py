@@ -25,6 +25,7 @@ Written under --out (each file atomically):
                    stacks (relative to the project directory, or absolute with --absolute-paths), CTF,
                    and the 2D alignment kept (rlnClassNumber, rlnAnglePsi, rlnOriginX/YAngst, Pmax)
   particles.cs     the same particles as a cryoSPARC .cs (blob, ctf, alignments2D)
+  particles.csg    its cryoSPARC result group (Import Result Group), naming the root of the blob paths
   selection.json   where the particles came from and how the classes were chosen
 Exits 2 with a message naming the file when the snapshot is missing or unreadable, a class number
 does not exist, or no class is left after the filters.
@@ -35,15 +36,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from otf2d.core.errors import InputError
-from otf2d.monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
 from otf2d.selection.source import (
     add_class_args,
+    add_particle_junk_arg,
     add_source_args,
     choose_from_args,
     class_table,
     describe_choice,
     load_source,
+    particle_junk_mask,
     relative_note,
 )
 from otf2d.selection.write import write_selection
@@ -59,13 +60,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--absolute-paths", action="store_true", help="write absolute stack paths (default: relative to the project)"
     )
-    parser.add_argument(
-        "--particle-junk-threshold",
-        type=float,
-        default=DEFAULT_PARTICLE_THRESHOLD,
-        help="with --auto, also drop particles of kept classes whose own junk score (rlnOtf2dJunkScore) is "
-        f"above this (default {DEFAULT_PARTICLE_THRESHOLD}; 1 keeps whole classes)",
-    )
+    add_particle_junk_arg(parser)
     parser.add_argument("--quiet", action="store_true", help="print only the summary (no per-class table)")
 
 
@@ -76,10 +71,7 @@ def main(args: argparse.Namespace) -> int:
     choice = choose_from_args(args, loaded)
     index = choice.particle_index(loaded.snapshot)
     in_classes = len(index)
-    if choice.junk_scores is not None:
-        if not 0.0 <= args.particle_junk_threshold <= 1.0:
-            raise InputError(None, f"--particle-junk-threshold must lie in [0, 1], got {args.particle_junk_threshold}")
-        index = index[particle_junk_scores(loaded.snapshot)[index] <= args.particle_junk_threshold]
+    index = index[particle_junk_mask(args, loaded, choice)[index]]
     details = {
         "command": "select",
         "chosen_by": "junk score" if choice.junk_scores is not None else "class numbers",

@@ -4,7 +4,10 @@ Each command reads one snapshot: from disk (``SNAPSHOT_OR_SESSION`` is a snapsho
 engine session folder or a ``run_itNNN_*`` file), or from a running engine (``--engine ENDPOINT``:
 ``SNAPSHOT_OR_SESSION`` is a session name; a snapshot is requested now, waited for, then read from
 the folder the engine wrote it to). Classes are chosen with ``--classes`` or ``--auto`` (the
-default), then filtered by ``--min-particles`` and ``--max-resolution``.
+default), then filtered by ``--min-particles`` and ``--max-resolution``. With ``--auto``,
+``select`` and ``rebalance`` also leave out the particles of kept classes whose own junk score
+(``rlnOtf2dJunkScore``, :mod:`otf2d.monitoring.particle_junk`) is above
+``--particle-junk-threshold`` (:func:`particle_junk_mask`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from otf2d.core.curve import add_client_args, client_files
+from otf2d.core.errors import InputError
+from otf2d.monitoring.particle_junk import DEFAULT_PARTICLE_THRESHOLD, particle_junk_scores
 from otf2d.monitoring.quality import JUNK_SCORE_THRESHOLD
 from otf2d.monitoring.snapshots.reader import LoadedSnapshot, read_snapshot
 from otf2d.selection.choose import ClassChoice, choose_classes, parse_class_numbers, session_overrides
@@ -88,6 +96,37 @@ def add_class_args(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"with --auto, classes scoring above S are junk (default {JUNK_SCORE_THRESHOLD})",
     )
+
+
+def add_particle_junk_arg(parser: argparse.ArgumentParser) -> None:
+    """``--particle-junk-threshold`` (the same option, default and meaning for select and rebalance)."""
+    parser.add_argument(
+        "--particle-junk-threshold",
+        type=float,
+        default=DEFAULT_PARTICLE_THRESHOLD,
+        help="with --auto, also drop particles of kept classes whose own junk score (rlnOtf2dJunkScore) is "
+        f"above this (default {DEFAULT_PARTICLE_THRESHOLD}; 1 keeps whole classes)",
+    )
+
+
+def particle_junk_mask(args: argparse.Namespace, loaded: LoadedSnapshot, choice: ClassChoice) -> npt.NDArray[np.bool_]:
+    """``(n,)`` bool: the particles whose own junk score lets them be kept.
+
+    With ``--auto`` (``choice.junk_scores`` set), a particle is kept when its junk score is at most
+    ``--particle-junk-threshold``; with ``--classes`` every particle is (the user chose whole classes).
+
+    Raises
+    ------
+    InputError
+        ``--particle-junk-threshold`` outside [0, 1].
+    """
+    n = len(loaded.snapshot.particles)
+    if choice.junk_scores is None:
+        return np.ones(n, dtype=bool)
+    threshold = args.particle_junk_threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(None, f"--particle-junk-threshold must lie in [0, 1], got {threshold}")
+    return np.asarray(particle_junk_scores(loaded.snapshot) <= threshold, dtype=bool)
 
 
 def load_source(args: argparse.Namespace) -> Source:

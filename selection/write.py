@@ -5,10 +5,12 @@
 ``data_particles``, image names pointing at the original stacks (relative to the project
 directory, as RELION writes them, or absolute with ``absolute_paths``), the 2D alignment kept
 (``rlnClassNumber`` as in the snapshot, ``rlnAnglePsi``, ``rlnOriginXAngst/YAngst``, Pmax). The
-``.cs`` is ``otf2d.monitoring.snapshots.cryosparc.particles_cs_array`` of the same particles, keeping every
-field of the snapshot's own ``_particles.cs`` rows (``uid``, ``location/*``, a ``.cs`` input's fields)
-when it has one; the STAR keeps every column of the snapshot's ``_data.star``. A small JSON record says where the
-particles came from and how they were chosen.
+``.cs`` is ``otf2d.monitoring.snapshots.cryosparc.particles_cs_array`` of the same particles,
+keeping every field of the snapshot's own ``_particles.cs`` rows (``uid``, ``location/*``, a ``.cs``
+input's fields) when it has one; the STAR keeps every column of the snapshot's ``_data.star``.
+``particles.csg`` is the ``.cs`` file's cryoSPARC result group (its description names the directory
+the ``blob/path`` values are relative to). A small JSON record says where the particles came from
+and how they were chosen.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from otf2d.monitoring.snapshots.atomic import write_npy_atomic, write_star_atomi
 from otf2d.monitoring.snapshots.cryosparc import particles_cs_array
 from otf2d.monitoring.snapshots.reader import LoadedSnapshot
 from otf2d.monitoring.snapshots.relion import data_star_blocks, json_safe
+from otf2d.monitoring.snapshots.result_group import write_result_group
 
 #: Names of the files written into the output folder.
 PARTICLES_STAR = "particles.star"
 PARTICLES_CS = "particles.cs"
+PARTICLES_CSG = "particles.csg"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +48,8 @@ class SelectionFiles:
 
     Attributes
     ----------
-    particles_star, particles_cs, record_json
-        RELION particles, cryoSPARC particles, and the JSON record of the selection.
+    particles_star, particles_cs, particles_csg, record_json
+        RELION particles, cryoSPARC particles and their result group, and the JSON record of the selection.
     n_particles
         Particles written.
     """
@@ -54,6 +58,7 @@ class SelectionFiles:
     particles_cs: Path
     record_json: Path
     n_particles: int
+    particles_csg: Path
 
 
 def subset_snapshot(snapshot: ClassSnapshot, index: npt.ArrayLike) -> ClassSnapshot:
@@ -161,9 +166,22 @@ def write_selection(
         cs[CS_FIELD] = scores
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"particles_star": out / PARTICLES_STAR, "particles_cs": out / PARTICLES_CS}
+    files = {
+        "particles_star": out / PARTICLES_STAR,
+        "particles_cs": out / PARTICLES_CS,
+        "particles_csg": out / PARTICLES_CSG,
+    }
     write_star_atomic(files["particles_star"], blocks)
     write_npy_atomic(files["particles_cs"], cs)
+    write_result_group(
+        files["particles_csg"],
+        cs,
+        files["particles_cs"],
+        group_type="particle",
+        name="particles_selected",
+        title=f"otf2d {(details or {}).get('command', 'selection')}: {int(idx.size)} particles",
+        root=None if absolute_paths else loaded.project_dir,
+    )
     record_path = out / record_name
     record = selection_record(loaded, files, {"n_particles": int(idx.size), **(details or {})})
     write_json_atomic(record_path, record)
@@ -172,11 +190,13 @@ def write_selection(
         particles_cs=files["particles_cs"],
         record_json=record_path,
         n_particles=int(idx.size),
+        particles_csg=files["particles_csg"],
     )
 
 
 __all__ = [
     "PARTICLES_CS",
+    "PARTICLES_CSG",
     "PARTICLES_STAR",
     "SelectionFiles",
     "absolute_stack_paths",

@@ -10,11 +10,13 @@ journaled and classified counts and its counters on ``/metrics``, the rows of th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,3 +150,14 @@ def test_every_simulated_particle_is_classified_exactly_once(tmp_path: Path) -> 
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert 0 < len(starfile.read(tmp_path / "nodup.star", always_dict=True)["particles"]) <= PARTICLES
+    image_handler = shutil.which("relion_image_handler")
+    if image_handler is not None:  # the engine snapshot's classes stack, image by image, with its pixel size
+        classes = snapshots / latest["files"]["classes_mrcs"]
+        done = subprocess.run(
+            [image_handler, "--i", str(classes), "--stats"], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        with mrcfile.open(classes) as mrc:
+            n_images, pixel = mrc.data.shape[0], float(mrc.voxel_size.x)
+        angpix = re.findall(r"^\d{6}@.*angpix = (\S+)$", done.stdout, flags=re.MULTILINE)
+        assert len(angpix) == n_images and all(float(a) == pytest.approx(pixel, rel=1e-4) for a in angpix)

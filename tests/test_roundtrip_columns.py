@@ -4,20 +4,23 @@ RELION and cryoSPARC outputs, which RELION's own ``relion_star_handler`` and cry
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from roundtrip_project import MIC_SHAPE, RoundtripProject, make_project
+from roundtrip_project import MIC_SHAPE, PIXEL, RoundtripProject, make_project
 from snapshot_factory import make_snapshot
 
 from otf2d.core.cli import main as otf2d
 from otf2d.core.readers import read_particle_table
 from otf2d.monitoring.snapshots import write_snapshot
+from otf2d.monitoring.snapshots.cryosparc import ALIGNMENTS2D_OMITTED
 
 FAST = [
     "--classes", "2", "--batch-per-class", "6", "--online-em-iterations", "2",
@@ -242,3 +245,140 @@ def test_relion_star_handler_removes_duplicates_from_our_selection(project: Roun
     )
     kept = _blocks(out / "nodup.star")["particles"]
     assert len(kept) == project.n - len(project.duplicate_rows)
+
+
+def _check_result_group(csg: Path, group_type: str, slots: set[str], root: Path) -> np.ndarray:
+    """Load ``csg`` as cryoSPARC's Import Result Group would: its .cs by the '>' path beside it, with
+    cryosparc-tools; every slot's fields present, as many rows as it says, blob paths under ``root``."""
+    dataset_module = pytest.importorskip("cryosparc.dataset")
+    yaml = pytest.importorskip("yaml")
+    group = yaml.safe_load(csg.read_text())
+    assert group["group"]["type"] == group_type
+    assert f"blob/path relative to {root.resolve()}" in group["group"]["description"]
+    assert set(group["results"]) >= slots, group["results"]
+    metafiles = {result["metafile"] for result in group["results"].values()}
+    assert len(metafiles) == 1 and next(iter(metafiles)).startswith(">")
+    cs_path = csg.parent / next(iter(metafiles))[1:]
+    data = dataset_module.Dataset.load(cs_path)
+    for slot, result in group["results"].items():
+        assert result["type"] == f"{group_type}.{slot}"
+        assert result["num_items"] == len(data)
+        assert any(f.startswith(f"{slot}/") for f in data.fields()), slot
+    assert "otf2d" not in group["results"]  # our own fields stay in the .cs, not offered as a slot
+    paths = set(data["blob/path"].tolist())
+    assert paths and all(not Path(p).is_absolute() and (root / p).is_file() for p in paths), paths
+    stored = np.load(cs_path, allow_pickle=False)
+    np.testing.assert_array_equal(data["uid"], stored["uid"])
+    return stored
+
+
+def test_every_cryosparc_output_comes_with_a_result_group_that_resolves(
+    project: RoundtripProject, run_dir: Path
+) -> None:
+    """Issue 14, item 3: classify's particles and class averages, select's and rebalance's particles,
+    each with a .csg (cryoSPARC's Import Result Group file) naming its .cs beside it and the root of
+    its blob paths; cryosparc-tools loads what it names and the blob paths resolve under that root."""
+    latest = json.loads((run_dir / "latest.json").read_text())
+    root = Path(latest["cryosparc_paths_relative_to"])
+    particles = _check_result_group(
+        run_dir / latest["files"]["particles_csg"], "particle", {"blob", "ctf", "alignments2D", "location"}, root
+    )
+    assert len(particles) == project.n
+    # the rows are the _data.star's particles: same stacks and (0-based) indices
+    star = _blocks(_one(run_dir, "_data.star"))["particles"]
+    named = {
+        f"{int(i) + 1:06d}@{p.decode()}" for p, i in zip(particles["blob/path"], particles["blob/idx"], strict=True)
+    }
+    assert named == set(star["rlnImageName"])
+    averages = _check_result_group(
+        run_dir / latest["files"]["class_averages_csg"], "template", {"blob", "alignments2D"}, root
+    )
+    classes = mrcfile.read(run_dir / latest["files"]["classes_mrcs"])
+    assert averages["blob/idx"].tolist() == list(range(len(classes))) == [0, 1]
+    assert {root / p.decode() for p in averages["blob/path"]} == {(run_dir / latest["files"]["classes_mrcs"]).resolve()}
+    assert averages["blob/shape"].tolist() == [list(classes.shape[1:])] * len(classes)
+    for command, extra in (("select", []), ("rebalance", ["--factor", "0"])):
+        out = project.root / "Select" / f"csg_{command}"
+        assert otf2d([command, str(run_dir), "--classes", "1,2", "--out", str(out), "--quiet", *extra]) == 0
+        chosen = _check_result_group(out / "particles.csg", "particle", {"blob", "ctf", "alignments2D"}, root)
+        assert set(chosen["uid"].tolist()) <= set(particles["uid"].tolist())
+        record = json.loads((out / ("selection.json" if command == "select" else "rebalance.json")).read_text())
+        assert record["files"]["particles_csg"] == "particles.csg"
+
+
+def test_engine_snapshot_result_groups_are_relative_to_the_snapshot_folder(tmp_path: Path) -> None:
+    out = tmp_path / "sessions" / "s" / "snapshots"
+    paths = write_snapshot(make_snapshot(), out, project_dir=None, session="s")
+    assert paths.class_averages_csg is not None and paths.particles_csg is not None
+    _check_result_group(paths.class_averages_csg, "template", {"blob", "alignments2D"}, out)
+    yaml = pytest.importorskip("yaml")
+    group = yaml.safe_load(paths.particles_csg.read_text())
+    assert group["results"]["blob"]["metafile"] == f">{paths.particles_cs.name}"
+
+
+@pytest.mark.relion
+def test_relion_star_handler_removes_duplicates_from_our_rebalanced_particles(
+    project: RoundtripProject, run_dir: Path
+) -> None:
+    out = project.root / "Select" / "rebalanced"
+    assert otf2d(["rebalance", str(run_dir), "--classes", "1,2", "--factor", "0", "--out", str(out), "--quiet"]) == 0
+    star = (out / "particles.star").relative_to(project.root)
+    _relion(
+        "relion_star_handler",
+        ["--i", str(star), "--o", "Select/rebalanced/nodup.star", "--remove_duplicates", "30"],
+        project.root,
+    )
+    kept = _blocks(out / "nodup.star")["particles"]
+    assert len(kept) == project.n - len(project.duplicate_rows)
+    assert "rlnCoordinateX" in kept.columns and "rlnMicrographName" in kept.columns
+
+
+def _image_handler_stats(stack: Path, cwd: Path) -> list[tuple[int, float, float]]:
+    """``relion_image_handler --i STACK --stats``: (1-based index, average, pixel size) per image."""
+    out = _relion("relion_image_handler", ["--i", str(stack), "--stats"], cwd)
+    rows = re.findall(r"^(\d{6})@.*avg= (\S+) .*angpix = (\S+)$", out, flags=re.MULTILINE)
+    return [(int(i), float(avg), float(angpix)) for i, avg, angpix in rows]
+
+
+@pytest.mark.relion
+@pytest.mark.parametrize("kind", ["classify_classes", "templates"])
+def test_relion_image_handler_stats_reads_our_mrc_outputs(project: RoundtripProject, run_dir: Path, kind: str) -> None:
+    """Every kind of MRC stack otf2d writes from a classify run (the classes stack, the picking templates;
+    engine snapshots' classes: tests/test_snapshots_relion.py and tests/test_pipeline_exactly_once.py) is
+    read by RELION 3.1 image by image, with our pixel size and the averages mrcfile reads."""
+    if kind == "classify_classes":
+        stack = run_dir / json.loads((run_dir / "latest.json").read_text())["files"]["classes_mrcs"]
+    else:
+        stack = project.root / "templates.mrcs"
+        assert otf2d(["templates", str(run_dir), "--classes", "1,2", "--out", str(stack)]) == 0
+    images = mrcfile.read(stack)
+    rows = _image_handler_stats(stack.relative_to(project.root), project.root)
+    assert [r[0] for r in rows] == list(range(1, len(images) + 1))
+    with mrcfile.open(stack, permissive=False) as mrc:
+        pixel = float(mrc.voxel_size.x)
+    for k, (_, avg, angpix) in enumerate(rows):
+        assert angpix == pytest.approx(pixel, rel=1e-4)
+        assert avg == pytest.approx(float(np.mean(images[k], dtype=np.float64)), abs=1e-4)
+    assert pixel == pytest.approx(PIXEL, rel=1e-4)
+
+
+def test_classify_cs_has_every_field_of_the_real_export_but_the_documented_omissions(
+    run_dir: Path, shared_data: Path
+) -> None:
+    """Issue 14, item 2, read with cryosparc-tools: every field of the real cryoSPARC 2D export (J2) is in
+    the particles .cs of ``otf2d classify`` with J2's dtype and shape, except the five statistics otf2d
+    does not compute (ALIGNMENTS2D_OMITTED, each explained in the writer's docstring); what we add is
+    location/* (the STAR coordinates) and otf2d's own fields, and RELION columns under relion/."""
+    dataset_module = pytest.importorskip("cryosparc.dataset")
+    real = dataset_module.Dataset.load(shared_data / "cryodrgn" / "cryosparc_J2_particles_exported.cs")
+    ours = dataset_module.Dataset.load(_one(run_dir, "_particles.cs"))
+    assert set(real.fields()) - set(ours.fields()) == ALIGNMENTS2D_OMITTED
+    for field in set(real.fields()) & set(ours.fields()):
+        if field == "blob/path":
+            continue  # text: cryosparc-tools gives str objects whatever the stored width
+        assert ours[field].dtype == real[field].dtype, field
+        assert ours[field].shape[1:] == real[field].shape[1:], field
+    added = {f.split("/", 1)[0] for f in set(ours.fields()) - set(real.fields())}
+    assert added <= {"location", "otf2d", "relion"}, added
+    posterior = np.asarray(ours["alignments2D/class_posterior"])
+    assert ((posterior >= 0) & (posterior <= 1)).all()

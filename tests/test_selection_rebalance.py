@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import starfile
 from PIL import Image
-from selection_session import ClassifiedSession, classified_session, main_view_share, true_view_entropy
+from selection_session import ClassifiedSession, classified_session, is_junk, main_view_share, true_view_entropy
 
 from otf2d.core.cli import main as otf2d
 from otf2d.core.errors import InputError
+from otf2d.monitoring.particle_junk import particle_junk_scores
 from otf2d.monitoring.snapshots.reader import read_snapshot
 from otf2d.monitoring.views import distribution_entropy
 from otf2d.selection.rebalance import draw_kept, rebalance_views, view_cap
@@ -134,3 +135,61 @@ def test_factor_zero_keeps_all_and_seed_repeats(classified: ClassifiedSession) -
     np.testing.assert_array_equal(half.keep_index, again.keep_index)
     assert half.after.min() >= 0.5 * half.after.max()
     assert distribution_entropy(half.after)[0] >= distribution_entropy(half.before)[0]
+
+
+@pytest.mark.slow
+def test_particles_left_out_are_neither_kept_nor_counted(classified: ClassifiedSession) -> None:
+    snapshot = read_snapshot(classified.run_dir).snapshot
+    good = np.zeros(snapshot.n_classes, dtype=bool)
+    good[[0, 2, 4]] = True
+    members = good[snapshot.particles.class_index]
+    eligible = np.ones(len(snapshot.particles), dtype=bool)
+    eligible[np.flatnonzero(members)[::3]] = False  # every third member of the chosen classes
+    result = rebalance_views(snapshot, good, 0.0, eligible=eligible)
+    np.testing.assert_array_equal(result.keep_index, np.flatnonzero(members & eligible))
+    assert int(result.before.sum()) == int(np.count_nonzero(members & eligible))
+    with pytest.raises(InputError, match="eligible"):
+        rebalance_views(snapshot, good, 0.0, eligible=eligible[:-1])
+
+
+@pytest.mark.slow
+def test_rebalance_auto_leaves_out_junk_hiding_in_good_classes(classified: ClassifiedSession, tmp_path: Path) -> None:
+    """Issue 14, item 6: ``rebalance --auto`` drops the particles of kept classes scoring above
+    ``--particle-junk-threshold`` (default 0.5, as ``select --auto``) before counting views. With
+    --factor 0 (nothing drawn away), against whole classes (threshold 1) on the ground truth: what it
+    leaves out is several times richer in junk than the whole classes, and nearly every good particle
+    stays; with --factor 1 no kept particle scores above the threshold."""
+    whole, default, flat = tmp_path / "whole", tmp_path / "default", tmp_path / "flat"
+    common = ["--factor", "0", "--quiet"]
+    assert (
+        otf2d(["rebalance", str(classified.run_dir), "--out", str(whole), *common, "--particle-junk-threshold", "1"])
+        == 0
+    )
+    assert otf2d(["rebalance", str(classified.run_dir), "--out", str(default), *common]) == 0
+    whole_names = starfile.read(whole / "particles.star", always_dict=True)["particles"]["rlnImageName"].tolist()
+    chosen = starfile.read(default / "particles.star", always_dict=True)["particles"]
+    assert (chosen["rlnOtf2dJunkScore"] <= 0.5).all()
+    kept = set(chosen["rlnImageName"])
+    assert kept < set(whole_names)
+    junk = dict(zip(whole_names, is_junk(classified.truth_of(whole_names)), strict=True))
+    left_out = [n for n in whole_names if n not in kept]
+    good_whole = sum(not junk[n] for n in whole_names)
+    good_kept = sum(not junk[n] for n in kept)
+    junk_whole = sum(junk.values())
+    junk_left_out = sum(junk[n] for n in left_out)
+    print(
+        f"rebalance --auto --factor 0: {len(whole_names)} particles in the kept classes ({junk_whole} junk); "
+        f"{len(left_out)} left out ({junk_left_out} junk); good kept {good_kept} of {good_whole}"
+    )
+    assert good_kept >= 0.98 * good_whole
+    assert junk_left_out / len(left_out) >= 3 * junk_whole / len(whole_names)
+    record = json.loads((default / "rebalance.json").read_text())
+    assert record["particles_dropped_as_junk_in_kept_classes"] == len(left_out)
+    assert record["particle_junk_threshold"] == 0.5
+    assert sum(v["before"] for v in record["views"]) == len(kept)  # left-out junk counts in no view
+
+    assert otf2d(["rebalance", str(classified.run_dir), "--out", str(flat), "--factor", "1", "--quiet"]) == 0
+    snapshot = read_snapshot(classified.run_dir).snapshot
+    scores = dict(zip(snapshot.particles.image_names(), particle_junk_scores(snapshot), strict=True))
+    flat_names = starfile.read(flat / "particles.star", always_dict=True)["particles"]["rlnImageName"]
+    assert max(scores[n] for n in flat_names) <= 0.5

@@ -31,6 +31,8 @@ def test_writes_everything_and_points_latest_at_it(tmp_path: Path) -> None:
         "run_it007_particles.cs",
         "run_it007_class_averages.cs",
         "run_it007_gallery.png",
+        "run_it007_particles.csg",
+        "run_it007_class_averages.csg",
     }
     assert sorted(p.name for p in job.iterdir()) == sorted([LATEST_POINTER, *(p.name for p in files.values())])
     assert mrcfile.read(paths.classes_mrcs).shape == (len(COUNTS), 32, 32)
@@ -42,6 +44,10 @@ def test_writes_everything_and_points_latest_at_it(tmp_path: Path) -> None:
     pointer = json.loads((job / LATEST_POINTER).read_text())
     assert pointer["iteration"] == 7 and pointer["n_particles"] == sum(COUNTS)
     assert read_latest(job) == paths
+    pointer["files"] = {role: name for role, name in pointer["files"].items() if not role.endswith("_csg")}
+    (job / LATEST_POINTER).write_text(json.dumps(pointer))  # a pointer written before the result groups
+    older = read_latest(job)
+    assert older is not None and older.particles_csg is None and older.particles_cs == paths.particles_cs
 
 
 def test_a_failed_snapshot_leaves_the_pointer_on_the_previous_one(

@@ -19,6 +19,7 @@ the [classification] table of a TOML file, and flags given here override the fil
 Written under --out (each file atomically; run_itNNN with NNN the number of EM iterations done):
   run_itNNN_classes.mrcs, run_itNNN_model.star, run_itNNN_data.star   RELION Class2D output
   run_itNNN_particles.cs, run_itNNN_class_averages.cs                 cryoSPARC-style .cs
+  run_itNNN_particles.csg, run_itNNN_class_averages.csg               their cryoSPARC result groups
   run_itNNN_gallery.png                                               classes, largest first
   run_itNNN_otf2d.json, latest.json                                   provenance, newest snapshot
 Each class gets a junk score in [0, 1] (otf2d.monitoring.quality; classes above the [verdict]

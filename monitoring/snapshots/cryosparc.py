@@ -39,9 +39,27 @@ cryoSPARC field                   from the snapshot (RELION label)
 
 **Statistics are real or absent.** ``alignments2D/class_posterior`` is clipped to [0, 1] (float
 rounding of a sum of posteriors reaches 1.0000007). Of cryoSPARC's 18 ``alignments2D/*`` fields,
-those otf2d does not compute are **left out** (:data:`ALIGNMENTS2D_OMITTED`: ``error_min``,
-``resid_pow``, ``weight``, ``pose_ess``, ``shift_ess``), rather than written as zeros or ones that
-cryoSPARC's subset-by-statistic filters would read as values; ``split`` is 0 (no half-sets). The
+those otf2d does not compute are **left out** (:data:`ALIGNMENTS2D_OMITTED`), rather than written as
+zeros or ones that cryoSPARC's subset-by-statistic filters would read as values; ``split`` is 0 (no
+half-sets). Each omission, and why nothing otf2d keeps per particle (``AssignmentRecord``: class,
+pose, ``pmax``, ``class_posterior``, ``class_ess``, ``n_significant``, log-likelihood and the four
+E-step terms) gives it:
+
+``alignments2D/pose_ess``, ``alignments2D/shift_ess``
+    Effective numbers of in-plane angles and of shifts, ``1 / Σ p²`` over each marginal of the pose
+    posterior. That needs the whole posterior over (ψ, t) of the chosen class, which only the E-step
+    holds and does not keep: ``pmax`` (its largest entry) and ``n_significant`` (entries above
+    0.1 % of ``pmax``) bound it but do not give it. The real J2 file (which by algorithm.md §3.3
+    maximised over poses) has 0 in every row.
+``alignments2D/weight``
+    The particle's weight in cryoSPARC's reconstruction of its class; otf2d's M-step weights
+    (``engine/em``) are not kept per particle, and what cryoSPARC puts there is not documented
+    (0 in every row of J2).
+``alignments2D/error_min``, ``alignments2D/resid_pow``
+    Undocumented, and 0 in every row of J2 although ``alpha_min`` is set there: the obvious readings
+    (the error at ``alpha_min``; the residual power ``‖X − C·A‖²``, which is ``error``) would not be
+    0, so the file does not pin their meaning and otf2d writes no guess of them.
+
 E-step statistics (:data:`ALIGNMENTS2D_STATISTICS`) are written only when the snapshot
 (``ParticleAssignments``) knows them for every particle (:func:`alignment_statistics`); the
 identities ``error = image_pow − cross_cor + slice_pow`` (at ``alpha`` = 1) and ``alpha_min =

@@ -104,6 +104,11 @@ def paths_for_root(directory: Path, base: str) -> SnapshotPaths:
         particles_cs=directory / f"{base}_particles.cs",
         class_averages_cs=directory / f"{base}_class_averages.cs",
         gallery_png=directory / f"{base}_gallery.png",
+        **{
+            role: directory / f"{base}_{stem}.csg"
+            for role, stem in (("particles_csg", "particles"), ("class_averages_csg", "class_averages"))
+            if (directory / f"{base}_{stem}.csg").is_file()
+        },
     )
 
 
