@@ -202,6 +202,43 @@ def test_relion_reads_the_selected_particles(classified: ClassifiedSession, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.relion
+def test_select_by_class_keeps_what_relions_own_selection_keeps(classified: ClassifiedSession, tmp_path: Path) -> None:
+    """Issue 14: ``otf2d select --classes`` keeps exactly the rows of the job's ``_data.star`` that
+    RELION's ``relion_star_handler --select rlnClassNumber`` keeps for those classes (what a Subset
+    selection of those classes gives), in the same order and with the same 2D results."""
+    star_handler = _relion("relion_star_handler")
+    chosen = [2, 4, 5]
+    out = tmp_path / "Select"
+    assert otf2d(["select", str(classified.run_dir), "--out", str(out), "--classes", "2,4,5", "--quiet"]) == 0
+    ours = starfile.read(out / "particles.star", always_dict=True)["particles"]
+    data_star = sorted(classified.run_dir.glob("run_it*_data.star"))[-1]
+    kept = []
+    for number in chosen:
+        part = tmp_path / f"class{number}.star"
+        select = ["--select", "rlnClassNumber", "--minval", str(number), "--maxval", str(number)]
+        done = subprocess.run(
+            [star_handler, "--i", str(data_star), "--o", str(part), *select],
+            cwd=classified.project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        kept.append(starfile.read(part, always_dict=True)["particles"])
+    theirs = starfile.read(data_star, always_dict=True)["particles"]
+    names = set().union(*(set(k["rlnImageName"]) for k in kept))
+    in_order = [name for name in theirs["rlnImageName"] if name in names]  # RELION keeps the file's order
+    assert len(ours) == sum(len(k) for k in kept) > 0
+    assert list(ours["rlnImageName"]) == in_order
+    relion_rows = theirs.set_index("rlnImageName").loc[in_order]
+    np.testing.assert_array_equal(ours["rlnClassNumber"].to_numpy(), relion_rows["rlnClassNumber"].to_numpy())
+    for column in ("rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
+        np.testing.assert_allclose(ours[column].to_numpy(), relion_rows[column].to_numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
 def test_select_auto_leaves_out_junk_hiding_in_good_classes(classified: ClassifiedSession, tmp_path: Path) -> None:
     """Issue 14: ``--auto`` also drops particles their class explains far worse than its typical member
     (``rlnOtf2dJunkScore`` > 0.5). Against whole-class selection on the ground truth: what it leaves out is
