@@ -117,8 +117,10 @@ def threads_per_process(nproc: int, threads: int | None) -> int:
     return max(1, cores // nproc)
 
 
-def launch_local(nproc: int, argv: Sequence[str], threads: int, module: str = "otf2d.core.cli") -> int:
+def launch_local(nproc: int, argv: Sequence[str], threads: int, module: str | None = "otf2d.core.cli") -> int:
     """Run ``python -m module argv`` as ``nproc`` ranks on this node with torch's launcher; the exit status.
+
+    With ``module`` ``None``, ``argv[0]`` is a script to run with the arguments ``argv[1:]``.
 
     The rendezvous is on a free loopback port (torchrun ``--standalone``), or on ``MASTER_ADDR``:
     ``MASTER_PORT`` when those are set. Each rank runs ``threads`` CPU threads (``OMP_NUM_THREADS``).
@@ -136,8 +138,10 @@ def launch_local(nproc: int, argv: Sequence[str], threads: int, module: str = "o
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
-        config = get_args_parser().parse_args([*rendezvous, f"--nproc-per-node={nproc}", "-m", module])
-        config.training_script_args = list(argv)  # after parsing: torchrun's parser would take our options
+        program = ["-m", module] if module is not None else [argv[0]]
+        config = get_args_parser().parse_args([*rendezvous, f"--nproc-per-node={nproc}", *program])
+        # set after parsing: torchrun's parser would take options like --nproc as abbreviations of its own
+        config.training_script_args = list(argv if module is not None else argv[1:])
         run(config)
     except ChildFailedError:
         print(f"{nproc} processes: a rank failed (its error is above)", file=sys.stderr)
