@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module.add_args(parser)
     args = parser.parse_args(argv[split + 1 :])
+    args.command_line = list(argv)  # the whole command line, for a command that starts copies of itself
     try:
         return int(module.main(args) or 0)
     except Otf2dError as exc:

@@ -23,6 +23,7 @@ from otf2d.core.config import Class2DParams
 from otf2d.core.readers import ParticleTable
 from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
 from otf2d.engine.classify.table_source import TableSource
+from otf2d.engine.em.distributed import Ranks, classify_sharded
 from otf2d.engine.em.driver import ClassificationResult, Progress, classify_batches, planned_work
 
 
@@ -147,18 +148,63 @@ def classify_table(
         pass_chunk=pass_chunk,
         on_processed=on_processed,
     )
+    return _offline_result(result, table, time.perf_counter() - start, source.particles_read)
+
+
+def _offline_result(
+    result: ClassificationResult, table: ParticleTable, seconds: float, particles_read: int
+) -> OfflineResult:
+    """The driver's result with the table's metadata and provenance in the snapshot."""
     particles = _with_table_metadata(result.particles, table)
     snapshot = result.classifier.snapshot(particles, optics=list(table.optics))
     snapshot = dataclasses.replace(
         snapshot,
         parameters={**snapshot.parameters, "input": str(table.source), "n_particles": len(table)},
     )
-    return OfflineResult(
-        snapshot=snapshot,
-        result=result,
-        classify_seconds=time.perf_counter() - start,
-        particles_read=source.particles_read,
+    return OfflineResult(snapshot=snapshot, result=result, classify_seconds=seconds, particles_read=particles_read)
+
+
+def classify_table_on_ranks(
+    table: ParticleTable,
+    params: Class2DParams,
+    ranks: Ranks,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    on_phase: Callable[[PhaseUpdate], None] | None = None,
+    pass_chunk: int = 2048,
+    on_processed: Callable[[int], None] | None = None,
+) -> OfflineResult | None:
+    """:func:`classify_table` on every rank of the default process group (``otf2d.engine.em.distributed``).
+
+    Call it on every rank; each reads and classifies its share of the particles. Rank 0 gets the
+    result (``particles_read`` counts every rank's reads), the others ``None``; the callbacks are
+    called on rank 0 only.
+    """
+    source = TableSource(table)
+    start = time.perf_counter()
+    lead = ranks.rank == 0
+    if lead and on_phase is not None:
+        on_phase(PhaseUpdate("init", 0, params.online_em_iterations + params.final_full_iterations))
+
+    def progress(p: Progress) -> None:
+        if on_phase is not None:
+            on_phase(_phase_after(p, params))
+
+    result = classify_sharded(
+        source,
+        params,
+        ranks,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        pass_chunk=pass_chunk,
+        on_processed=on_processed,
     )
+    read = ranks.sum_count(source.particles_read)
+    if result is None:
+        return None
+    return _offline_result(result, table, time.perf_counter() - start, read)
 
 
-__all__ = ["OfflineResult", "PhaseUpdate", "classify_table", "planned_particles"]
+__all__ = ["OfflineResult", "PhaseUpdate", "classify_table", "classify_table_on_ranks", "planned_particles"]

@@ -75,5 +75,10 @@ class TableSource:
             self.on_read(len(rows))
         return batch
 
+    def labels(self, index: npt.ArrayLike) -> ParticleTable:
+        """The rows ``index`` of the table (who the particles are), no image read
+        (``otf2d.engine.em.distributed.LabelledSource``)."""
+        return self.table.take(np.asarray(index, dtype=np.int64).reshape(-1))
+
 
 __all__ = ["TableSource"]

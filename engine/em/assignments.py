@@ -5,15 +5,35 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from otf2d.core.extra_columns import ExtraColumns
-from otf2d.core.particles import CtfParams, ParticleBatch
+from otf2d.core.particles import CtfParams
 from otf2d.core.snapshot import OPTIONAL_PER_PARTICLE_ARRAYS, ParticleAssignments
 from otf2d.engine.em.estep import Posteriors
+
+
+class ParticleLabels(Protocol):
+    """Who ``n`` particles are, without their pixels: a ``ParticleBatch`` is one, and so is a
+    ``otf2d.core.readers.ParticleTable`` (what a data-parallel run's rank 0 labels the gathered
+    assignments with, ``otf2d.engine.em.distributed``)."""
+
+    @property
+    def stack_paths(self) -> np.ndarray: ...
+
+    @property
+    def indices(self) -> np.ndarray: ...
+
+    @property
+    def optics_groups(self) -> np.ndarray: ...
+
+    @property
+    def ctf(self) -> CtfParams: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +106,7 @@ class Assignments:
         values["psi_degrees"] = wrap_degrees(psi)
         return Assignments(**values)
 
-    def to_particle_assignments(self, batch: ParticleBatch) -> ParticleAssignments:
+    def to_particle_assignments(self, batch: ParticleLabels) -> ParticleAssignments:
         """The snapshot form (NumPy), with the particles' identities and CTF from ``batch``."""
         if len(batch) != len(self):
             raise ValueError(f"{len(self)} assignments for a batch of {len(batch)} particles")
@@ -198,4 +218,10 @@ def wrap_degrees(angle: torch.Tensor) -> torch.Tensor:
     return torch.where(out <= -180.0, out + 360.0, out)
 
 
-__all__ = ["Assignments", "assignments_from_posteriors", "concatenate_particle_assignments", "wrap_degrees"]
+__all__ = [
+    "Assignments",
+    "ParticleLabels",
+    "assignments_from_posteriors",
+    "concatenate_particle_assignments",
+    "wrap_degrees",
+]
