@@ -637,7 +637,7 @@ class Demo:
         lines.append(f"  snapshot {snapshot_record.get('iteration')}: {self.rel(snap_dir)}/")
         for role, label in (
             (("data_star", "model_star", "classes_mrcs"), "RELION Class2D"),
-            (("particles_cs", "class_averages_cs"), "cryoSPARC"),
+            (("particles_cs", "class_averages_cs", "particles_csg", "class_averages_csg"), "cryoSPARC"),
             (("gallery_png",), "gallery PNG"),
         ):
             names = [files[r] for r in role if r in files]
