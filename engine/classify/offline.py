@@ -90,6 +90,21 @@ def _with_table_metadata(particles: ParticleAssignments, table: ParticleTable) -
     return dataclasses.replace(particles, micrograph_names=table.micrograph_names, extra=table.extra)
 
 
+def _phase_reporter(
+    on_phase: Callable[[PhaseUpdate], None] | None, params: Class2DParams, *, announce: bool
+) -> Callable[[Progress], None]:
+    """The driver's progress callback, reporting phases to ``on_phase``; ``announce`` first reports
+    the start (the "init" phase)."""
+    if announce and on_phase is not None:
+        on_phase(PhaseUpdate("init", 0, params.online_em_iterations + params.final_full_iterations))
+
+    def progress(p: Progress) -> None:
+        if on_phase is not None:
+            on_phase(_phase_after(p, params))
+
+    return progress
+
+
 def classify_table(
     table: ParticleTable,
     params: Class2DParams,
@@ -132,12 +147,7 @@ def classify_table(
     """
     source = TableSource(table, on_read=on_read)
     start = time.perf_counter()
-    if on_phase is not None:
-        on_phase(PhaseUpdate("init", 0, params.online_em_iterations + params.final_full_iterations))
-
-    def progress(p: Progress) -> None:
-        if on_phase is not None:
-            on_phase(_phase_after(p, params))
+    progress = _phase_reporter(on_phase, params, announce=True)
 
     result = classify_batches(
         source,
@@ -184,12 +194,7 @@ def classify_table_on_ranks(
     source = TableSource(table)
     start = time.perf_counter()
     lead = ranks.rank == 0
-    if lead and on_phase is not None:
-        on_phase(PhaseUpdate("init", 0, params.online_em_iterations + params.final_full_iterations))
-
-    def progress(p: Progress) -> None:
-        if on_phase is not None:
-            on_phase(_phase_after(p, params))
+    progress = _phase_reporter(on_phase, params, announce=lead)
 
     result = classify_sharded(
         source,
