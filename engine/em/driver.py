@@ -38,6 +38,7 @@ from otf2d.core.snapshot import ClassSnapshot, ParticleAssignments
 from otf2d.engine.em.assignments import Assignments, concatenate_particle_assignments
 from otf2d.engine.em.batch import BatchLike, PreparedBatch
 from otf2d.engine.em.classifier import Classifier
+from otf2d.engine.em.mstep import OrderAccumulator
 
 #: Particles are prepared once and kept (CPU memory) when they take at most this much.
 PREPARED_BUDGET_BYTES = 2 * 2**30
@@ -153,6 +154,180 @@ def prepare_all(
     return PreparedBatch(torch.cat(samples), torch.cat(ctfs))
 
 
+class BatchRun:
+    """:func:`classify_batches` as a run that advances one piece of work at a time.
+
+    Each :meth:`advance` does one piece: preparing the particles, initialising the classes, one
+    online-EM iteration, or one chunk (``pass_chunk`` particles) of a full pass or of the final
+    assignment. The streaming engine advances a run of the particles it has folded between its other
+    work (``otf2d.engine.serving.folding``); :func:`classify_batches` advances one to the end. Both do
+    the same work in the same order: the same ``params`` and particles give the same result.
+
+    Parameters as in :func:`classify_batches`.
+    """
+
+    def __init__(
+        self,
+        particles: ParticleSource | Sequence[ParticleBatch],
+        params: Class2DParams,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        progress: Callable[[Progress], None] | None = None,
+        pass_chunk: int = 2048,
+        on_processed: Callable[[int], None] | None = None,
+        start_from_subsets: bool = False,
+    ) -> None:
+        self.source = as_source(particles)
+        self.n = len(self.source)
+        if self.n < 2:
+            raise InputError(None, f"need at least 2 particles to classify, got {self.n}")
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+        first = self.source.take(np.arange(1))
+        self.clf = Classifier(params, first.box_size[0], first.pixel_size_angstrom, device=device, dtype=dtype)
+        self.batch_size = min(self.n, params.batch_size_per_class * params.n_classes)
+        self.pass_chunk = pass_chunk
+        self.progress = progress
+        self.on_processed = on_processed
+        self.start_from_subsets = start_from_subsets
+        self.prepared: PreparedBatch | None = None
+        self.seen = 0
+        self.stage = "prepare"  # prepare, init, online, full, assign, done
+        self.online_done = 0
+        self.full_done = 0
+        self.chunk_start = 0
+        self._accumulator: OrderAccumulator | None = None
+        self._parts: list[Assignments] = []
+        self._particle_parts: list[ParticleAssignments] = []
+        self._assignments: Assignments | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether every piece of work is done (:meth:`result` is ready)."""
+        return self.stage == "done"
+
+    def _report(self, phase: str, it: int) -> None:
+        if self.progress is not None:
+            total = self.params.online_em_iterations + self.params.final_full_iterations
+            self.progress(Progress(phase, it, total, self.seen, self.clf.temperature()))
+
+    def _processed(self, count: int) -> None:
+        if self.on_processed is not None:
+            self.on_processed(count)
+
+    def _minibatch(self) -> BatchLike:
+        index = np.sort(self.rng.choice(self.n, size=self.batch_size, replace=False))
+        if self.prepared is not None:
+            return self.prepared.take(torch.as_tensor(index))
+        return self.source.take(index)
+
+    def _chunk(self) -> tuple[ParticleBatch, BatchLike]:
+        """The next chunk of a pass in source order: the particles and what the classifier takes."""
+        start = self.chunk_start
+        chunk = self.source.take(np.arange(start, min(self.n, start + self.pass_chunk)))
+        ready = chunk if self.prepared is None else self.prepared.take(slice(start, start + len(chunk)))
+        self.chunk_start += len(chunk)
+        return chunk, ready
+
+    def advance(self) -> int:
+        """Do the next piece of work; returns the particles it went through (0 for preparing)."""
+        if self.stage == "prepare":
+            self.prepared = prepare_all(self.source, self.clf, self.pass_chunk)
+            self.stage = "init"
+            return 0
+        if self.stage == "init":
+            return self._initialise()
+        if self.stage == "online":
+            return self._online_iteration()
+        if self.stage == "full":
+            return self._full_pass_chunk()
+        if self.stage == "assign":
+            return self._assign_chunk()
+        raise RuntimeError("the run is done: nothing left to advance")
+
+    def _initialise(self) -> int:
+        self.clf.initialise(self._minibatch(), from_subsets=self.start_from_subsets)
+        self._processed(self.batch_size)
+        self._report("init", 0)
+        self.stage = "online"
+        self._after_online()
+        return self.batch_size
+
+    def _online_iteration(self) -> int:
+        # the batch's poses are not kept (the final pass assigns every particle): skip refining them
+        self.clf.step(self._minibatch(), refine_poses=False)
+        self.seen += self.batch_size
+        self.online_done += 1
+        self._processed(self.batch_size)
+        self._report("online", self.online_done)
+        self._after_online()
+        return self.batch_size
+
+    def _after_online(self) -> None:
+        """Leave the online stage once its iterations are done."""
+        if self.online_done < self.params.online_em_iterations:
+            return
+        if self.params.align_filaments_vertically:
+            self.clf.align_vertically()
+        self.stage = "full" if self.params.final_full_iterations > 0 else "assign"
+        self.chunk_start = 0
+
+    def _full_pass_chunk(self) -> int:
+        if self.chunk_start == 0:
+            self._accumulator = self.clf.new_accumulator()
+            self._parts, self._particle_parts = [], []
+        if self._accumulator is None:
+            raise RuntimeError("a full pass lost its accumulator")
+        chunk, ready = self._chunk()
+        a = self.clf.accumulate(ready, self._accumulator)
+        self._processed(len(chunk))
+        self._parts.append(a)
+        self._particle_parts.append(a.to_particle_assignments(chunk))
+        if self.chunk_start >= self.n:
+            self._end_full_pass()
+        return len(chunk)
+
+    def _end_full_pass(self) -> None:
+        if self._accumulator is None:
+            raise RuntimeError("a full pass lost its accumulator")
+        self._assignments = Assignments.concatenate(self._parts)
+        last = self.full_done == self.params.final_full_iterations - 1
+        self.clf.update(self.clf.statistics(self._accumulator), step=1.0)
+        self.clf.maximise(reseed=False, recenter=False if last else None)
+        self.clf.iteration += 1
+        self.full_done += 1
+        self._accumulator = None
+        self.chunk_start = 0
+        self._report("full", self.params.online_em_iterations + self.full_done)
+        if last:
+            self.stage = "done"
+
+    def _assign_chunk(self) -> int:
+        chunk, ready = self._chunk()
+        a = self.clf.assign(ready)
+        self._processed(len(chunk))
+        self._parts.append(a)
+        self._particle_parts.append(a.to_particle_assignments(chunk))
+        if self.chunk_start >= self.n:
+            self._assignments = Assignments.concatenate(self._parts)
+            self.stage = "done"
+        return len(chunk)
+
+    def result(self) -> ClassificationResult:
+        """The outcome, once :attr:`done`."""
+        if not self.done or self._assignments is None:
+            raise RuntimeError(f"the run is not done (stage {self.stage})")
+        particles = concatenate_particle_assignments(self._particle_parts)
+        return ClassificationResult(
+            classifier=self.clf,
+            assignments=self._assignments,
+            particles=particles,
+            snapshot=self.clf.snapshot(particles),
+            online_particles_seen=self.seen,
+        )
+
+
 def classify_batches(
     particles: ParticleSource | Sequence[ParticleBatch],
     params: Class2DParams,
@@ -184,93 +359,32 @@ def classify_batches(
         assignment): the counts add up to :func:`planned_work`.
     start_from_subsets
         Start the classes from averages of random subsets instead of single particles
-        (``Classifier.initialise``); the streaming engine does, see ``otf2d.engine.serving.em_adapter``.
+        (``Classifier.initialise``); the streaming engine's first classes do, see
+        ``otf2d.engine.serving.em_adapter``.
 
     Returns
     -------
     ClassificationResult
     """
-    source = as_source(particles)
-    n = len(source)
-    if n < 2:
-        raise InputError(None, f"need at least 2 particles to classify, got {n}")
-    rng = np.random.default_rng(params.seed)
-    first = source.take(np.arange(1))
-    box = first.box_size[0]
-    clf = Classifier(params, box, first.pixel_size_angstrom, device=device, dtype=dtype)
-    batch_size = min(n, params.batch_size_per_class * params.n_classes)
-    total = params.online_em_iterations + params.final_full_iterations
-
-    def report(phase: str, it: int, seen: int) -> None:
-        if progress is not None:
-            progress(Progress(phase, it, total, seen, clf.temperature()))
-
-    def processed(count: int) -> None:
-        if on_processed is not None:
-            on_processed(count)
-
-    prepared = prepare_all(source, clf, pass_chunk)
-
-    def minibatch() -> BatchLike:
-        index = np.sort(rng.choice(n, size=batch_size, replace=False))
-        if prepared is not None:
-            return prepared.take(torch.as_tensor(index))
-        return source.take(index)
-
-    clf.initialise(minibatch(), from_subsets=start_from_subsets)
-    processed(batch_size)
-    report("init", 0, 0)
-    seen = 0
-    for it in range(params.online_em_iterations):
-        # the batch's poses are not kept (the final pass assigns every particle): skip refining them
-        clf.step(minibatch(), refine_poses=False)
-        seen += batch_size
-        processed(batch_size)
-        report("online", it + 1, seen)
-    if params.align_filaments_vertically:
-        clf.align_vertically()
-
-    assignments: Assignments | None = None
-    particle_parts: list[ParticleAssignments] = []
-    for f in range(params.final_full_iterations):
-        last = f == params.final_full_iterations - 1
-        accumulator = clf.new_accumulator()
-        parts = []
-        particle_parts = []
-        for start in range(0, n, pass_chunk):
-            chunk = source.take(np.arange(start, min(n, start + pass_chunk)))
-            ready = chunk if prepared is None else prepared.take(slice(start, start + len(chunk)))
-            a = clf.accumulate(ready, accumulator)
-            processed(len(chunk))
-            parts.append(a)
-            particle_parts.append(a.to_particle_assignments(chunk))
-        assignments = Assignments.concatenate(parts)
-        clf.update(clf.statistics(accumulator), step=1.0)
-        clf.maximise(reseed=False, recenter=False if last else None)
-        clf.iteration += 1
-        report("full", params.online_em_iterations + f + 1, seen)
-    if assignments is None:
-        parts = []
-        for start in range(0, n, pass_chunk):
-            chunk = source.take(np.arange(start, min(n, start + pass_chunk)))
-            a = clf.assign(chunk if prepared is None else prepared.take(slice(start, start + len(chunk))))
-            processed(len(chunk))
-            parts.append(a)
-            particle_parts.append(a.to_particle_assignments(chunk))
-        assignments = Assignments.concatenate(parts)
-    particle_assignments = concatenate_particle_assignments(particle_parts)
-    return ClassificationResult(
-        classifier=clf,
-        assignments=assignments,
-        particles=particle_assignments,
-        snapshot=clf.snapshot(particle_assignments),
-        online_particles_seen=seen,
+    run = BatchRun(
+        particles,
+        params,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        pass_chunk=pass_chunk,
+        on_processed=on_processed,
+        start_from_subsets=start_from_subsets,
     )
+    while not run.done:
+        run.advance()
+    return run.result()
 
 
 __all__ = [
     "PREPARED_BUDGET_BYTES",
     "BatchList",
+    "BatchRun",
     "ClassificationResult",
     "ParticleSource",
     "Progress",
