@@ -20,6 +20,7 @@ from otf2d.core.config import Class2DParams
 from otf2d.core.errors import ConfigError
 from otf2d.core.particles import ParticleBatch
 from otf2d.core.snapshot import AssignmentRecord, ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.engine.em.driver import ParticleSource
 from otf2d.engine.resources import heap
 from otf2d.engine.resources.heap import (
     MAX_MMAP_THRESHOLD_BYTES,
@@ -28,6 +29,7 @@ from otf2d.engine.resources.heap import (
     set_mmap_threshold,
     trim_heap,
 )
+from otf2d.engine.serving.classifier_port import Reclassification
 from otf2d.engine.serving.cli import apply_mmap_threshold
 from otf2d.engine.serving.metrics import EngineMetrics
 from otf2d.engine.serving.session import Session
@@ -173,6 +175,9 @@ class _ConstantClassifier:
 
     def judge(self, batch: ParticleBatch) -> AssignmentRecord:
         return self._judgements(batch)
+
+    def reclassify(self, particles: ParticleSource) -> Reclassification:
+        raise NotImplementedError
 
     def state(self) -> dict[str, Any]:
         return {"n": 0}

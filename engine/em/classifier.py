@@ -590,6 +590,25 @@ class Classifier:
         self.iteration += 1
         return assignments
 
+    def permute_classes(self, order: torch.Tensor) -> None:
+        """Renumber the classes: new class ``i`` is old class ``order[i]`` (``order`` a permutation of ``0..K-1``).
+
+        Statistics, averages, references and τ² move with their class; nothing else changes.
+        """
+        if self.stats is None or self.references is None or self.images is None:
+            raise InputError(None, "the classifier has no classes yet: call initialise() first")
+        order = torch.as_tensor(order, dtype=torch.long).cpu()
+        if sorted(order.tolist()) != list(range(self.n_classes)):
+            raise ValueError(f"not a permutation of the {self.n_classes} classes: {order.tolist()}")
+        on = order.to(self.stats.counts.device)
+        self.stats = dataclasses.replace(
+            self.stats, numerator=self.stats.numerator[on], ctf2=self.stats.ctf2[on], counts=self.stats.counts[on]
+        )
+        self.images = self.images[order.to(self.images.device)]
+        if self.tau2 is not None:
+            self.tau2 = self.tau2[order.to(self.tau2.device)]
+        self.references = self.references[order.to(self.references.device)]
+
     def align_vertically(self) -> torch.Tensor:
         """Turn elongated classes so their long axis is vertical (+y); returns the angles (degrees).
 

@@ -12,11 +12,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from otf2d.core.config import Class2DParams
 from otf2d.core.particles import ParticleBatch
 from otf2d.core.snapshot import AssignmentRecord, ClassSnapshot, OpticsGroup, ParticleAssignments
+from otf2d.engine.em.driver import ParticleSource
+
+
+class Reclassification(Protocol):
+    """A classification of a session's folded particles from scratch, advanced a piece at a time."""
+
+    @property
+    def done(self) -> bool:
+        """Whether the work is done (:meth:`finish` may be called)."""
+        ...
+
+    def advance(self) -> int:
+        """Do the next piece of work (seconds at most); returns the particles it went through."""
+        ...
+
+    def finish(self, previous_class_index: np.ndarray | None = None) -> AssignmentRecord:
+        """Make the new classes the classifier's own; the assignments of every particle it classified.
+
+        ``previous_class_index``: those particles' classes before; the new classes keep the numbers of
+        the old ones they share most particles with."""
+        ...
 
 
 class ClassifierPort(Protocol):
@@ -35,6 +57,11 @@ class ClassifierPort(Protocol):
         """E-step only: assignments of ``batch`` against the current classes (state unchanged)."""
         ...
 
+    def reclassify(self, particles: ParticleSource) -> Reclassification:
+        """Start classifying ``particles`` from scratch as ``otf2d classify`` does (same parameters,
+        same schedule); the classes change only when the returned work is finished."""
+        ...
+
     def state(self) -> dict[str, Any]:
         """Everything needed to continue later (tensors, scalars), for a checkpoint."""
         ...
@@ -51,4 +78,4 @@ class ClassifierPort(Protocol):
 #: ``factory(params, box (h, w), pixel_size_angstrom, device) -> ClassifierPort``
 ClassifierFactory = Callable[[Class2DParams, tuple[int, int], float, torch.device], ClassifierPort]
 
-__all__ = ["ClassifierFactory", "ClassifierPort"]
+__all__ = ["ClassifierFactory", "ClassifierPort", "Reclassification"]

@@ -111,7 +111,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint every S seconds")
     parser.add_argument("--keep-snapshots", type=int, default=5, help="snapshots kept per session (0: all)")
     parser.add_argument("--max-step", type=int, default=2048, help="most particles folded in one EM step")
-    parser.add_argument("--no-revisit", action="store_true", help="do not re-judge cached particles when idle")
+    parser.add_argument(
+        "--no-revisit",
+        action="store_true",
+        help="do not reclassify the folded particles from scratch when idle (the classes then follow the streaming "
+        "updates only)",
+    )
     parser.add_argument("--max-backlog", type=int, default=0, help="NACK while more particles wait (0: never)")
     parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16", help="cached images")
     parser.add_argument("--drain-seconds", type=float, default=20.0, help="longest fold of pending work on stop")

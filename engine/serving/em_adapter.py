@@ -6,12 +6,16 @@
   online-EM iterations, ``final_full_iterations`` full passes; the assignments of those particles.
 - ``fold``: ``Classifier.step`` (E-step, online update with the decaying step size, M-step).
 - ``judge``: ``Classifier.assign`` (E-step only).
+- ``reclassify``: ``otf2d.engine.em.driver.BatchRun`` on the given particles, with the session's
+  parameters and single-particle starts: exactly what ``otf2d classify`` runs, advanced a piece at a
+  time; ``finish`` makes its classifier the session's.
 - ``state`` / ``restore``: ``Classifier.state_dict`` / ``load_state_dict``.
 - ``snapshot``: ``Classifier.snapshot`` (classes sorted by size, averages at the particle box).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -29,7 +33,7 @@ from otf2d.core.snapshot import (
 )
 from otf2d.engine.em.assignments import Assignments
 from otf2d.engine.em.classifier import Classifier
-from otf2d.engine.em.driver import classify_batches
+from otf2d.engine.em.driver import BatchRun, ParticleSource, classify_batches
 
 
 def judgements(assignments: Assignments) -> AssignmentRecord:
@@ -65,6 +69,10 @@ class EmClassifier:
         """E-step only."""
         return judgements(self.classifier.assign(batch))
 
+    def reclassify(self, particles: ParticleSource) -> EmReclassification:
+        """A :class:`BatchRun` of ``particles`` that replaces the classes when finished."""
+        return EmReclassification(self, BatchRun(particles, self.params, device=self.device))
+
     def state(self) -> dict[str, Any]:
         """``Classifier.state_dict()``."""
         return self.classifier.state_dict()
@@ -78,6 +86,73 @@ class EmClassifier:
         return self.classifier.snapshot(particles, iteration=iteration, optics=optics or None)
 
 
+class EmReclassification:
+    """An :class:`EmClassifier`'s reclassification (``otf2d.engine.serving.classifier_port.Reclassification``)."""
+
+    def __init__(self, owner: EmClassifier, run: BatchRun) -> None:
+        self.owner = owner
+        self.run = run
+
+    @property
+    def done(self) -> bool:
+        """Whether the run is done."""
+        return self.run.done
+
+    def advance(self) -> int:
+        """One piece of the run: preparing, initialising, one online-EM iteration or one pass chunk."""
+        return self.run.advance()
+
+    def finish(self, previous_class_index: np.ndarray | None = None) -> AssignmentRecord:
+        """The run's classifier becomes the owner's; every particle's assignment.
+
+        With ``previous_class_index`` (the particles' classes before, engine numbers), the new classes
+        are renumbered to keep the numbers of the old classes they share most particles with
+        (:func:`stable_class_order`), so that overrides and class time series keep their class.
+        """
+        result = self.run.result()
+        record = judgements(result.assignments)
+        if previous_class_index is not None:
+            k = result.classifier.n_classes
+            order = stable_class_order(np.asarray(previous_class_index), record.class_index, k)
+            result.classifier.permute_classes(torch.as_tensor(order))
+            number_of = np.argsort(order)  # new class j is now numbered number_of[j]
+            record = dataclasses.replace(record, class_index=number_of[record.class_index])
+        self.owner.classifier = result.classifier
+        return record
+
+
+def stable_class_order(previous: np.ndarray, new: np.ndarray, n_classes: int) -> np.ndarray:
+    """``order`` such that new class ``order[i]`` takes number ``i``: each new class keeps the number of
+    the old class it shares the most particles with (greedily, largest overlap first; classes left
+    over take the numbers left over, in order).
+
+    Parameters
+    ----------
+    previous, new
+        ``(n,)`` class of each particle before and after (0-based; entries outside ``0..K-1`` are ignored).
+    n_classes
+        ``K``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(K,)`` a permutation of ``0..K-1``.
+    """
+    ok = (previous >= 0) & (previous < n_classes) & (new >= 0) & (new < n_classes)
+    overlap = np.zeros((n_classes, n_classes), dtype=np.int64)  # [old number, new class]
+    np.add.at(overlap, (previous[ok].astype(np.int64), new[ok].astype(np.int64)), 1)
+    order = np.full(n_classes, -1, dtype=np.int64)
+    taken = np.zeros(n_classes, dtype=bool)
+    for flat in np.argsort(-overlap, axis=None, kind="stable"):
+        old, cls = divmod(int(flat), n_classes)
+        if overlap[old, cls] == 0:
+            break
+        if order[old] < 0 and not taken[cls]:
+            order[old], taken[cls] = cls, True
+    order[order < 0] = np.flatnonzero(~taken)
+    return order
+
+
 def em_classifier_factory(
     params: Class2DParams, box: tuple[int, int], pixel_size_angstrom: float, device: torch.device
 ) -> EmClassifier:
@@ -85,4 +160,4 @@ def em_classifier_factory(
     return EmClassifier(params, box, pixel_size_angstrom, device)
 
 
-__all__ = ["EmClassifier", "em_classifier_factory", "judgements"]
+__all__ = ["EmClassifier", "EmReclassification", "em_classifier_factory", "judgements", "stable_class_order"]

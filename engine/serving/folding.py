@@ -14,9 +14,15 @@ Phases:
 classifier state, so a restart restores the checkpoint and folds only the journal beyond it: every
 journaled particle is counted exactly once, whenever the engine was killed.
 
-Revisits (E-step only) re-judge already folded particles against the current classes, earliest
-first, and overwrite their stored assignment; a pass starts when the folded count has grown by a
-tenth (or by one initial batch) since the last pass, so an idle engine does not spin.
+Idle time reclassifies (``wants_idle_work``/``idle_step``): when nothing waits to be folded, the
+folder classifies every particle folded so far from scratch, exactly as ``otf2d classify`` does
+(``ClassifierPort.reclassify``), one piece of work per idle round, so arrivals are folded in between.
+When the run is done its classes replace the streaming ones, every particle it covered gets its new
+assignment, and the particles that arrived during the run are folded again into the new classes
+(``consumed`` goes back to the run's end; ``high_water`` remembers what was folded before, so that
+metrics count each particle once). A new run starts whenever more particles were folded than the
+last run covered: once arrivals stop, the classes are those of ``otf2d classify`` on the same
+particles (issue 12, "streaming equals batch").
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 
 from otf2d.core.errors import InputError
 from otf2d.core.snapshot import AssignmentRecord, ClassSnapshot, ParticleAssignments
-from otf2d.engine.serving.classifier_port import ClassifierFactory, ClassifierPort
+from otf2d.engine.serving.classifier_port import ClassifierFactory, ClassifierPort, Reclassification
 from otf2d.engine.serving.session import Session, params_to_dict
 from otf2d.engine.storage.checkpoint import (
     flatten_state,
@@ -42,7 +48,7 @@ from otf2d.engine.storage.checkpoint import (
     set_aside,
     unflatten_state,
 )
-from otf2d.engine.storage.journal import JournalSlice
+from otf2d.engine.storage.journal import JournalParticles, JournalSlice
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +91,19 @@ class SessionFolder:
         self.classifier: ClassifierPort | None = None
         self.phase = Phase.COLLECTING
         self.consumed = 0
-        self.revisit_cursor = 0
-        self.revisit_end = 0
-        self.last_pass_start = 0
+        #: The most particles ever folded (``consumed`` goes back when a reclassification is adopted).
+        self.high_water = 0
+        #: Journal positions covered by the last finished reclassification (0: none yet).
+        self.reclassified_end = 0
+        #: The reclassification under way, and the journal position it ends at.
+        self.reclassification: Reclassification | None = None
+        self.reclassification_end = 0
         self.snapshot_iteration = 0
         self.error: str | None = None
         #: Not before this unix time is a failed checkpoint tried again.
         self.checkpoint_retry_at = 0.0
         #: Judgements of particles folded in but not yet stored (the store failed: a full disk).
-        self._unstored: tuple[JournalSlice, AssignmentRecord] | None = None
+        self._unstored: tuple[np.ndarray, AssignmentRecord] | None = None
         self.initialising = False
         self.checkpoint_consumed = 0
         self.checkpoint_time = time.time()
@@ -143,13 +153,13 @@ class SessionFolder:
             raise InputError(None, f"session {self.name}: no particles yet, box unknown")
         return self.factory(self.session.params, box, pixel, self.device)
 
-    def _store(self, part: JournalSlice, judgements: AssignmentRecord) -> None:
+    def _store(self, seqs: np.ndarray, judgements: AssignmentRecord) -> None:
         if not isinstance(judgements, AssignmentRecord):
             raise RuntimeError(f"classifier returned no AssignmentRecord but a {type(judgements).__name__}")
-        if len(judgements) != len(part):
-            raise RuntimeError(f"classifier returned {len(judgements)} assignments for {len(part)} particles")
-        self.session.journal.store_assignments(part.seqs, judgements)
-        self.judged_since_snapshot += len(part)
+        if len(judgements) != len(seqs):
+            raise RuntimeError(f"classifier returned {len(judgements)} assignments for {len(seqs)} particles")
+        self.session.journal.store_assignments(seqs, judgements)
+        self.judged_since_snapshot += len(seqs)
 
     # ------------------------------------------------------------------ steps
 
@@ -166,11 +176,10 @@ class SessionFolder:
         classifier = self._new_classifier()
         judgements = classifier.initialise(part.batch)
         self.classifier = classifier
-        self.consumed = n_init
+        self.consumed = self.high_water = n_init
         self.phase = Phase.STREAMING
-        self.last_pass_start = self.consumed
         log.info("session %s: classes initialised from %d particles", self.name, n_init)
-        self._unstored = (part, judgements)
+        self._unstored = (part.seqs, judgements)
         self.flush_judgements()
         return part
 
@@ -182,7 +191,8 @@ class SessionFolder:
         part = self.session.journal.read(self.consumed, self.consumed + max_particles)
         judgements = self.classifier.fold(part.batch)
         self.consumed += len(part)  # in the classes now, whether or not the judgements can be stored
-        self._unstored = (part, judgements)
+        self.high_water = max(self.high_water, self.consumed)
+        self._unstored = (part.seqs, judgements)
         self.flush_judgements()
         return part
 
@@ -197,27 +207,47 @@ class SessionFolder:
             self._store(*self._unstored)
             self._unstored = None
 
-    def wants_revisit(self) -> bool:
-        """A revisit pass is under way, or the folded set grew enough to start one."""
+    @property
+    def refolding(self) -> bool:
+        """Particles folded before the last adopted reclassification wait to be folded into its classes."""
+        return self.consumed < self.high_water
+
+    def wants_idle_work(self) -> bool:
+        """A reclassification is under way, or more particles were folded than the last one covered."""
         if self.phase is not Phase.STREAMING or self.session.paused or self.classifier is None:
             return False
-        if self.revisit_cursor < self.revisit_end:
-            return True
-        grown = self.consumed - self.last_pass_start
-        return grown > 0 and grown >= min(self.n_init, max(1, self.last_pass_start // 10))
+        return self.reclassification is not None or self.consumed > self.reclassified_end
 
-    def revisit(self, max_particles: int) -> int:
-        """Re-judge the next (at most ``max_particles``) folded particles; returns how many."""
+    def idle_step(self) -> int:
+        """Start or advance the reclassification (adopting it when done); returns the particles it went through."""
         if self.classifier is None:
             return 0
-        if self.revisit_cursor >= self.revisit_end:
-            self.revisit_cursor, self.revisit_end = 0, self.consumed
-            self.last_pass_start = self.consumed
-        stop = min(self.revisit_cursor + max_particles, self.revisit_end)
-        part = self.session.journal.read(self.revisit_cursor, stop)
-        self._store(part, self.classifier.judge(part.batch))
-        self.revisit_cursor = stop
-        return len(part)
+        if self.reclassification is None:
+            self.reclassification_end = self.consumed
+            self.reclassification = self.classifier.reclassify(JournalParticles(self.session.journal, self.consumed))
+            log.info("session %s: reclassifying the %d particles folded so far", self.name, self.consumed)
+        job = self.reclassification
+        n = job.advance()
+        if job.done:
+            self.reclassification = None
+            self._adopt(job)
+        return n
+
+    def _adopt(self, job: Reclassification) -> None:
+        """The finished reclassification's classes become the session's (see the module docstring)."""
+        end = self.reclassification_end
+        before = self.session.journal.assignments(stop=end).class_index
+        judgements = job.finish(before if len(before) == end else None)  # all of them were judged before
+        self._unstored = (np.arange(end, dtype=np.int64), judgements)
+        self.reclassified_end = end
+        self.consumed = end  # the particles folded since the run began are folded again, into the new classes
+        log.info(
+            "session %s: classes reclassified from %d particles; %d to fold again",
+            self.name,
+            end,
+            self.high_water - end,
+        )
+        self.flush_judgements()
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -235,9 +265,7 @@ class SessionFolder:
             "phase": self.phase.value,
             "consumed": self.consumed,
             "journal_count": self.session.journal.count,
-            "revisit_cursor": self.revisit_cursor,
-            "revisit_end": self.revisit_end,
-            "last_pass_start": self.last_pass_start,
+            "reclassified_end": self.reclassified_end,
             "snapshot_iteration": self.snapshot_iteration,
             "params": params_to_dict(self.session.params),
             "classifier": state,
@@ -291,10 +319,9 @@ class SessionFolder:
             classifier.restore(unflatten_state(meta["classifier"], arrays, "cpu"))
             self.classifier = classifier
         self.phase = phase
-        self.consumed = consumed
-        self.revisit_cursor = int(meta.get("revisit_cursor", 0))
-        self.revisit_end = min(int(meta.get("revisit_end", 0)), consumed)
-        self.last_pass_start = int(meta.get("last_pass_start", consumed))
+        self.consumed = self.high_water = consumed
+        self.reclassified_end = min(int(meta.get("reclassified_end", 0)), consumed)
+        self.reclassification = None
         self.snapshot_iteration = max(self.snapshot_iteration, int(meta.get("snapshot_iteration", 0)))
         self.checkpoint_consumed = consumed
         self.snapshot_consumed = consumed
@@ -327,10 +354,11 @@ class SessionFolder:
         """A JSON-able status of the folding."""
         return {
             "phase": self.phase.value,
-            "particles_classified": self.consumed,
+            "particles_classified": self.high_water,
             "queue_depth": self.pending if self.phase is not Phase.COLLECTING else self.session.journal.count,
             "initial_particles_needed": self.n_init,
-            "revisit_cursor": self.revisit_cursor,
+            "reclassified_particles": self.reclassified_end,
+            "reclassifying": self.reclassification is not None,
             "snapshot_iteration": self.snapshot_iteration,
             "last_checkpoint_time": self.checkpoint_time,
             "last_checkpoint_particles": self.checkpoint_consumed,

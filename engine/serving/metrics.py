@@ -6,7 +6,7 @@ Names (prefix ``otf2d_``; counters are exposed with ``_total``):
 ``otf2d_particles_received_total``          counter    new particles journaled (duplicates excluded)
 ``otf2d_particles_classified_total``        counter    particles folded into the classes
 ``otf2d_particles_rejected_total{reason}``  counter    reason ∈ invalid, inconsistent, duplicate
-``otf2d_particles_revisited_total``         counter    cached particles re-judged (E-step only)
+``otf2d_particles_revisited_total``         counter    particles put through idle-time reclassification
 ``otf2d_messages_total{result}``            counter    batch messages answered: ack, nack, reject
 ``otf2d_file_to_classified_latency_seconds``  histogram  file ready (``file_ready_time``) → folded in
 ``otf2d_em_batch_duration_seconds``         histogram  one online-EM step (fold of one batch)
@@ -61,7 +61,7 @@ class EngineMetrics:
         for reason in REJECT_REASONS:
             self.particles_rejected.labels(reason)
         self.particles_revisited = Counter(
-            "otf2d_particles_revisited", "Cached particles re-judged against the current classes", registry=r
+            "otf2d_particles_revisited", "Particles put through the idle-time reclassification", registry=r
         )
         self.messages = Counter("otf2d_messages", "Batch messages answered, by result", ["result"], registry=r)
         for result in MESSAGE_RESULTS:

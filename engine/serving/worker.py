@@ -8,8 +8,9 @@ device. Each round it serves the sessions in turn:
    ``max_step_particles``, so a busy engine folds big batches and an idle one folds each batch as
    it arrives);
 3. checkpoints and snapshots fall due every N particles or T seconds, or on request;
-4. only when no session has anything to fold, one revisit step (E-step only) re-judges already
-   folded particles;
+4. only when no session has anything to fold, one piece of a session's reclassification: every
+   particle folded so far classified from scratch as ``otf2d classify`` does, whose classes replace
+   the streaming ones when it is done (``otf2d.engine.serving.folding``);
 5. after a checkpoint, and in a round with nothing to fold, freed heap memory is handed back to the
    OS (:class:`otf2d.engine.resources.heap.HeapTrimmer`, at most once per ``heap_trim_seconds``), so that the
    engine's resident size follows what it holds rather than the high-water mark of the last burst.
@@ -61,8 +62,6 @@ class WorkerConfig:
     ----------
     max_step_particles
         Most particles folded in one step.
-    revisit_batch
-        Particles re-judged in one revisit step.
     checkpoint_every, checkpoint_seconds
         Checkpoint after this many newly folded particles, or this long after the last
         checkpoint if anything was folded since (0 disables the trigger).
@@ -73,7 +72,8 @@ class WorkerConfig:
         snapshot rewrites every particle's assignment (seconds for 10⁵ particles), and a busy
         engine folding 2,000 particles every few seconds would otherwise write them back to back.
     revisit
-        Whether idle time is used to re-judge cached particles.
+        Whether idle time is used to reclassify the folded particles from scratch (the classes then
+        become those of ``otf2d classify`` on the same particles).
     heap_trim_seconds
         Shortest interval between two trims of the heap (:mod:`otf2d.engine.resources.heap`) after checkpoints
         and in rounds with nothing to fold; 0 disables them.
@@ -82,7 +82,6 @@ class WorkerConfig:
     """
 
     max_step_particles: int = 2048
-    revisit_batch: int = 256
     checkpoint_every: int = 2000
     checkpoint_seconds: float = 60.0
     snapshot_every: int = 2000
@@ -129,6 +128,7 @@ class Worker:
         self._drain_deadline = 0.0
         self._thread = threading.Thread(target=self._run, name="otf2d-worker", daemon=True)
         self.busy_seconds = 0.0
+        self._idle_turn = 0
         #: file → classified latencies (s) of the most recently folded particles
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         self.heap = HeapTrimmer(config.heap_trim_seconds)
@@ -234,15 +234,19 @@ class Worker:
             self.heap.maybe_trim()  # nothing to fold: return what the last steps and writes freed
         worked = worked or folded
         if not worked and self.config.revisit and not self._stopping.is_set():
-            for folder in self.folders():
-                if folder.wants_revisit():
-                    self._revisit(folder)
+            folders = self.folders()
+            self._idle_turn += 1  # sessions take turns, so one long reclassification starves no other
+            for i in range(len(folders)):
+                folder = folders[(self._idle_turn + i) % len(folders)]
+                if folder.wants_idle_work():
+                    self._idle_step(folder)
                     worked = True
                     break
         return worked
 
     def _step(self, folder: SessionFolder) -> None:
         start = time.monotonic()
+        high_water = folder.high_water
         try:
             part = folder.initialise() if folder.ready_to_initialise() else folder.fold(self.config.max_step_particles)
         except Exception as exc:
@@ -255,7 +259,7 @@ class Worker:
         seconds = time.monotonic() - start
         self.busy_seconds += seconds
         self.heap.note_work()
-        self._observe(part, seconds)
+        self._observe(part, seconds, high_water)
 
     def _flush(self, folder: SessionFolder) -> bool:
         """Store the judgements a full disk held back; whether the folder may go on."""
@@ -270,21 +274,24 @@ class Worker:
         self.disk.clear()
         return True
 
-    def _observe(self, part: JournalSlice, seconds: float) -> None:
+    def _observe(self, part: JournalSlice, seconds: float, high_water: int) -> None:
+        """Step duration; count and latency of the particles folded for the first time (not those folded
+        again into the classes of a reclassification: they were counted when first folded)."""
         self.metrics.step_duration.observe(seconds)
-        self.metrics.particles_classified.inc(len(part))
-        latencies = np.maximum(time.time() - part.file_ready_time, 0.0).tolist()
+        fresh = part.seqs >= high_water
+        self.metrics.particles_classified.inc(int(fresh.sum()))
+        latencies = np.maximum(time.time() - part.file_ready_time[fresh], 0.0).tolist()
         for value in latencies:
             self.metrics.latency.observe(value)
         self.recent_latencies.extend(latencies)
 
-    def _revisit(self, folder: SessionFolder) -> None:
+    def _idle_step(self, folder: SessionFolder) -> None:
         start = time.monotonic()
         try:
-            n = folder.revisit(self.config.revisit_batch)
+            n = folder.idle_step()
         except Exception as exc:
             if is_disk_full(exc):
-                self.disk.trip(exc, f"re-judging session {folder.name}")
+                self.disk.trip(exc, f"reclassifying session {folder.name}")
             else:
                 folder.fail(exc)
             return
@@ -304,6 +311,8 @@ class Worker:
             cfg.checkpoint_seconds,
         ):
             self._checkpoint(folder)
+        if folder.refolding:
+            return  # the stored assignments mix the old classes and the reclassified ones until then
         if self.snapshots.errors.get(folder.name) and now - folder.snapshot_time >= cfg.retry_seconds:
             self._snapshot(folder)  # the last one failed (a full disk, ...): try again
         folded = folder.consumed - folder.snapshot_consumed

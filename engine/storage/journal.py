@@ -168,6 +168,38 @@ class JournalSlice:
         return len(self.seqs)
 
 
+class JournalParticles:
+    """The first ``stop`` particles of a journal as a random-access source (``len``, ``take``).
+
+    ``take`` reads each run of consecutive positions with one :meth:`Journal.read`; use it on the
+    thread that owns the journal's connection (the worker's).
+    """
+
+    def __init__(self, journal: Journal, stop: int) -> None:
+        self.journal = journal
+        self.stop = min(int(stop), journal.count)
+
+    def __len__(self) -> int:
+        return self.stop
+
+    def take(self, index: npt.ArrayLike) -> ParticleBatch:
+        """The particles at positions ``index`` (in that order)."""
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        if idx.size == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.stop:
+            raise IndexError(f"positions must lie in [0, {self.stop}), got {idx.size} positions")
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        runs = np.split(ordered, np.flatnonzero(np.diff(ordered) > 1) + 1)
+        parts = []
+        for run in runs:
+            part = self.journal.read(int(run[0]), int(run[-1]) + 1).batch
+            parts.append(part.take(run - run[0]))
+        joined = parts[0] if len(parts) == 1 else ParticleBatch.concatenate(parts)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return joined if np.array_equal(order, np.arange(len(order))) else joined.take(back)
+
+
 #: Most SQLite connections one thread keeps open over every journal (each holds about 3 file
 #: descriptors: the index, its WAL and its shared memory); the least recently used is closed beyond.
 MAX_CONNECTIONS_PER_THREAD = 16
@@ -874,5 +906,6 @@ __all__ = [
     "STATISTIC_COLUMNS",
     "AppendOutcome",
     "Journal",
+    "JournalParticles",
     "JournalSlice",
 ]
