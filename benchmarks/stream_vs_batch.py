@@ -13,8 +13,12 @@ idle time between arrivals, the worst case for the engine). The table scores aga
 
 Times: ``first classes s`` is the initialisation (from the ``K × batch``-th particle to the first
 classes); ``idle s`` the idle time the reclassification took after the last arrival; ``snapshot s``
-one snapshot of every particle's assignment. Defaults are the engine's (``--classes 20``,
-``--batch-per-class 40``: with 100, a 2,000-particle session is all initialisation).
+building one snapshot (classes and every particle's assignment; not writing it). The engine's grid
+verdict (``otf2d.monitoring.state.SessionMonitor``, one micrograph every 30 s of simulated time) is
+printed under the table for the streaming classes and after reclassification.
+
+Defaults: ``--classes 20 --batch-per-class 40`` (as the issue's engine run; with 100, a
+2,000-particle session is all initialisation).
 
 Usage::
 
@@ -37,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from otf2d.core.config import Class2DParams
+from otf2d.core.config import Class2DParams, VerdictConfig
 from otf2d.core.particles import ParticleBatch
 from otf2d.core.readers import load_batch, read_particle_table
 from otf2d.core.snapshot import ClassSnapshot
@@ -46,12 +50,15 @@ from otf2d.engine.serving.em_adapter import em_classifier_factory
 from otf2d.engine.serving.folding import SessionFolder
 from otf2d.engine.serving.session import Session
 from otf2d.monitoring.quality import score_snapshot
+from otf2d.monitoring.state import SessionMonitor
 from otf2d.simulator.particles import SimulationSetup, prepare_simulation
 from otf2d.simulator.presets import RIBOSOME_MAP, realistic_session
 from otf2d.simulator.scoring import QualityReport, score_classification
 from otf2d.simulator.session import simulate_session
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: Simulated time between two micrographs (s): 200 particles each make 24,000 particles an hour.
+MICROGRAPH_SECONDS = 30.0
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("good classes", "good_classes", "d"),
     ("empty classes", "empty_classes", "d"),
@@ -72,6 +79,7 @@ class Column:
     seed: int
     quality: QualityReport
     times: dict[str, float]
+    verdict: str = ""
 
 
 def micrograph_batches(star: Path) -> list[ParticleBatch]:
@@ -111,7 +119,10 @@ def stream(
     session = Session.create(work / "sessions", "bench", params)
     folder = SessionFolder(session, em_classifier_factory, torch.device("cpu"))
     times: dict[str, float] = {}
+    clock = [0.0]  # simulated collection time: one micrograph every MICROGRAPH_SECONDS
+    monitor = SessionMonitor(VerdictConfig(), clock=lambda: clock[0])
     for m, batch in enumerate(batches):
+        clock[0] += MICROGRAPH_SECONDS
         header = {"msg_id": f"m{m}", "file_ready_time": time.time(), "source": f"mic{m}.star"}
         session.journal.append_many([(header, batch)])
         if folder.ready_to_initialise():
@@ -120,11 +131,14 @@ def stream(
             times["first classes s"] = time.perf_counter() - start
         while folder.classifier is not None and folder.pending:
             folder.fold(2048)
+        monitor.record_classified("bench", folder.high_water, clock[0])
     k = params.n_classes
     start = time.perf_counter()
     snapshot = folder.snapshot(session.journal.assignments(), 1)
     times["snapshot s"] = time.perf_counter() - start
-    before = Column("streaming", params.seed, score(snapshot, setup, truth, k), dict(times))
+    before = Column(
+        "streaming", params.seed, score(snapshot, setup, truth, k), dict(times), verdict_of(monitor, snapshot)
+    )
     start = time.perf_counter()
     while folder.wants_idle_work():
         folder.idle_step()
@@ -132,7 +146,17 @@ def stream(
             folder.fold(2048)
     times["idle s"] = time.perf_counter() - start
     after = folder.snapshot(session.journal.assignments(), 2)
-    return [before, Column("stream+idle", params.seed, score(after, setup, truth, k), times)]
+    clock[0] += times["idle s"]
+    return [
+        before,
+        Column("stream+idle", params.seed, score(after, setup, truth, k), times, verdict_of(monitor, after)),
+    ]
+
+
+def verdict_of(monitor: SessionMonitor, snapshot: ClassSnapshot) -> str:
+    """The engine's grid verdict on ``snapshot`` (its state, and the deciding reason)."""
+    verdict = monitor.publish("bench", snapshot).verdict
+    return f"{verdict.state.upper()}: {verdict.reasons[0]}" if verdict.reasons else verdict.state.upper()
 
 
 def batch_column(
@@ -187,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         columns.append(batch_column(batches, params, setup, truth))
         print(render(columns), flush=True)
         print(flush=True)
+    for c in columns:
+        if c.verdict:
+            print(f"verdict, {c.name} s{c.seed}: {c.verdict}")
     print(f"sessions under {out}")
     return 0
 

@@ -22,6 +22,10 @@ The grids (``GRIDS``):
     20 % junk; the simulator's ``--preferred-orientation``: 75 % of the particles about one view
     (6° per axis), 10 % about a second, the rest uniform.
 
+With ``--map`` (the 70S ribosome map of ``../shared/data``), the grids are realistic instead
+(``MAP_GRIDS``): the realistic session of issue 12 (box 80 at 5 Å/px, SNR 0.05, uniform views, 20 %
+junk), the same with 80 % junk, and with 90 % of the particles within 4° (per axis) of one view.
+
 For each grid one table row per snapshot (at every multiple of ``--every``; the first when the classes
 start, ``K × batch_per_class`` particles, if that is later): particles classified, the true junk fraction of those
 particles and the measured one (particles in classes flagged junk), the distinct views, the share of
@@ -36,6 +40,8 @@ Usage::
 
     .venv/bin/python benchmarks/verdict_timelines.py          # 3 grids x 8,000 particles (~1 min, 2 idle cores)
     .venv/bin/python benchmarks/verdict_timelines.py --particles 3000 --every 500 --grids good
+    .venv/bin/python benchmarks/verdict_timelines.py --map ../shared/data/aspire/clean70SRibosome_vol_65p.mrc \\
+        --seeds 1,2,3 --particles 6000 --every 500   # the realistic grids (issue 15 item 6)
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +75,7 @@ from otf2d.simulator.particles import (
     prepare_simulation,
     simulate_particles,
 )
+from otf2d.simulator.presets import realistic_session
 from otf2d.simulator.projection import project, viewing_direction
 from otf2d.simulator.views import PREFERRED_VIEWS_DEGREES, views_near
 
@@ -164,8 +172,36 @@ class GridRun:
         return final, since
 
 
-def simulation_config(spec: GridSpec, seed: int) -> SimulationConfig:
-    """The virtual microscope for ``spec``: the phantom at box 64, 4 Å/px, SNR 0.05 (the defaults)."""
+#: The grids of the realistic mode (``--map``): the realistic session of issue 12 (uniform views) and
+#: its variations; the preferred grid puts 90 % of the particles within a 4° cone (per axis) of one view,
+#: so that ≥ 80 % of the good particles lie within 10° of it (issue 15 item 6).
+MAP_GRIDS: dict[str, GridSpec] = {
+    "good": GridSpec("good", 0.2, description="20% junk, uniform views (the realistic session)"),
+    "junk-heavy": GridSpec("junk-heavy", 0.8, description="80% junk, uniform views"),
+    "preferred": GridSpec(
+        "preferred", 0.2, preferred_orientation=True, description="20% junk, 90% of the particles within 4° of one view"
+    ),
+}
+MAP_PREFERRED_FRACTION = 0.9
+MAP_PREFERRED_SPREAD_DEGREES = 4.0
+#: About a second view (the simulator's secondary view); the remaining 5 % are uniform.
+MAP_SECONDARY_FRACTION = 0.05
+
+
+def simulation_config(spec: GridSpec, seed: int, map_path: Path | None = None) -> SimulationConfig:
+    """The virtual microscope for ``spec``: the phantom at box 64, 4 Å/px, SNR 0.05 (the defaults), or
+    with ``map_path`` the realistic session (``otf2d.simulator.presets.realistic_session``) with the
+    grid's junk and views."""
+    if map_path is not None:
+        return dataclasses.replace(
+            realistic_session(map_path, n_particles=PARTICLES_PER_MICROGRAPH, seed=seed),
+            n_micrographs=1,
+            junk_fraction=spec.junk_fraction,
+            preferred_orientation=spec.preferred_orientation,
+            preferred_fraction=MAP_PREFERRED_FRACTION,
+            secondary_fraction=MAP_SECONDARY_FRACTION,
+            preferred_spread_degrees=MAP_PREFERRED_SPREAD_DEGREES,
+        )
     return SimulationConfig(
         n_particles=PARTICLES_PER_MICROGRAPH,
         n_micrographs=1,
@@ -243,10 +279,10 @@ def grid_particles(spec: GridSpec, setup: SimulationSetup, n: int, rng: np.rando
 
 
 def micrographs(
-    spec: GridSpec, n_particles: int, seed: int, setup: SimulationSetup | None = None
+    spec: GridSpec, n_particles: int, seed: int, setup: SimulationSetup | None = None, map_path: Path | None = None
 ) -> Iterator[Micrograph]:
     """The grid's particles in arrival order, :data:`PARTICLES_PER_MICROGRAPH` per micrograph."""
-    setup = setup if setup is not None else prepare_simulation(simulation_config(spec, seed))
+    setup = setup if setup is not None else prepare_simulation(simulation_config(spec, seed, map_path))
     n_mics = math.ceil(n_particles / PARTICLES_PER_MICROGRAPH)
     for m in range(1, n_mics + 1):
         n = min(PARTICLES_PER_MICROGRAPH, n_particles - (m - 1) * PARTICLES_PER_MICROGRAPH)
@@ -433,15 +469,17 @@ def run_grid(
     seed: int = 0,
     device: torch.device | None = None,
     log: bool = False,
+    map_path: Path | None = None,
 ) -> GridRun:
-    """Simulate ``spec``, classify it in arrival order and judge it every ``every`` particles."""
+    """Simulate ``spec`` (the phantom, or with ``map_path`` the realistic session's map), classify it in
+    arrival order and judge it every ``every`` particles."""
     start = time.perf_counter()
     run = StreamingRun(params, verdict or VerdictConfig(), rate_per_second, device or torch.device("cpu"))
     rows: list[TimelineRow] = []
     snapshot: ClassSnapshot | None = None
     state: MonitoringState | None = None
     next_mark = every
-    for mic in micrographs(spec, n_particles, seed):
+    for mic in micrographs(spec, n_particles, seed, map_path=map_path):
         run.arrive(mic, spec.name)
         if run.classifier is None or run.arrived < next_mark:
             continue
@@ -540,10 +578,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-res", type=float, default=16.0, help="maximum resolution used, Å (default 16)")
     parser.add_argument("--in-plane-step", type=float, default=12.0, help="in-plane step, degrees (default 12)")
     parser.add_argument("--max-shift", type=float, default=12.0, help="largest shift searched, Å (default 12)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the simulation and classification (default 0)")
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds of the simulation and classification (default 0)"
+    )
+    parser.add_argument(
+        "--map",
+        type=Path,
+        default=None,
+        help="realistic grids from this map (the 70S ribosome of ../shared/data: the realistic session of issue 12 "
+        "with 20 %% / 80 %% junk and a 90 %% preferred view) instead of the phantom",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
+    args.seed = int(args.seeds.split(",")[0])
     unknown = [g for g in args.grids.split(",") if g not in GRIDS]
     if unknown:
         parser.error(f"unknown grid(s) {unknown}; choose from {list(GRIDS)}")
@@ -564,24 +612,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"shifts ±{params.max_shift_angstrom:g} Å, force max; {args.threads} CPU thread(s); "
         f"arrivals {args.rate:g}/s in micrographs of {PARTICLES_PER_MICROGRAPH}"
     )
-    results = []
-    for name in args.grids.split(","):
-        result = run_grid(
-            GRIDS[name],
-            n_particles=args.particles,
-            every=args.every,
-            params=params,
-            rate_per_second=args.rate,
-            seed=args.seed,
-            log=not args.quiet,
-        )
-        results.append(result)
-        print()
-        print("\n".join(format_table(result)), flush=True)
+    grids = MAP_GRIDS if args.map is not None else GRIDS
+    if args.map is not None and not args.map.is_file():
+        raise SystemExit(f"the map {args.map} is not there")
+    results: list[tuple[int, GridRun]] = []
+    for seed in (int(x) for x in args.seeds.split(",")):
+        seeded = dataclasses.replace(params, seed=seed)
+        for name in args.grids.split(","):
+            result = run_grid(
+                grids[name],
+                n_particles=args.particles,
+                every=args.every,
+                params=seeded,
+                rate_per_second=args.rate,
+                seed=seed,
+                log=not args.quiet,
+                map_path=args.map,
+            )
+            results.append((seed, result))
+            print()
+            print(f"seed {seed}")
+            print("\n".join(format_table(result)), flush=True)
     print()
-    for result in results:
+    for seed, result in results:
         final, since = result.settled()
-        print(f"grid {result.spec.name}: verdict {final} from {since:,} particles on")
+        print(f"seed {seed}, grid {result.spec.name}: verdict {final} from {since:,} particles on")
     return 0
 
 

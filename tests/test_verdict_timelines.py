@@ -77,7 +77,7 @@ def seeded_runs() -> Iterator[dict[int, dict[str, Any]]]:
     try:
         out = {}
         for seed in SEEDS:
-            params = bench.classification_params(bench.parse_args(["--seed", str(seed)]))
+            params = bench.classification_params(bench.parse_args(["--seeds", str(seed)]))
             out[seed] = {
                 name: bench.run_grid(spec, n_particles=PARTICLES, every=EVERY, params=params, seed=seed)
                 for name, spec in bench.GRIDS.items()
