@@ -74,3 +74,20 @@ def test_realistic_benchmark_prints_its_table(shared_data: Path, tmp_path: Path)
     cells = [c.strip() for c in rows["wall s"].split("|")[2:-2]]
     assert cells and float(cells[0]) > 0
     assert (tmp_path / "seed1" / "truth.csv").is_file()
+
+
+@pytest.mark.slow
+def test_stream_vs_batch_benchmark_prints_its_table_and_verdicts(shared_data: Path, tmp_path: Path) -> None:
+    out = run_benchmark(
+        "stream_vs_batch.py",
+        "--particles", "400", "--classes", "4", "--batch-per-class", "25", "--seeds", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    header = [c.strip() for c in rows["metric"].split("|")[2:-1]]
+    assert header == ["streaming s1", "stream+idle s1", "classify s1"], out
+    for metric in ("good classes", "view spread deg", "junk isolation", "first classes s", "idle s", "wall s"):
+        assert metric in rows, out
+    idle = [c.strip() for c in rows["idle s"].split("|")[2:-1]]
+    assert idle[0] == "" and float(idle[1]) > 0 and idle[2] == ""
+    verdicts = [line for line in out.splitlines() if line.startswith("verdict, ")]
+    assert [v.split(":")[0] for v in verdicts] == ["verdict, streaming s1", "verdict, stream+idle s1"], out
