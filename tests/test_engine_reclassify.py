@@ -20,7 +20,9 @@ from otf2d.core.config import Class2DParams
 from otf2d.engine.em.driver import ClassificationResult, classify_batches
 from otf2d.engine.serving.em_adapter import EmClassifier, em_classifier_factory, stable_class_order
 from otf2d.engine.serving.folding import SessionFolder
+from otf2d.engine.serving.metrics import EngineMetrics
 from otf2d.engine.serving.session import Session
+from otf2d.engine.serving.worker import Worker, WorkerConfig
 from otf2d.engine.storage.journal import JournalParticles
 
 PARAMS = Class2DParams(n_classes=3, batch_size_per_class=8, online_em_iterations=3, seed=4)
@@ -149,3 +151,28 @@ def test_a_checkpoint_remembers_what_was_reclassified(tmp_path: Path) -> None:
     assert again.restore()
     assert again.reclassified_end == again.consumed == 48
     assert not again.wants_idle_work()
+
+
+class _IdleFolder:
+    """What the worker reads of a folder to choose idle work."""
+
+    def __init__(self, name: str, wants: bool, running: bool) -> None:
+        self.name = name
+        self.wants = wants
+        self.reclassification = object() if running else None
+
+    def wants_idle_work(self) -> bool:
+        return self.wants
+
+
+def test_the_worker_finishes_one_reclassification_before_starting_another(tmp_path: Path) -> None:
+    worker = Worker(WorkerConfig(), em_classifier_factory, torch.device("cpu"), EngineMetrics(), None)  # type: ignore[arg-type]
+    a, b, c = _IdleFolder("a", True, False), _IdleFolder("b", True, True), _IdleFolder("c", False, False)
+    folders = cast(list[SessionFolder], [a, b, c])
+    worker.folders = lambda: folders  # type: ignore[method-assign]
+    assert [worker._next_idle_folder() for _ in range(3)] == [b, b, b]  # b's run goes on
+    b.reclassification = None
+    chosen = [worker._next_idle_folder() for _ in range(4)]  # then a and b take turns; c wants nothing
+    assert set(chosen) == {a, b} and chosen[0] is not chosen[1]
+    a.wants = b.wants = False
+    assert worker._next_idle_folder() is None

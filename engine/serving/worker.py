@@ -234,14 +234,10 @@ class Worker:
             self.heap.maybe_trim()  # nothing to fold: return what the last steps and writes freed
         worked = worked or folded
         if not worked and self.config.revisit and not self._stopping.is_set():
-            folders = self.folders()
-            self._idle_turn += 1  # sessions take turns, so one long reclassification starves no other
-            for i in range(len(folders)):
-                folder = folders[(self._idle_turn + i) % len(folders)]
-                if folder.wants_idle_work():
-                    self._idle_step(folder)
-                    worked = True
-                    break
+            idle = self._next_idle_folder()
+            if idle is not None:
+                self._idle_step(idle)
+                worked = True
         return worked
 
     def _step(self, folder: SessionFolder) -> None:
@@ -284,6 +280,20 @@ class Worker:
         for value in latencies:
             self.metrics.latency.observe(value)
         self.recent_latencies.extend(latencies)
+
+    def _next_idle_folder(self) -> SessionFolder | None:
+        """The session whose reclassification goes on, else the next one (in turn) that wants one.
+
+        One reclassification at a time: each holds its session's prepared particles (up to 2 GiB), and
+        finishing one before starting the next gives every session its turn."""
+        folders = [f for f in self.folders() if f.wants_idle_work()]
+        for folder in folders:
+            if folder.reclassification is not None:
+                return folder
+        if not folders:
+            return None
+        self._idle_turn += 1
+        return folders[self._idle_turn % len(folders)]
 
     def _idle_step(self, folder: SessionFolder) -> None:
         start = time.monotonic()
