@@ -176,3 +176,11 @@ def test_the_worker_finishes_one_reclassification_before_starting_another(tmp_pa
     assert set(chosen) == {a, b} and chosen[0] is not chosen[1]
     a.wants = b.wants = False
     assert worker._next_idle_folder() is None
+
+
+def test_a_failed_session_drops_its_reclassification(tmp_path: Path) -> None:
+    folder = _streaming_folder(tmp_path, micrographs=3)
+    folder.idle_step()
+    assert folder.reclassification is not None
+    folder.fail(RuntimeError("the classifier broke"))
+    assert folder.reclassification is None and not folder.wants_idle_work()

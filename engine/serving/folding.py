@@ -144,6 +144,7 @@ class SessionFolder:
         """Stop folding this session after an error in the classifier."""
         self.phase = Phase.FAILED
         self.error = f"{type(exc).__name__}: {exc}"
+        self.reclassification = None  # and the particles it had prepared
         log.exception("session %s: classification failed; journaling continues, folding stops", self.name)
 
     def _new_classifier(self) -> ClassifierPort:
