@@ -127,7 +127,7 @@ def stream(
         session.journal.append_many([(header, batch)])
         if folder.ready_to_initialise():
             start = time.perf_counter()
-            folder.initialise()
+            folder.initialise(quick=True)  # as the engine does, since it reclassifies in idle time
             times["first classes s"] = time.perf_counter() - start
         while folder.classifier is not None and folder.pending:
             folder.fold(2048)

@@ -4,8 +4,10 @@ Each grid is simulated by the virtual microscope (``simulator``) and fed, microg
 arrival order, through the engine's own classifier (``otf2d.engine.serving.em_adapter.EmClassifier``, the class
 the engine's worker drives): the classes are initialised from the first ``K × batch_per_class``
 particles with the classifier's initial schedule, then every later micrograph is folded in with one
-online-EM step, as ``otf2d.engine.serving.folding.SessionFolder`` does. At every ``--every`` particles a snapshot
-is taken (``Classifier.snapshot``) and judged by the engine's monitoring
+online-EM step, as ``otf2d.engine.serving.folding.SessionFolder`` does. This is the engine with no
+idle time (``--no-revisit``, or arrivals faster than it folds): no reclassification ever replaces the
+streaming classes, so they start from the full initial schedule, not the quick start. At every
+``--every`` particles a snapshot is taken (``Classifier.snapshot``) and judged by the engine's monitoring
 (``otf2d.monitoring.state.SessionMonitor``: junk scores, distinct views, rates, verdict) on a simulated
 clock: particles arrive at ``--rate`` per second, and classification is taken to keep up (the
 classifier's own compute time is not on the clock).

@@ -167,7 +167,7 @@ class _ConstantClassifier:
             }
         )
 
-    def initialise(self, batch: ParticleBatch) -> AssignmentRecord:
+    def initialise(self, batch: ParticleBatch, *, quick: bool = False) -> AssignmentRecord:
         return self._judgements(batch)
 
     def fold(self, batch: ParticleBatch) -> AssignmentRecord:

@@ -17,7 +17,12 @@ import torch
 from engine_helpers import make_batch
 
 from otf2d.core.config import Class2DParams
-from otf2d.engine.em.driver import ClassificationResult, classify_batches
+from otf2d.engine.em.driver import (
+    ClassificationResult,
+    classify_batches,
+    planned_work,
+    quick_start_params,
+)
 from otf2d.engine.serving.em_adapter import EmClassifier, em_classifier_factory, stable_class_order
 from otf2d.engine.serving.folding import SessionFolder
 from otf2d.engine.serving.metrics import EngineMetrics
@@ -184,3 +189,30 @@ def test_a_failed_session_drops_its_reclassification(tmp_path: Path) -> None:
     assert folder.reclassification is not None
     folder.fail(RuntimeError("the classifier broke"))
     assert folder.reclassification is None and not folder.wants_idle_work()
+
+
+def test_the_quick_start_does_less_work_and_leaves_a_session_classifier_that_checkpoints(tmp_path: Path) -> None:
+    """The quick start (an engine that reclassifies in idle time) puts fewer particles through the
+    E-step than the full initial schedule; afterwards the classifier carries the session's parameters,
+    is past the initial schedule (temperature 1, no reseeding, the step size of the full schedule's end
+    while folding) and its checkpoint loads into a fresh classifier of the session."""
+    params = Class2DParams(
+        n_classes=3, batch_size_per_class=30, online_em_iterations=8, noise_anneal_iterations=4, seed=4
+    )
+    batch = make_batch("s", 0, 90)
+    quick = quick_start_params(params)
+    assert planned_work(len(batch), quick) < planned_work(len(batch), params) / 2
+    seen: dict[str, list[int]] = {"quick": [], "full": []}
+    for name, is_quick in (("quick", True), ("full", False)):
+        em = em_classifier_factory(params, batch.box_size, batch.pixel_size_angstrom, torch.device("cpu"))
+        record = em.initialise(batch, quick=is_quick)
+        assert len(record.class_index) == len(batch)
+        classifier = em.classifier
+        assert classifier.params == params
+        assert classifier.iteration == params.online_em_iterations + params.final_full_iterations
+        assert classifier.temperature() == 1.0
+        seen[name].append(classifier.n_updates)
+        fresh = EmClassifier(params, batch.box_size, batch.pixel_size_angstrom, torch.device("cpu"))
+        fresh.restore(em.state())
+        np.testing.assert_array_equal(fresh.classifier.class_averages().numpy(), classifier.class_averages().numpy())
+    assert seen["quick"] == seen["full"] == [params.online_em_iterations + params.final_full_iterations]

@@ -44,9 +44,11 @@ class Reclassification(Protocol):
 class ClassifierPort(Protocol):
     """A stateful online-EM classifier of one session."""
 
-    def initialise(self, batch: ParticleBatch) -> AssignmentRecord:
+    def initialise(self, batch: ParticleBatch, *, quick: bool = False) -> AssignmentRecord:
         """Build the first classes from ``batch`` (the initial ``K × batch_size_per_class``
-        particles) with the classifier's initialisation schedule; assignments of ``batch``."""
+        particles) with the classifier's initialisation schedule; assignments of ``batch``.
+
+        ``quick``: a short schedule, for an engine whose idle-time reclassification follows."""
         ...
 
     def fold(self, batch: ParticleBatch) -> AssignmentRecord:

@@ -115,7 +115,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--no-revisit",
         action="store_true",
         help="do not reclassify the folded particles from scratch when idle (the classes then follow the streaming "
-        "updates only)",
+        "updates only, and the first classes take the full initial schedule instead of the quick start)",
     )
     parser.add_argument("--max-backlog", type=int, default=0, help="NACK while more particles wait (0: never)")
     parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16", help="cached images")

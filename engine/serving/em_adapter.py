@@ -2,8 +2,10 @@
 :class:`~otf2d.engine.serving.classifier_port.ClassifierPort`.
 
 - ``initialise``: the classifier's own schedule (``otf2d.engine.em.driver.classify_batches``) on the
-  initial ``K × batch_size_per_class`` particles: random initial classes, ``online_em_iterations``
-  online-EM iterations, ``final_full_iterations`` full passes; the assignments of those particles.
+  initial ``K × batch_size_per_class`` particles, the assignments of those particles; with
+  ``quick=True`` (an engine that reclassifies in idle time) the quick start
+  (``otf2d.engine.em.driver.quick_start_params``: three short online-EM iterations, then
+  ``final_full_iterations`` full passes), since the full schedule follows in idle time.
 - ``fold``: ``Classifier.step`` (E-step, online update with the decaying step size, M-step).
 - ``judge``: ``Classifier.assign`` (E-step only).
 - ``reclassify``: ``otf2d.engine.em.driver.BatchRun`` on the given particles, with the session's
@@ -33,13 +35,18 @@ from otf2d.core.snapshot import (
 )
 from otf2d.engine.em.assignments import Assignments
 from otf2d.engine.em.classifier import Classifier
-from otf2d.engine.em.driver import BatchRun, ParticleSource, classify_batches
+from otf2d.engine.em.driver import BatchRun, ParticleSource, classify_batches, quick_start_params
 
 
 def judgements(assignments: Assignments) -> AssignmentRecord:
     """The E-step's assignments and statistics as an :class:`AssignmentRecord` of ``(n,)`` NumPy arrays."""
     names = (*ASSIGNMENT_ARRAYS, *OPTIONAL_PER_PARTICLE_ARRAYS)
     return AssignmentRecord(**{name: np.asarray(getattr(assignments, name).detach().cpu().numpy()) for name in names})
+
+
+def initial_schedule_end(params: Class2DParams) -> int:
+    """The classifier's iteration count at the end of ``params``' full initial schedule."""
+    return params.online_em_iterations + params.final_full_iterations
 
 
 class EmClassifier:
@@ -52,13 +59,24 @@ class EmClassifier:
         self.device = device
         self.classifier = Classifier(params, box[0], self.pixel_size_angstrom, device=device)
 
-    def initialise(self, batch: ParticleBatch) -> AssignmentRecord:
-        """Run the classifier's initial schedule on ``batch``; its particles' assignments."""
+    def initialise(self, batch: ParticleBatch, *, quick: bool = False) -> AssignmentRecord:
+        """Run the classifier's initial schedule on ``batch`` (``quick``: the quick start); its
+        particles' assignments."""
         # The engine keeps the start from subset averages: the verdict's view merging was calibrated on
         # it, and with single-particle starts a preferred-orientation grid was no longer flagged
         # (largest view 18 % of the good particles for a true 80 %): issue 12 item 5, issue 15 item 6.
-        result = classify_batches(batch, self.params, device=self.device, start_from_subsets=True)
-        self.classifier = result.classifier
+        schedule = quick_start_params(self.params) if quick else self.params
+        result = classify_batches(batch, schedule, device=self.device, start_from_subsets=True)
+        classifier = result.classifier
+        # From here on the classifier is the session's: its parameters (checkpoints compare them), and
+        # past the initial schedule as the full one would be, so folding neither reheats the ICUF
+        # temperature nor reseeds, and folds take the step size they would take after the full schedule
+        # (either way the statistics are those of the final full pass over the initial particles).
+        classifier.params = self.params
+        end = initial_schedule_end(self.params)
+        classifier.iteration = max(classifier.iteration, end)
+        classifier.n_updates = max(classifier.n_updates, end)
+        self.classifier = classifier
         return judgements(result.assignments)
 
     def fold(self, batch: ParticleBatch) -> AssignmentRecord:

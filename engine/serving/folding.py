@@ -164,8 +164,11 @@ class SessionFolder:
 
     # ------------------------------------------------------------------ steps
 
-    def initialise(self) -> JournalSlice:
+    def initialise(self, *, quick: bool = False) -> JournalSlice:
         """Initialise the classes from the first ``n_init`` journal particles; returns them.
+
+        ``quick``: the classifier's quick start (the engine reclassifies in idle time, so the first
+        classes only have to come soon).
 
         From here on the session's parameters are fixed (``initialising`` is set under the
         session's lock, which ``start_session`` takes before changing them).
@@ -175,7 +178,7 @@ class SessionFolder:
             n_init = self.n_init
         part = self.session.journal.read(0, n_init)
         classifier = self._new_classifier()
-        judgements = classifier.initialise(part.batch)
+        judgements = classifier.initialise(part.batch, quick=quick)
         self.classifier = classifier
         self.consumed = self.high_water = n_init
         self.phase = Phase.STREAMING

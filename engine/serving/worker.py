@@ -73,7 +73,8 @@ class WorkerConfig:
         engine folding 2,000 particles every few seconds would otherwise write them back to back.
     revisit
         Whether idle time is used to reclassify the folded particles from scratch (the classes then
-        become those of ``otf2d classify`` on the same particles).
+        become those of ``otf2d classify`` on the same particles). With it, the first classes come
+        from the classifier's quick start (seconds); without it, from the full initial schedule.
     heap_trim_seconds
         Shortest interval between two trims of the heap (:mod:`otf2d.engine.resources.heap`) after checkpoints
         and in rounds with nothing to fold; 0 disables them.
@@ -244,7 +245,11 @@ class Worker:
         start = time.monotonic()
         high_water = folder.high_water
         try:
-            part = folder.initialise() if folder.ready_to_initialise() else folder.fold(self.config.max_step_particles)
+            part = (
+                folder.initialise(quick=self.config.revisit)
+                if folder.ready_to_initialise()
+                else folder.fold(self.config.max_step_particles)
+            )
         except Exception as exc:
             if is_disk_full(exc):
                 self.disk.trip(exc, f"folding session {folder.name}")
