@@ -102,7 +102,8 @@ PARAM_FLAGS: tuple[ParamFlag, ...] = (
     ParamFlag(
         "in_plane_step_degrees",
         ("--in-plane-step",),
-        "in-plane angular step, degrees (default: RELION's rule 360/ceil(pi x diameter / resolution))",
+        "in-plane angular step, degrees (default: RELION's rule 360/ceil(pi x diameter / resolution), the count "
+        "rounded up to even so that the coarse pass of the pose search takes every other angle)",
         float,
         "DEG",
     ),

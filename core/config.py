@@ -70,7 +70,7 @@ class Class2DParams:
     recenter_threshold: float = 0.2
     align_filaments_vertically: bool = False
     sort_by_size: bool = True
-    #: In-plane angular step; ``None`` = RELION's rule 360/ceil(π·diameter/resolution).
+    #: In-plane angular step; ``None`` = RELION's rule 360/ceil(π·diameter/resolution), the count rounded up to even.
     in_plane_step_degrees: float | None = None
     #: Largest shift searched, in Å; ``None`` = 10% of the mask diameter.
     max_shift_angstrom: float | None = None

@@ -54,9 +54,12 @@ def test_geometry_follows_the_parameters() -> None:
     assert len(g3.shift_grid()) == 29
     g5 = make_geometry(Class2DParams(max_resolution_angstrom=4.0, max_shift_angstrom=10.0), 64, 2.0)
     assert len(g5.shift_grid()) == 81
-    # RELION's in-plane rule: 360 / ceil(π · diameter / resolution).
+    # RELION's in-plane rule, 360 / ceil(π · diameter / resolution), rounded up to an even count
+    # (33 -> 34) so that the adaptive E-step's coarse pass takes every other rotation.
     g_rule = make_geometry(Class2DParams(max_resolution_angstrom=16.56, mask_diameter_angstrom=172.0), 128, 2.0)
-    assert g_rule.n_rotations == 33
+    assert g_rule.n_rotations == 34
+    g_even = make_geometry(Class2DParams(max_resolution_angstrom=16.0, mask_diameter_angstrom=172.0), 128, 2.0)
+    assert g_even.n_rotations == 34  # ceil(π · 172 / 16) = 34 is even already
     assert g_rule.n_angles % g_rule.n_rotations == 0 and g_rule.n_angles % 2 == 0
     with pytest.raises(InputError):
         make_geometry(Class2DParams(), 63, 1.0)

@@ -43,7 +43,8 @@ class Geometry:
     align_ring_min, align_ring_max
         Rings used in scoring (inclusive): the minimum and maximum alignment resolution.
     n_rotations
-        In-plane rotations scored, ``R``; the step is ``360 / R`` degrees.
+        In-plane rotations scored, ``R``; the step is ``360 / R`` degrees. Derived from RELION's rule
+        ``ceil(π · diameter / resolution)`` rounded up to even unless ``in_plane_step_degrees`` is given.
     n_angles
         Polar samples per ring, ``Q``: a multiple of ``R``, even, at least twice the angular
         bandwidth of an object of radius ``band_radius`` at the outermost ring.
@@ -191,6 +192,9 @@ def make_geometry(params: Class2DParams, box: int, pixel_size_angstrom: float) -
         n_rot = max(4, round(360.0 / params.in_plane_step_degrees))
     else:
         n_rot = max(4, math.ceil(math.pi * inner_a / max(align_res, 2.0 * pix)))
+        # Even, so that the adaptive E-step's coarse pass takes every other rotation
+        # (otf2d.engine.em.significant); an odd R left it at every rotation, at twice the cost.
+        n_rot += n_rot % 2
 
     band_radius = min(outer_r, d / 2.0)
     max_order = math.ceil(2.0 * math.pi * n_rings * band_radius / d) + BAND_MARGIN_ORDERS
