@@ -314,17 +314,23 @@ class OrderAccumulator:
         n_orders, n1 = cx.shape[-1], cx.shape[1]
         y = (cx * alpha.to(cx.dtype)[:, None, None]).to(spec.dtype)  # (B, N+1, M+1)
         n_full, rest = divmod(n_orders, r_count)
-        if shift_rows is None:
-            target = self.numerator
+        # With shift_rows the products are written into an uninitialised buffer (then index-added);
+        # without, added to the numerator in place. Either way through strided views of the
+        # products, with no permuted copy in between.
+        write = shift_rows is not None
+        if write:
+            target = torch.empty(k * t, n1, n_orders, dtype=self.numerator.dtype, device=self.numerator.device)
         else:
-            target = torch.zeros(k * t, n1, n_orders, dtype=self.numerator.dtype, device=self.numerator.device)
+            target = self.numerator
         if n_full:
             full = y[..., : n_full * r_count].reshape(b, n1, n_full, r_count).permute(3, 0, 2, 1)
             out = torch.bmm(spec, full.reshape(r_count, b, n_full * n1)).reshape(r_count, k * t, n_full, n1)
-            target[..., : n_full * r_count] += out.permute(1, 3, 2, 0).reshape(k * t, n1, n_full * r_count)
+            into = target[..., : n_full * r_count].view(k * t, n1, n_full, r_count)
+            (into.copy_ if write else into.add_)(out.permute(1, 3, 2, 0))
         if rest:
             tail = y[..., n_full * r_count :].permute(2, 0, 1)  # (rest, B, N+1): orders n_full·R' + j
-            target[..., n_full * r_count :] += torch.bmm(spec[:rest], tail).permute(1, 2, 0)
+            into = target[..., n_full * r_count :]
+            (into.copy_ if write else into.add_)(torch.bmm(spec[:rest], tail).permute(1, 2, 0))
         if shift_rows is not None:
             rows = (torch.arange(k, device=post.device)[:, None] * self.n_shifts + shift_rows[None, :]).flatten()
             torch.view_as_real(self.numerator).index_add_(0, rows, torch.view_as_real(target))
