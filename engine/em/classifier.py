@@ -74,8 +74,10 @@ RESEED_FRACTION = 0.1
 RESEED_PERTURBATION = 0.2
 #: A class is turned upright only if its principal standard deviations differ by this ratio.
 FILAMENT_ELONGATION = 1.2
-#: Bytes of score tensor per chunk of particles (sets the chunk size).
-CHUNK_BYTES = 48 * 2**20
+#: Bytes of score tensor per chunk of particles (sets the chunk size). 192 MiB gives 160 particles a chunk
+#: on the realistic session (K = 20, 108 rotations, 145 shifts): online-EM steps 1.45x faster than 40 (48 MiB),
+#: from fewer, larger GEMMs and M-step accumulations.
+CHUNK_BYTES = 192 * 2**20
 
 _PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
