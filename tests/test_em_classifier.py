@@ -155,19 +155,33 @@ def test_particles_prepared_once_give_the_same_classification(
     params = _params(n_classes=4, online_em_iterations=3, batch_size_per_class=20, force_max_over_poses=False)
     sub = data.batch.take(np.arange(120))
     kept = classify_batches(sub, params)
-    calls: list[object] = []
-    original = driver.prepare_all
-
-    def no_budget(source: object, clf: Classifier, chunk: int) -> object:
-        calls.append(original(source, clf, chunk, budget_bytes=0))  # type: ignore[arg-type]
-        return calls[-1]
-
-    monkeypatch.setattr(driver, "prepare_all", no_budget)
-    again = classify_batches(sub, params)
-    assert calls == [None]
+    monkeypatch.setattr(driver, "PREPARED_BUDGET_BYTES", 0)
+    run = driver.BatchRun(sub, params)
+    while not run.done:
+        run.advance()
+    again = run.result()
+    assert run.prepared is None
     assert torch.equal(kept.assignments.class_index, again.assignments.class_index)
     assert torch.equal(kept.assignments.psi_degrees, again.assignments.psi_degrees)
     torch.testing.assert_close(kept.classifier.class_averages(), again.classifier.class_averages())
+
+
+def test_a_run_prepares_its_particles_a_chunk_at_a_time(data: SyntheticSet) -> None:
+    # Preparing is one piece of work per pass_chunk particles, so that an engine advancing a run
+    # between its other work is not held up by preparing a large set at once; the result is the
+    # one-piece preparation's.
+    params = _params(n_classes=4, online_em_iterations=2, batch_size_per_class=20, force_max_over_poses=False)
+    sub = data.batch.take(np.arange(120))
+    run = driver.BatchRun(sub, params, pass_chunk=50)
+    pieces = 0
+    while run.stage == "prepare":
+        assert run.advance() == 0
+        pieces += 1
+    assert pieces == 3 and run.prepare_start == 120
+    assert run.prepared is not None
+    whole = driver.prepare_all(sub, run.clf, 120)
+    assert whole is not None
+    assert torch.equal(run.prepared.samples, whole.samples) and torch.equal(run.prepared.ctf, whole.ctf)
 
 
 def test_state_dict_round_trip_gives_identical_results(data: SyntheticSet, tmp_path: Path) -> None:

@@ -157,32 +157,44 @@ def quick_start_params(params: Class2DParams) -> Class2DParams:
     )
 
 
+def prepared_bytes(n_particles: int, classifier: Classifier) -> int:
+    """Bytes that ``n_particles`` prepared for ``classifier`` take (polar samples and CTF)."""
+    g = classifier.geometry
+    return n_particles * (g.n_rings + 1) * g.n_angles * 3 * torch.finfo(classifier.dtype).bits // 8
+
+
+def prepare_range(source: ParticleSource, classifier: Classifier, start: int, stop: int) -> PreparedBatch:
+    """Particles ``start .. stop − 1`` of ``source`` prepared for ``classifier`` (on the CPU)."""
+    batch = classifier.preparer.tensors(source.take(np.arange(start, stop)))
+    samples, ctf = classifier.preparer.prepare(batch.images, batch.ctf)
+    return PreparedBatch(samples.cpu(), ctf.cpu())
+
+
+def concatenate_prepared(parts: Sequence[PreparedBatch]) -> PreparedBatch:
+    """Prepared batches one after the other."""
+    return PreparedBatch(torch.cat([p.samples for p in parts]), torch.cat([p.ctf for p in parts]))
+
+
 def prepare_all(
     source: ParticleSource, classifier: Classifier, chunk: int, budget_bytes: int = PREPARED_BUDGET_BYTES
 ) -> PreparedBatch | None:
     """Every particle of ``source`` prepared once for ``classifier`` (on the CPU), or ``None`` when
     that would take more than ``budget_bytes``: online EM draws each particle many times, and
     preparing it (normalisation, crop, polar transform, CTF) is a fifth of an iteration's work."""
-    g = classifier.geometry
     n = len(source)
-    per_particle = (g.n_rings + 1) * g.n_angles * 3 * torch.finfo(classifier.dtype).bits // 8
-    if n * per_particle > budget_bytes:
+    if prepared_bytes(n, classifier) > budget_bytes:
         return None
-    samples, ctfs = [], []
-    for start in range(0, n, chunk):
-        batch = classifier.preparer.tensors(source.take(np.arange(start, min(n, start + chunk))))
-        s, c = classifier.preparer.prepare(batch.images, batch.ctf)
-        samples.append(s.cpu())
-        ctfs.append(c.cpu())
-    return PreparedBatch(torch.cat(samples), torch.cat(ctfs))
+    return concatenate_prepared(
+        [prepare_range(source, classifier, start, min(n, start + chunk)) for start in range(0, n, chunk)]
+    )
 
 
 class BatchRun:
     """:func:`classify_batches` as a run that advances one piece of work at a time.
 
-    Each :meth:`advance` does one piece: preparing the particles, initialising the classes, one
-    online-EM iteration, or one chunk (``pass_chunk`` particles) of a full pass or of the final
-    assignment. The streaming engine advances a run of the particles it has folded between its other
+    Each :meth:`advance` does one piece: preparing one chunk (``pass_chunk`` particles) of the
+    particles, initialising the classes, one online-EM iteration, or one chunk of a full pass or of
+    the final assignment. The streaming engine advances a run of the particles it has folded between its other
     work (``otf2d.engine.serving.folding``); :func:`classify_batches` advances one to the end. Both do
     the same work in the same order: the same ``params`` and particles give the same result.
 
@@ -215,6 +227,8 @@ class BatchRun:
         self.on_processed = on_processed
         self.start_from_subsets = start_from_subsets
         self.prepared: PreparedBatch | None = None
+        self._prepared_parts: list[PreparedBatch] = []
+        self.prepare_start = 0
         self.seen = 0
         self.stage = "prepare"  # prepare, init, online, full, assign, done
         self.online_done = 0
@@ -256,8 +270,7 @@ class BatchRun:
     def advance(self) -> int:
         """Do the next piece of work; returns the particles it went through (0 for preparing)."""
         if self.stage == "prepare":
-            self.prepared = prepare_all(self.source, self.clf, self.pass_chunk)
-            self.stage = "init"
+            self._prepare_chunk()
             return 0
         if self.stage == "init":
             return self._initialise()
@@ -268,6 +281,21 @@ class BatchRun:
         if self.stage == "assign":
             return self._assign_chunk()
         raise RuntimeError("the run is done: nothing left to advance")
+
+    def _prepare_chunk(self) -> None:
+        """One chunk (``pass_chunk`` particles) of preparing every particle once, kept when they fit in
+        ``PREPARED_BUDGET_BYTES`` (else nothing is prepared ahead); a run advanced between other work
+        is then never held up by preparing a large set in one piece."""
+        if self.prepare_start == 0 and prepared_bytes(self.n, self.clf) > PREPARED_BUDGET_BYTES:
+            self.stage = "init"
+            return
+        stop = min(self.n, self.prepare_start + self.pass_chunk)
+        self._prepared_parts.append(prepare_range(self.source, self.clf, self.prepare_start, stop))
+        self.prepare_start = stop
+        if stop == self.n:
+            parts, self._prepared_parts = self._prepared_parts, []
+            self.prepared = concatenate_prepared(parts)
+            self.stage = "init"
 
     def _initialise(self) -> int:
         self.clf.initialise(self._minibatch(), from_subsets=self.start_from_subsets)
