@@ -141,7 +141,7 @@ def quick_start_params(params: Class2DParams) -> Class2DParams:
     """The short schedule of the engine's first classes (issue 12 item 4: first classes within 30 s).
 
     ``QUICK_START_ITERATIONS`` online-EM iterations of ``QUICK_START_BATCH_PER_CLASS × K`` particles,
-    the ICUF temperature at its start value for the first and annealed to 1 by the last, then
+    the ICUF temperature at its start value for all but the last and 1 for the last, then
     ``params.final_full_iterations`` full passes over the initial particles. On the realistic
     ribosome session (K = 20, 2 cores) that is 20 s for 800 particles and 27 s for 2,000, against
     116 s for 800 with the full schedule. The engine's idle-time reclassification then runs the full
@@ -194,9 +194,10 @@ class BatchRun:
 
     Each :meth:`advance` does one piece: preparing one chunk (``pass_chunk`` particles) of the
     particles, initialising the classes, one online-EM iteration, or one chunk of a full pass or of
-    the final assignment. The streaming engine advances a run of the particles it has folded between its other
-    work (``otf2d.engine.serving.folding``); :func:`classify_batches` advances one to the end. Both do
-    the same work in the same order: the same ``params`` and particles give the same result.
+    the final assignment. The streaming engine advances a run of the particles it has folded between
+    its other work (``otf2d.engine.serving.folding``); :func:`classify_batches` advances one to the
+    end. Both do the same work in the same order: the same ``params`` and particles give the same
+    result.
 
     Parameters as in :func:`classify_batches`.
     """
