@@ -79,7 +79,7 @@ def _latest_files(out: Path, suffix: str) -> Path:
 @pytest.mark.slow
 def test_outputs_exist_and_hold_every_particle_once(session: SessionSummary, run_dir: Path) -> None:
     data_star = _latest_files(run_dir, "_data.star")
-    assert data_star.name == "run_it004_data.star"  # 3 online iterations + 1 full pass
+    assert data_star.name == "run_it006_data.star"  # 3 online iterations + 3 full passes (the default)
     for suffix in ("_classes.mrcs", "_model.star", "_particles.cs", "_class_averages.cs", "_gallery.png"):
         _latest_files(run_dir, suffix)
     assert (run_dir / "latest.json").is_file()

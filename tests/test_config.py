@@ -10,7 +10,7 @@ from otf2d.core.config import Class2DParams, load_config
 from otf2d.core.errors import ConfigError
 
 
-def test_defaults_are_cryosparcs() -> None:
+def test_defaults_are_cryosparcs_but_for_three_final_full_passes() -> None:
     p = Class2DParams()
     assert p.n_classes == 50
     assert p.initial_uncertainty_factor == 2.0
@@ -19,7 +19,7 @@ def test_defaults_are_cryosparcs() -> None:
     assert p.min_alignment_resolution_angstrom is None
     assert p.online_em_iterations == 20
     assert p.batch_size_per_class == 100
-    assert p.final_full_iterations == 1
+    assert p.final_full_iterations == 3  # otf2d's own (cryoSPARC: 1): see Class2DParams
     assert p.zero_pad_factor == 2
     assert (p.per_particle_scale, p.clamp_solvent, p.non_negativity) == (False, False, False)
     assert (p.recenter, p.recenter_threshold) == (True, 0.2)
