@@ -168,7 +168,10 @@ def assignments_from_posteriors(
     c, s = torch.cos(rad), torch.sin(rad)
     ox = (c * o[:, 0] + s * o[:, 1]) * pixel_size_angstrom
     oy = (-s * o[:, 0] + c * o[:, 1]) * pixel_size_angstrom
-    ess = 1.0 / (w.to(torch.float64) ** 2).sum(dim=0)
+    # renormalised in float64: float32 posteriors sum to 1 only within their rounding, and the
+    # effective number of classes is at least 1 by definition
+    w64 = w.to(torch.float64)
+    ess = 1.0 / ((w64 / w64.sum(dim=0)) ** 2).sum(dim=0)
     return Assignments(
         class_index=best.cpu(),
         psi_degrees=wrap_degrees(psi).cpu(),
