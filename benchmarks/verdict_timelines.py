@@ -553,6 +553,7 @@ def classification_params(args: argparse.Namespace) -> Class2DParams:
         n_classes=args.classes,
         batch_size_per_class=args.batch_per_class,
         online_em_iterations=args.online_em_iterations,
+        final_full_iterations=args.final_full_iterations,
         max_resolution_angstrom=args.max_res,
         in_plane_step_degrees=args.in_plane_step,
         max_shift_angstrom=args.max_shift,
@@ -576,6 +577,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-per-class", type=int, default=30, help="initial particles per class (default 30)")
     parser.add_argument(
         "--online-em-iterations", type=int, default=20, help="initial online-EM iterations (default 20)"
+    )
+    parser.add_argument(
+        "--final-full-iterations",
+        type=int,
+        default=1,
+        help="full passes over the initial particles (default 1, as the screening setup was calibrated with)",
     )
     parser.add_argument("--max-res", type=float, default=16.0, help="maximum resolution used, Å (default 16)")
     parser.add_argument("--in-plane-step", type=float, default=12.0, help="in-plane step, degrees (default 12)")
