@@ -62,7 +62,7 @@ class Class2DParams:
     online_em_iterations: int = 20
     batch_size_per_class: int = 100
     #: cryoSPARC's default is 1. Three full passes at temperature 1 separate views better at low SNR
-    #: (realistic session, seeds 1-3, SNR 0.05: selection F1 0.939 -> 0.952, view spread 53.4 -> 51.5°;
+    #: (realistic session, seeds 1-3, SNR 0.05: selection F1 0.940 -> 0.952, view spread 53.7 -> 51.5°;
     #: SNR 0.11: junk isolation 0.79 -> 0.85, view spread 37.3 -> 34.7°) for two passes' more time.
     final_full_iterations: int = 3
     zero_pad_factor: int = 2
