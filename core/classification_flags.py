@@ -88,6 +88,14 @@ PARAM_FLAGS: tuple[ParamFlag, ...] = (
     ),
     ParamFlag("zero_pad_factor", ("--zero-pad",), "2D zero-padding factor", int, "F"),
     ParamFlag("per_particle_scale", ("--per-particle-scale",), "fit a scale per particle", boolean=True),
+    ParamFlag(
+        "per_particle_scale_iterations",
+        ("--per-particle-scale-iterations",),
+        "fit a scale per particle in the first N online-EM iterations only: classes are chosen by shape while "
+        "they form, then noise and junk gather in their own classes (0 = never, as cryoSPARC)",
+        int,
+        "N",
+    ),
     ParamFlag("clamp_solvent", ("--clamp-solvent",), "zero the classes outside the mask", boolean=True),
     ParamFlag("non_negativity", ("--non-negativity",), "no negative density in the classes", boolean=True),
     ParamFlag("recenter", ("--recenter",), "re-centre classes on their centre of mass", boolean=True),

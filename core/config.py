@@ -32,6 +32,7 @@ _UPPER_LIMITS: dict[str, float] = {
     "initial_uncertainty_factor": 1e6,
     "noise_anneal_start_iteration": 1_000_000,
     "noise_anneal_iterations": 1_000_000,
+    "per_particle_scale_iterations": 1_000_000,
 }
 
 
@@ -66,7 +67,16 @@ class Class2DParams:
     #: SNR 0.11: junk isolation 0.79 -> 0.85, view spread 37.3 -> 34.7°) for two passes' more time.
     final_full_iterations: int = 3
     zero_pad_factor: int = 2
+    #: Fit a scale per particle in every iteration (cryoSPARC's "minimize over per-particle scale").
     per_particle_scale: bool = False
+    #: Fit it in the first N online-EM iterations too (never in a final full pass), even when
+    #: ``per_particle_scale`` is off; 0 = never (cryoSPARC). With the scale a class is chosen by the
+    #: shape of its average, not its amplitude, so big blurred classes stop drawing in other views
+    #: while the classes form at low SNR; without it afterwards, noise and junk gather again in their
+    #: own low-power classes, which a scale fitted throughout prevents (junk isolation 0.29). Realistic
+    #: session, SNR 0.05, seeds 1-3, 10 against 0: view spread 51.5 -> 42.1°, in-plane 54.5 -> 48.9°,
+    #: selection F1 0.952 -> 0.958, faithful classes 12.3 -> 14.3, junk isolation 0.752 -> 0.706.
+    per_particle_scale_iterations: int = 10
     clamp_solvent: bool = False
     non_negativity: bool = False
     recenter: bool = True
@@ -102,7 +112,7 @@ class Class2DParams:
                 raise ConfigError(None, f"{name} must be <= {limit}, got {getattr(self, name)}")
         if self.initial_uncertainty_factor < 1:
             raise ConfigError(None, "initial_uncertainty_factor must be >= 1 (1 = no extra uncertainty)")
-        if self.online_em_iterations < 0 or self.final_full_iterations < 0:
+        if self.online_em_iterations < 0 or self.final_full_iterations < 0 or self.per_particle_scale_iterations < 0:
             raise ConfigError(None, "iteration counts must be >= 0")
         if not 0 < self.recenter_threshold < 1:
             raise ConfigError(None, f"recenter_threshold must be in (0, 1), got {self.recenter_threshold}")

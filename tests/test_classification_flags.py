@@ -21,6 +21,7 @@ EVERY_FLAG = [
     "--classes", "12", "--icuf", "3", "--max-res", "8", "--max-align-res", "10", "--min-align-res", "30",
     "--mask-diameter", "150", "--mask-outer-diameter", "180", "--online-em-iterations", "5",
     "--batch-per-class", "40", "--final-full-iterations", "2", "--zero-pad", "3", "--per-particle-scale",
+    "--per-particle-scale-iterations", "4",
     "--clamp-solvent", "--non-negativity", "--no-recenter", "--recenter-threshold", "0.3",
     "--align-filaments-vertically", "--no-sort", "--in-plane-step", "4", "--max-shift", "12",
     "--noise-anneal-start", "1", "--noise-anneal-iterations", "9", "--seed", "7", "--force-max",

@@ -44,7 +44,8 @@ FAST = [
 EVERY_FLAG = [
     "--icuf", "3", "--max-align-res", "10", "--min-align-res", "30", "--mask-diameter", "150",
     "--mask-outer-diameter", "180", "--online-em-iterations", "5", "--final-full-iterations", "2",
-    "--zero-pad", "3", "--per-particle-scale", "--non-negativity", "--no-recenter",
+    "--zero-pad", "3", "--per-particle-scale", "--per-particle-scale-iterations", "4", "--non-negativity",
+    "--no-recenter",
     "--recenter-threshold", "0.3", "--align-filaments-vertically", "--in-plane-step", "4",
     "--max-shift", "12", "--noise-anneal-start", "1", "--noise-anneal-iterations", "9", "--seed", "7",
     "--force-max", "--precision", "bf16",
@@ -207,6 +208,7 @@ def test_flags_default_to_cryosparc_and_override_the_config(tmp_path: Path) -> N
         final_full_iterations=2,
         zero_pad_factor=3,
         per_particle_scale=True,
+        per_particle_scale_iterations=4,
         non_negativity=True,
         recenter=False,
         recenter_threshold=0.3,

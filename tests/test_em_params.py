@@ -78,7 +78,8 @@ def test_per_particle_scale_recovers_the_particles_scale() -> None:
     )
     truth = torch.as_tensor(np.stack([render(t, BOX) for t in templates]))
     for on in (True, False):
-        clf = Classifier(_params(n_classes=2, per_particle_scale=on), BOX, PIXEL, dtype=torch.float64)
+        params = _params(n_classes=2, per_particle_scale=on, per_particle_scale_iterations=0)
+        clf = Classifier(params, BOX, PIXEL, dtype=torch.float64)
         clf.estimate_noise(data.batch)
         clf.set_class_images(truth * clf.window.double())
         got = clf.assign(data.batch).scale.numpy()
@@ -88,6 +89,28 @@ def test_per_particle_scale_recovers_the_particles_scale() -> None:
             assert 3.0 < ratio < 5.0, f"scale ratio {ratio:.2f}, truth 4"
         else:
             assert np.all(got == 1.0)
+
+
+def test_the_early_scale_is_fitted_in_the_first_online_iterations_only() -> None:
+    rng = np.random.default_rng(2)
+    templates = random_templates(2, BOX, rng)
+    scales = rng.choice([0.5, 2.0], 60)
+    data = make_particles(
+        60, templates, BOX, PIXEL, rng, psi_step_degrees=STEP, max_shift_px=1, noise_std=0.15, scales=scales
+    )
+    params = _params(n_classes=2, per_particle_scale_iterations=3, online_em_iterations=5)
+    clf = Classifier(params, BOX, PIXEL, dtype=torch.float64)
+    clf.estimate_noise(data.batch)
+    clf.set_class_images(torch.as_tensor(np.stack([render(t, BOX) for t in templates])) * clf.window.double())
+    fitted = []
+    for iteration in range(7):  # five online iterations, then two final passes
+        clf.iteration = iteration
+        fitted.append(bool(np.any(clf.assign(data.batch).scale.numpy() != 1.0)))
+    assert fitted == [True, True, True, False, False, False, False]
+    assert Classifier(dataclasses.replace(params, online_em_iterations=2), BOX, PIXEL).scale_per_particle
+    short = Classifier(dataclasses.replace(params, online_em_iterations=2), BOX, PIXEL)
+    short.iteration = 2  # the first final pass of a schedule shorter than the early scale
+    assert not short.scale_per_particle
 
 
 def _bar(angle_degrees: float) -> Template:

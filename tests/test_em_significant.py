@@ -39,6 +39,7 @@ def trained(data: SyntheticSet) -> tuple[Classifier, TensorBatch]:
         in_plane_step_degrees=STEP,
         max_shift_angstrom=2 * PIXEL,
         force_max_over_poses=False,
+        per_particle_scale_iterations=0,  # the comparisons below are of the E-step without the scale
         seed=0,
     )
     clf = Classifier(params, BOX, PIXEL)

@@ -210,6 +210,13 @@ class Classifier:
         """Effective number of particles the statistics stand for."""
         return 1.0 / self.variance if self.variance > 0 else math.inf
 
+    @property
+    def scale_per_particle(self) -> bool:
+        """Whether this iteration's E-step fits a scale per particle: ``per_particle_scale``, or one of
+        the first ``per_particle_scale_iterations`` online-EM iterations (never a final full pass)."""
+        p = self.params
+        return p.per_particle_scale or self.iteration < min(p.per_particle_scale_iterations, p.online_em_iterations)
+
     def temperature(self, iteration: int | None = None) -> float:
         """ICUF posterior temperature at ``iteration`` (default: the current one)."""
         p = self.params
@@ -342,8 +349,8 @@ class Classifier:
     def _posteriors(self, scores: Any, temperature: float) -> Posteriors:
         log_prior = self._log_prior(scores.norm.dtype)
         if self.force_max:
-            return force_max_posteriors(scores, log_prior, temperature, self.params.per_particle_scale)
-        return marginal_posteriors(scores, log_prior, temperature, self.params.per_particle_scale)
+            return force_max_posteriors(scores, log_prior, temperature, self.scale_per_particle)
+        return marginal_posteriors(scores, log_prior, temperature, self.scale_per_particle)
 
     def _assignments(self, post: Posteriors) -> Assignments:
         g = self.geometry
@@ -417,6 +424,7 @@ class Classifier:
         g = self.geometry
         temp = self.temperature() if temperature is None else temperature
         bank = self._reference_bank()
+        scale = self.scale_per_particle
         weights = ring_weights(self.grid, self.sigma2, g.align_ring_min, g.align_ring_max)
         parts: list[Assignments] = []
         for _, samples, ctf in self._chunks(batch):
@@ -434,8 +442,8 @@ class Classifier:
                     self.coarse_grid,
                     self._log_prior(scores.norm.dtype),
                     temp,
-                    self.params.per_particle_scale,
-                    refine_poses=refine_poses or self.params.per_particle_scale,
+                    scale,
+                    refine_poses=refine_poses or scale,
                 )
                 parts.append(self._assignments(post))
                 if accumulator is not None:
