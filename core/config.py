@@ -70,13 +70,15 @@ class Class2DParams:
     #: Fit a scale per particle in every iteration (cryoSPARC's "minimize over per-particle scale").
     per_particle_scale: bool = False
     #: Fit it in the first N online-EM iterations too (never in a final full pass), even when
-    #: ``per_particle_scale`` is off; 0 = never (cryoSPARC). With the scale a class is chosen by the
-    #: shape of its average, not its amplitude, so big blurred classes stop drawing in other views
-    #: while the classes form at low SNR; without it afterwards, noise and junk gather again in their
-    #: own low-power classes, which a scale fitted throughout prevents (junk isolation 0.29). Realistic
-    #: session, SNR 0.05, seeds 1-3, 10 against 0: view spread 51.5 -> 42.1°, in-plane 54.5 -> 48.9°,
-    #: selection F1 0.952 -> 0.958, faithful classes 12.3 -> 14.3, junk isolation 0.752 -> 0.706.
-    per_particle_scale_iterations: int = 10
+    #: ``per_particle_scale`` is off; 0 = never (cryoSPARC, and the default). With the scale a class
+    #: is chosen by the shape of its average, not its amplitude, so big blurred classes stop drawing in
+    #: other views while the classes form; afterwards noise and junk gather again in low-power classes
+    #: of their own, which a scale fitted throughout prevents (junk isolation 0.29). Realistic session
+    #: (SNR 0.05, K = 20, seeds 1-3), 10 against 0: view spread 51.5 -> 42.1°, in-plane 54.5 -> 48.9°,
+    #: F1 0.952 -> 0.958, junk isolation 0.752 -> 0.706. Not the default: on the phantom sessions of
+    #: the tests (K = 10-12, SNR 0.1) it lowered junk isolation, 0.73 -> 0.45 on one seed, and
+    #: ``otf2d select --auto``'s junk removal with it.
+    per_particle_scale_iterations: int = 0
     clamp_solvent: bool = False
     non_negativity: bool = False
     recenter: bool = True

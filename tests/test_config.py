@@ -10,7 +10,7 @@ from otf2d.core.config import Class2DParams, load_config
 from otf2d.core.errors import ConfigError
 
 
-def test_defaults_are_cryosparcs_but_for_the_final_passes_and_the_early_scale() -> None:
+def test_defaults_are_cryosparcs_but_for_three_final_full_passes() -> None:
     p = Class2DParams()
     assert p.n_classes == 50
     assert p.initial_uncertainty_factor == 2.0
@@ -22,7 +22,7 @@ def test_defaults_are_cryosparcs_but_for_the_final_passes_and_the_early_scale() 
     assert p.final_full_iterations == 3  # otf2d's own (cryoSPARC: 1): see Class2DParams
     assert p.zero_pad_factor == 2
     assert (p.per_particle_scale, p.clamp_solvent, p.non_negativity) == (False, False, False)
-    assert p.per_particle_scale_iterations == 10  # otf2d's own (cryoSPARC: 0): see Class2DParams
+    assert p.per_particle_scale_iterations == 0
     assert (p.recenter, p.recenter_threshold) == (True, 0.2)
     assert p.align_filaments_vertically is False
     assert p.sort_by_size is True
