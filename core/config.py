@@ -67,7 +67,7 @@ class Class2DParams:
     #: SNR 0.11: junk isolation 0.79 -> 0.85, view spread 37.3 -> 34.7°) for two passes' more time.
     final_full_iterations: int = 3
     zero_pad_factor: int = 2
-    #: Fit a scale per particle in every iteration (cryoSPARC's "minimize over per-particle scale").
+    #: Fit a least-squares scale per particle, α* = Re⟨X, CA⟩ / ‖CA‖², in every iteration.
     per_particle_scale: bool = False
     #: Fit it in the first N online-EM iterations too (never in a final full pass), even when
     #: ``per_particle_scale`` is off; 0 = never (cryoSPARC, and the default). With the scale a class
