@@ -5,7 +5,7 @@ RELION's CTF, SNR ``--snr`` (default 0.05), 20 % junk of five kinds, made anew f
 each, in the same run and on the same threads:
 
 - ``otf2d classify`` at its **default settings** (``--classes K --seed S --threads T`` and
-  nothing else);
+  nothing else but the flags of ``--otf2d-args``, empty by default);
 - ``relion_refine`` 3.1 Class2D with the GUI's defaults (``--iter 25 --tau2_fudge 2 --ctf --norm
   --scale --zero_mask --flatten_solvent``, psi 12°, offsets ±5 step 2: see ``classify.py``),
   unless ``--skip-relion``;
@@ -22,6 +22,7 @@ Usage::
     .venv/bin/python benchmarks/realistic.py                               # 3 seeds, 2,000 particles, K = 20 (~60 min)
     .venv/bin/python benchmarks/realistic.py --skip-relion --seeds 1       # otf2d alone, one seed (~5 min)
     .venv/bin/python benchmarks/realistic.py --relion-seeds 1              # RELION on seed 1 only (~35 min)
+    .venv/bin/python benchmarks/realistic.py --skip-relion --otf2d-args='--per-particle-scale-iterations 10'
     .venv/bin/python benchmarks/realistic.py --particles 20000 --classes 50 --snr 0.02 --skip-relion
     .venv/bin/python benchmarks/realistic.py --map path/to/clean70SRibosome_vol_65p.mrc
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -119,12 +121,18 @@ def score(
 
 
 def run_otf2d(
-    summary: SessionSummary, setup: SimulationSetup, truth: pd.DataFrame, k: int, seed: int, threads: int
+    summary: SessionSummary,
+    setup: SimulationSetup,
+    truth: pd.DataFrame,
+    k: int,
+    seed: int,
+    threads: int,
+    extra: Sequence[str] = (),
 ) -> Run:
     job = summary.out_dir / "Class2D" / "otf2d"
     cmd = [
         sys.executable, "-m", "otf2d.core.cli", "classify", str(summary.particles_star), "--out", str(job),
-        "--classes", str(k), "--seed", str(seed), "--threads", str(threads), "--quiet",
+        "--classes", str(k), "--seed", str(seed), "--threads", str(threads), "--quiet", *extra,
     ]  # fmt: skip
     wall, cpu = run_logged(cmd, summary.out_dir, summary.out_dir / "otf2d.log")
     latest = read_latest(job)
@@ -227,6 +235,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--relion-iterations", type=int, default=RELION_ITERATIONS, help="RELION iterations (25)")
     parser.add_argument("--map", type=Path, default=SHARED_DATA / RIBOSOME_MAP, help="the 70S ribosome map")
     parser.add_argument("--out", type=Path, default=None, help="working directory (default: a new temp dir)")
+    parser.add_argument(
+        "--otf2d-args",
+        default="",
+        help="more `otf2d classify` flags, one string (default: none, i.e. its defaults); "
+        "e.g. --otf2d-args='--per-particle-scale-iterations 10'",
+    )
     return parser.parse_args(argv)
 
 
@@ -236,10 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"the map {args.map} is not there: pass --map (ASPIRE's clean70SRibosome_vol_65p.mrc)")
     relion = not args.skip_relion and shutil.which("relion_refine") is not None
     out = args.out or Path(tempfile.mkdtemp(prefix="otf2d-realistic-"))
+    extra = shlex.split(args.otf2d_args)
     started = time.perf_counter()
     print(
         f"realistic session: {args.particles} particles, K = {args.classes}, SNR {args.snr}, seeds {args.seeds}, "
-        f"{args.threads} thread(s) of {os.cpu_count()}, RELION {'yes' if relion else 'no'}; "
+        f"{args.threads} thread(s) of {os.cpu_count()}, RELION {'yes' if relion else 'no'}, "
+        f"otf2d classify {'at its defaults' if not extra else 'with ' + ' '.join(extra)}; "
         f"load average {os.getloadavg()[0]:.1f}; working dir {out}",
         flush=True,
     )
@@ -249,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup = prepare_simulation(realistic_session(args.map, n_particles=args.particles, snr=args.snr, seed=seed))
         summary = simulate_session(setup, out / f"seed{seed}", overwrite=True)
         truth = pd.read_csv(summary.truth_csv)
-        runs.append(run_otf2d(summary, setup, truth, args.classes, seed, args.threads))
+        runs.append(run_otf2d(summary, setup, truth, args.classes, seed, args.threads, extra))
         print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: otf2d {runs[-1].wall_seconds:.0f} s", file=sys.stderr)
         if relion and (relion_seeds is None or seed in relion_seeds):
             runs.append(run_relion(summary, setup, truth, args.classes, seed, args.threads, args.relion_iterations))

@@ -66,8 +66,11 @@ def test_fuzz_wire_benchmark_finds_no_failure() -> None:
 @pytest.mark.slow
 def test_realistic_benchmark_prints_its_table(shared_data: Path, tmp_path: Path) -> None:
     out = run_benchmark(
-        "realistic.py", "--particles", "240", "--classes", "4", "--seeds", "1", "--skip-relion", "--out", str(tmp_path)
-    )
+        "realistic.py",
+        "--particles", "240", "--classes", "4", "--seeds", "1", "--skip-relion", "--out", str(tmp_path),
+        "--otf2d-args=--per-particle-scale-iterations 2",
+    )  # fmt: skip
+    assert "otf2d classify with --per-particle-scale-iterations 2;" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     for metric in ("good classes", "empty classes", "view spread deg", "selection F1", "wall s"):
         assert metric in rows, out
