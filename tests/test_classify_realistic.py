@@ -52,7 +52,8 @@ def make_session(shared_data: Path, out: Path, seed: int) -> Realistic:
 
 
 def classify(session: Realistic, seed: int, early_scale_iterations: int = 0) -> ClassSnapshot:
-    """``otf2d classify``'s classification at its defaults (the API under the command)."""
+    """``otf2d classify``'s classification at its defaults (the API under the command), but for
+    ``--per-particle-scale-iterations early_scale_iterations``."""
     params = Class2DParams(n_classes=N_CLASSES, seed=seed, per_particle_scale_iterations=early_scale_iterations)
     return classify_table(read_particle_table(session.star), params).snapshot
 
