@@ -69,20 +69,30 @@ def test_non_negativity_removes_negative_density(data: SyntheticSet) -> None:
     assert float(positive.max()) > 0.0
 
 
-def test_per_particle_scale_recovers_the_particles_scale() -> None:
+def _scaled_particles(n: int) -> tuple[SyntheticSet, np.ndarray, torch.Tensor]:
+    """``n`` particles of two templates at scale 0.5 or 2, their scales and the templates' images."""
     rng = np.random.default_rng(2)
     templates = random_templates(2, BOX, rng)
-    scales = rng.choice([0.5, 2.0], 120)
+    scales = rng.choice([0.5, 2.0], n)
     data = make_particles(
-        120, templates, BOX, PIXEL, rng, psi_step_degrees=STEP, max_shift_px=1, noise_std=0.15, scales=scales
+        n, templates, BOX, PIXEL, rng, psi_step_degrees=STEP, max_shift_px=1, noise_std=0.15, scales=scales
     )
-    truth = torch.as_tensor(np.stack([render(t, BOX) for t in templates]))
+    return data, scales, torch.as_tensor(np.stack([render(t, BOX) for t in templates]))
+
+
+def _classifier_of_truth(params: Class2DParams, data: SyntheticSet, truth: torch.Tensor) -> Classifier:
+    """A float64 classifier whose classes are the true templates."""
+    clf = Classifier(params, BOX, PIXEL, dtype=torch.float64)
+    clf.estimate_noise(data.batch)
+    clf.set_class_images(truth * clf.window.double())
+    return clf
+
+
+def test_per_particle_scale_recovers_the_particles_scale() -> None:
+    data, scales, truth = _scaled_particles(120)
     for on in (True, False):
         params = _params(n_classes=2, per_particle_scale=on, per_particle_scale_iterations=0)
-        clf = Classifier(params, BOX, PIXEL, dtype=torch.float64)
-        clf.estimate_noise(data.batch)
-        clf.set_class_images(truth * clf.window.double())
-        got = clf.assign(data.batch).scale.numpy()
+        got = _classifier_of_truth(params, data, truth).assign(data.batch).scale.numpy()
         if on:
             assert np.corrcoef(got, scales)[0, 1] > 0.95
             ratio = np.median(got[scales == 2.0]) / np.median(got[scales == 0.5])
@@ -92,23 +102,16 @@ def test_per_particle_scale_recovers_the_particles_scale() -> None:
 
 
 def test_the_early_scale_is_fitted_in_the_first_online_iterations_only() -> None:
-    rng = np.random.default_rng(2)
-    templates = random_templates(2, BOX, rng)
-    scales = rng.choice([0.5, 2.0], 60)
-    data = make_particles(
-        60, templates, BOX, PIXEL, rng, psi_step_degrees=STEP, max_shift_px=1, noise_std=0.15, scales=scales
-    )
+    data, _, truth = _scaled_particles(60)
     params = _params(n_classes=2, per_particle_scale_iterations=3, online_em_iterations=5)
-    clf = Classifier(params, BOX, PIXEL, dtype=torch.float64)
-    clf.estimate_noise(data.batch)
-    clf.set_class_images(torch.as_tensor(np.stack([render(t, BOX) for t in templates])) * clf.window.double())
+    clf = _classifier_of_truth(params, data, truth)
     fitted = []
     for iteration in range(7):  # five online iterations, then two final passes
         clf.iteration = iteration
         fitted.append(bool(np.any(clf.assign(data.batch).scale.numpy() != 1.0)))
     assert fitted == [True, True, True, False, False, False, False]
-    assert Classifier(dataclasses.replace(params, online_em_iterations=2), BOX, PIXEL).scale_per_particle
     short = Classifier(dataclasses.replace(params, online_em_iterations=2), BOX, PIXEL)
+    assert short.scale_per_particle
     short.iteration = 2  # the first final pass of a schedule shorter than the early scale
     assert not short.scale_per_particle
 
