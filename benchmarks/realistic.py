@@ -14,8 +14,10 @@ both scored by ``otf2d.simulator.scoring.score_classification`` against ``truth.
 (good-majority) classes, empty classes, good classes otf2d flagged as junk, view spread
 (weighted mean of per-class median angles to the medoid view), in-plane consistency, junk
 isolation, best whole-class selection F1, fidelity NCC at 12 Å of the good classes and how many
-reach 0.72, wall time. One table per program and seed, then the mean over seeds and the targets
-of the issue.
+reach 0.72, wall time. For otf2d also the grid verdict that the engine's monitoring gives its
+snapshot (``otf2d.monitoring.state.compute_state``, default thresholds) and the share of the good
+particles in the largest view it sees; every session is a good grid, so the target is collect.
+One table per program and seed, then the mean over seeds and the targets of the issue.
 
 Usage::
 
@@ -49,6 +51,8 @@ import starfile
 from classify import relion_command, run_logged, score_relion_output  # benchmarks/classify.py
 
 from otf2d.monitoring.snapshots import read_latest
+from otf2d.monitoring.snapshots.reader import read_snapshot
+from otf2d.monitoring.state import compute_state
 from otf2d.simulator.particles import SimulationSetup, prepare_simulation
 from otf2d.simulator.presets import RIBOSOME_MAP, realistic_session
 from otf2d.simulator.scoring import FAITHFUL_NCC, QualityReport
@@ -59,7 +63,7 @@ RELION_ITERATIONS = 25
 #: The shared data folder beside the project.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-#: (label, QualityReport field or "wall", format, target description)
+#: (label, QualityReport field, "wall", "cpu" or "largest_view_share", format, target description)
 METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("good classes", "good_classes", "d", ">= 10 faithful"),
     ("empty classes", "empty_classes", "d", "0"),
@@ -70,6 +74,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("selection F1", "selection_f1", ".3f", ">= 0.95"),
     ("fidelity NCC 12A", "fidelity_ncc", ".3f", ""),
     (f"classes NCC>={FAITHFUL_NCC}", "faithful_classes", "d", ">= 10"),
+    ("largest view share", "largest_view_share", ".2f", "< 0.60 (marginal at or above)"),
     ("wall s", "wall", ".1f", "<= RELION / 20"),
     ("cpu s", "cpu", ".1f", ""),
 )
@@ -84,6 +89,10 @@ class Run:
     quality: QualityReport
     wall_seconds: float
     cpu_seconds: float
+    #: The monitoring's verdict on the run's snapshot (None for RELION, which has none).
+    verdict: str | None = None
+    #: Share of the good particles in the largest view the monitoring sees (NaN for RELION).
+    largest_view_share: float = math.nan
 
 
 def mask_diameter_angstrom(setup: SimulationSetup) -> float:
@@ -140,7 +149,8 @@ def run_otf2d(
         raise RuntimeError(f"otf2d classify wrote no snapshot under {job}")
     model = latest.data_star.with_name(latest.data_star.name.replace("_data.star", "_model.star"))
     quality = score(setup, truth, latest.data_star, latest.classes_mrcs, k, junk_flags_of(model))
-    return Run("otf2d classify", seed, quality, wall, cpu)
+    state = compute_state(read_snapshot(latest).snapshot, [])
+    return Run("otf2d classify", seed, quality, wall, cpu, state.verdict.state, state.views.largest_share)
 
 
 def run_relion(
@@ -165,6 +175,8 @@ def cell_value(run: Run, field: str) -> float | int:
     """A metric of ``run``: its wall or CPU seconds, or a field of its quality report."""
     if field in ("wall", "cpu"):
         return run.wall_seconds if field == "wall" else run.cpu_seconds
+    if field == "largest_view_share":
+        return run.largest_view_share
     value: float | int = getattr(run.quality, field)
     return value
 
@@ -179,9 +191,7 @@ def cell(run: Run, field: str, spec: str) -> str:
 
 
 def mean_cell(runs: Sequence[Run], field: str, spec: str) -> str:
-    values = [
-        float({"wall": r.wall_seconds, "cpu": r.cpu_seconds}.get(field, getattr(r.quality, field, 0))) for r in runs
-    ]
+    values = [float(cell_value(r, field)) for r in runs]
     values = [v for v in values if math.isfinite(v) and v >= 0]
     if not values:
         return "-"
@@ -201,7 +211,19 @@ def render(runs: Sequence[Run]) -> str:
         for name, rs in columns:
             cells.append(mean_cell(rs, field, spec) if name.endswith(" mean") else cell(rs[0], field, spec))
         lines.append(f"| {label} | " + " | ".join(f"{c:>{width}}" for c in cells) + f" | {target} |")
+    verdicts = [verdict_cell(rs, name.endswith(" mean")) for name, rs in columns]
+    lines.append("| verdict | " + " | ".join(f"{c:>{width}}" for c in verdicts) + " | collect |")
     return "\n".join(lines)
+
+
+def verdict_cell(runs: Sequence[Run], summary: bool) -> str:
+    """A run's verdict, or for the mean column how many of the runs said collect ("-" for RELION)."""
+    said = [r.verdict for r in runs if r.verdict is not None]
+    if not said:
+        return "-"
+    if not summary:
+        return said[0]
+    return f"{sum(v == 'collect' for v in said)}/{len(said)} collect"
 
 
 def speed_line(runs: Sequence[Run]) -> str | None:

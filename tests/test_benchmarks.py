@@ -76,6 +76,11 @@ def test_realistic_benchmark_prints_its_table(shared_data: Path, tmp_path: Path)
         assert metric in rows, out
     cells = [c.strip() for c in rows["wall s"].split("|")[2:-2]]
     assert cells and float(cells[0]) > 0
+    verdict = [c.strip() for c in rows["verdict"].split("|")[2:-1]]
+    assert verdict[0] in ("pending", "collect", "marginal", "abandon"), out
+    assert verdict[1] in (f"{n}/1 collect" for n in (0, 1)) and verdict[2] == "collect", out
+    share = float(rows["largest view share"].split("|")[2])
+    assert 0 < share <= 1, out
     assert (tmp_path / "seed1" / "truth.csv").is_file()
 
 
