@@ -172,7 +172,7 @@ def run_relion(
 
 
 def cell_value(run: Run, field: str) -> float | int:
-    """A metric of ``run``: its wall or CPU seconds, or a field of its quality report."""
+    """A metric of ``run``: its wall or CPU seconds, its largest view's share, or a field of its quality report."""
     if field in ("wall", "cpu"):
         return run.wall_seconds if field == "wall" else run.cpu_seconds
     if field == "largest_view_share":
