@@ -75,9 +75,10 @@ class Class2DParams:
     #: other views while the classes form; afterwards noise and junk gather again in low-power classes
     #: of their own, which a scale fitted throughout prevents (junk isolation 0.29). Realistic session
     #: (SNR 0.05, K = 20, seeds 1-3), 10 against 0: view spread 51.5 -> 42.2°, in-plane 54.5 -> 48.9°,
-    #: F1 0.952 -> 0.958, junk isolation 0.752 -> 0.706. Not the default: on the phantom sessions of
-    #: the tests (K = 10-12, SNR 0.1) it lowered junk isolation, 0.73 -> 0.45 on one seed, and
-    #: ``otf2d select --auto``'s junk removal with it.
+    #: F1 0.952 -> 0.958, junk isolation 0.752 -> 0.706; at SNR 0.11: view spread 34.7 -> 32.8°, in-plane
+    #: 35.0 -> 26.9°, junk isolation 0.851 -> 0.939, F1 0.973 -> 0.969. Not the default: on the
+    #: phantom sessions of the tests (K = 10-12, SNR 0.1) it lowered junk isolation, 0.73 -> 0.45 on
+    #: one seed, and ``otf2d select --auto``'s junk removal with it.
     per_particle_scale_iterations: int = 0
     clamp_solvent: bool = False
     non_negativity: bool = False
